@@ -1,0 +1,437 @@
+"""Segment files: fragmented MP4 muxed by PyAV, hashed, written, synced and renamed.
+
+Two layers:
+
+- :class:`FragmentMuxer` is synchronous and runs in a worker thread. It wraps PyAV's MP4 muxer
+  (``frag_keyframe+empty_moov+default_base_moof+skip_trailer``), stream copy only, into memory.
+  Muxing keyframe K(k+1) makes the muxer emit GOP k's fragment (moof + mdat); after every call the
+  bytes emitted so far are whole top-level boxes (checked). It tracks each fragment's start, byte
+  offset in the file, size and frame count.
+- :class:`SegmentWriter` is the asyncio shell, one per open segment. PyAV, SHA-256, fsync, rename
+  and directory work all run off the event loop (the default executor or a given one); bytes go
+  to disk through aiofiles, once per GOP.
+
+Durability (docs/storage.md, "Creating a segment"): write ``NAME.mp4.partial`` (hashing while
+writing), fsync the file, rename to ``NAME.mp4``, fsync the directory; only then does the caller
+insert the index row. An existing file is never overwritten.
+
+A ``SegmentWriter`` is not re-entrant: await each call before making the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import aiofiles
+import av
+
+from csud.errors import StorageError
+from csud.store.layout import partial_name
+from csud.store.segmenter import Frame
+
+MP4_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
+MP4_TIMESCALE = 90000
+NS_PER_SECOND = 1_000_000_000
+# 90 kHz ticks = ns * 90000 / 1e9 = ns * 9 / 100_000 (kept as integers: no float drift).
+_TICKS_NUM = 9
+_TICKS_DEN = 100_000
+BOX_HEADER_SIZE = 8
+BOX_LARGESIZE_HEADER_SIZE = BOX_HEADER_SIZE + 8
+
+T = TypeVar("T")
+
+
+def ns_to_ticks(delta_ns: int) -> int:
+    """Round ``delta_ns`` to the nearest 1/90000 s tick (half up), exactly."""
+    return (delta_ns * _TICKS_NUM * 2 + _TICKS_DEN) // (2 * _TICKS_DEN)
+
+
+def iter_boxes(buf: bytes | memoryview) -> Iterator[tuple[str, int, int]]:
+    """Yield ``(type, offset, size)`` of the top-level ISO BMFF boxes in ``buf``.
+
+    Raises ``ValueError`` if ``buf`` does not end exactly at a box boundary.
+    """
+    view = memoryview(buf)
+    offset = 0
+    end = len(view)
+    while offset < end:
+        if end - offset < BOX_HEADER_SIZE:
+            raise ValueError(f"truncated box header at offset {offset}")
+        size = int.from_bytes(view[offset : offset + 4], "big")
+        box_type = bytes(view[offset + 4 : offset + 8]).decode("latin-1")
+        if size == 1:
+            if end - offset < BOX_LARGESIZE_HEADER_SIZE:
+                raise ValueError(f"truncated largesize box header at offset {offset}")
+            size = int.from_bytes(view[offset + 8 : offset + 16], "big")
+            if size < BOX_LARGESIZE_HEADER_SIZE:
+                raise ValueError(f"bad largesize {size} of box {box_type!r} at offset {offset}")
+        elif size == 0:
+            size = end - offset  # box extends to the end of the file
+        elif size < BOX_HEADER_SIZE:
+            raise ValueError(f"bad size {size} of box {box_type!r} at offset {offset}")
+        if offset + size > end:
+            raise ValueError(f"box {box_type!r} at offset {offset} overruns the buffer ({size} bytes)")
+        yield box_type, offset, size
+        offset += size
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentInfo:
+    """One fragment (one GOP): starts with the keyframe at ``start_ns``; its ``moof`` is at ``offset``."""
+
+    start_ns: int
+    offset: int
+    size: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """A closed, durable segment file, as the index records it. ``sha256`` is of the whole file."""
+
+    relpath: str
+    start_ns: int
+    end_ns: int
+    bytes: int  # file size: exactly the bytes hashed
+    frames: int
+    sha256: str
+    fragments: tuple[FragmentInfo, ...]
+
+
+class _Sink:
+    """File-like object PyAV writes into (non-seekable): collects the emitted bytes."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        return len(chunk)
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+class FragmentMuxer:
+    """Stream-copy muxer of one segment into fragmented MP4 bytes. Synchronous; not thread-safe.
+
+    The first frame must be a keyframe carrying SPS and PPS in-band (PyAV builds the avcC from
+    it). Timestamps are ``pts_ns - start_ns`` in 1/90000 s; decode order equals presentation
+    order (no B-frames in the streams we record); a non-increasing timestamp is nudged one tick
+    forward so that the muxer never sees a non-monotonic dts.
+    """
+
+    def __init__(self, width: int, height: int, codec: str = "h264", rate: int = 25) -> None:
+        self._sink = _Sink()
+        self._container: Any = av.open(self._sink, "w", format="mp4", options={"movflags": MP4_MOVFLAGS})
+        self._stream: Any = self._container.add_mux_stream(codec, rate=rate, width=width, height=height)
+        self._stream.time_base = Fraction(1, MP4_TIMESCALE)
+        self._time_base = Fraction(1, MP4_TIMESCALE)
+        self._last_ticks = -1
+        self._closed = False
+        self.bytes_emitted = 0
+        """Total bytes returned so far: the file offset of the next emitted byte."""
+        self._gops: deque[list[int]] = deque()  # [start_ns, frames] of GOPs muxed, not yet emitted
+        self._fragments: list[FragmentInfo] = []  # emitted, not yet taken
+        self._open_fragment: list[int] | None = None  # [start_ns, offset, size, frames] growing
+
+    def mux(self, frames: Sequence[Frame], start_ns: int) -> bytes:
+        """Mux ``frames``; return the bytes the muxer emitted meanwhile (whole boxes)."""
+        if self._closed:
+            raise RuntimeError("FragmentMuxer is closed")
+        for frame in frames:
+            ticks = ns_to_ticks(frame.pts_ns - start_ns)
+            end_ticks = ns_to_ticks(frame.pts_ns + frame.duration_ns - start_ns)
+            if ticks <= self._last_ticks:
+                ticks = self._last_ticks + 1
+            packet = av.Packet(frame.data)
+            packet.stream = self._stream
+            packet.time_base = self._time_base
+            packet.pts = packet.dts = ticks
+            packet.duration = max(end_ticks - ticks, 1)
+            packet.is_keyframe = frame.keyframe
+            if frame.keyframe or not self._gops:
+                self._gops.append([frame.pts_ns, 0])
+            self._gops[-1][1] += 1
+            self._container.mux_one(packet)
+            self._last_ticks = ticks
+        return self._account(self._sink.take())
+
+    def close(self) -> bytes:
+        """Finish the file; return the last bytes (the fragment of the GOP in flight)."""
+        if self._closed:
+            return b""
+        self._closed = True
+        self._container.close()
+        return self._account(self._sink.take())
+
+    def take_fragments(self) -> list[FragmentInfo]:
+        """Fragments completed since the last call, in file order."""
+        out, self._fragments = self._fragments, []
+        return out
+
+    def _account(self, data: bytes) -> bytes:
+        base = self.bytes_emitted
+        for box_type, offset, size in iter_boxes(data):  # ValueError here = muxer contract broken
+            if box_type == "moof":
+                self._finish_fragment()
+                if not self._gops:
+                    raise RuntimeError("muxer emitted a fragment for no GOP")
+                start_ns, frames = self._gops.popleft()
+                self._open_fragment = [start_ns, base + offset, size, frames]
+            elif self._open_fragment is not None:
+                self._open_fragment[2] += size  # mdat (and anything else) of the same fragment
+        # Each call emits whole fragments: what we have now is complete.
+        self._finish_fragment()
+        self.bytes_emitted += len(data)
+        return data
+
+    def _finish_fragment(self) -> None:
+        if self._open_fragment is not None:
+            self._fragments.append(FragmentInfo(*self._open_fragment))
+            self._open_fragment = None
+
+
+def _errno_name(e: OSError) -> str:
+    return errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "EUNKNOWN"
+
+
+def _storage_error(op: str, relpath: str, e: OSError) -> StorageError:
+    return StorageError(f"{op} {relpath}: {_errno_name(e)} ({e.strerror or e})")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(root: Path, reldir: PurePosixPath) -> None:
+    """Create the missing directories of ``root/reldir``, fsyncing each new one's parent."""
+    current = root
+    for part in reldir.parts:
+        child = current / part
+        try:
+            child.mkdir()
+        except FileExistsError:
+            pass
+        else:
+            _fsync_dir(current)
+        current = child
+
+
+def _check_relpath(relpath: str) -> PurePosixPath:
+    p = PurePosixPath(relpath)
+    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts):
+        raise ValueError(f"segment path must be relative and normalised: {relpath!r}")
+    return p
+
+
+class SegmentWriter:
+    """Writes one segment: ``open`` -> ``write``\\* -> ``close`` (or ``abort``). See the module doc."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        relpath: str,
+        start_ns: int,
+        file: Any,
+        muxer: FragmentMuxer,
+        executor: Executor | None,
+    ) -> None:
+        self.root = root
+        self.relpath = relpath
+        self.start_ns = start_ns
+        self._file = file
+        self._muxer = muxer
+        self._executor = executor
+        self._hash = hashlib.sha256()
+        self._size_bytes = 0
+        self._fragments: list[FragmentInfo] = []
+        self._finished = False
+        self._failed = False
+
+    @property
+    def partial_path(self) -> Path:
+        return self.root / partial_name(self.relpath)
+
+    @property
+    def final_path(self) -> Path:
+        return self.root / self.relpath
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes written to the file so far."""
+        return self._size_bytes
+
+    @classmethod
+    async def open(
+        cls,
+        root: Path,
+        relpath: str,
+        start_ns: int,
+        width: int,
+        height: int,
+        *,
+        codec: str = "h264",
+        executor: Executor | None = None,
+    ) -> SegmentWriter:
+        """Create ``root/relpath.partial`` (and missing parent directories); never overwrite."""
+        rel = _check_relpath(relpath)
+        final = root / relpath
+        partial = root / partial_name(relpath)
+        loop = asyncio.get_running_loop()
+
+        def prepare() -> None:
+            _makedirs_durable(root, rel.parent)
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
+
+        try:
+            await loop.run_in_executor(executor, prepare)
+            file = await aiofiles.open(partial, "xb", buffering=0, executor=executor)
+        except OSError as e:
+            raise _storage_error("create", partial_name(relpath), e) from e
+        try:
+            muxer = await loop.run_in_executor(
+                executor, functools.partial(FragmentMuxer, width, height, codec)
+            )
+        except BaseException:
+            await file.close()
+            await loop.run_in_executor(executor, partial.unlink)
+            raise
+        return cls(root=root, relpath=relpath, start_ns=start_ns, file=file, muxer=muxer, executor=executor)
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        """Mux ``frames`` and append what the muxer emitted (the previous GOP's fragment)."""
+        self._check_usable()
+        try:
+            data = await self._run(self._mux_and_hash, frames)
+        except av.FFmpegError as e:
+            self._failed = True
+            raise StorageError(f"mux {partial_name(self.relpath)}: {e}") from e
+        await self._append(data)
+        self._fragments.extend(self._muxer.take_fragments())
+
+    async def close(self, end_ns: int, drop_tail: bool) -> SegmentInfo | None:
+        """Finish, fsync, rename and fsync the directory. ``None`` if no whole GOP was written
+        (the partial file is then removed). With ``drop_tail`` the GOP in flight is discarded."""
+        self._check_usable()
+        self._finished = True
+        relpath = self.relpath
+        try:
+            if drop_tail:
+                await self._run(self._muxer.close)
+                self._muxer.take_fragments()
+            else:
+                data = await self._run(self._close_and_hash)
+                await self._append(data)
+                self._fragments.extend(self._muxer.take_fragments())
+            fd = self._file.fileno()
+            await self._run(os.fsync, fd)
+            await self._file.close()
+        except OSError as e:
+            self._failed = True
+            await self._close_file_quietly()
+            raise _storage_error("sync", partial_name(relpath), e) from e
+
+        if not self._fragments:
+            try:
+                await self._run(self.partial_path.unlink)
+            except OSError as e:
+                raise _storage_error("remove", partial_name(relpath), e) from e
+            return None
+
+        partial, final = self.partial_path, self.final_path
+
+        def publish() -> None:
+            # rename(2) would silently replace an existing segment: refuse instead.
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
+            os.rename(partial, final)
+            _fsync_dir(final.parent)
+
+        try:
+            await self._run(publish)
+        except OSError as e:
+            raise _storage_error("rename", relpath, e) from e
+        return SegmentInfo(
+            relpath=relpath,
+            start_ns=self.start_ns,
+            end_ns=end_ns,
+            bytes=self._size_bytes,
+            frames=sum(f.frames for f in self._fragments),
+            sha256=self._hash.hexdigest(),
+            fragments=tuple(self._fragments),
+        )
+
+    async def abort(self, remove: bool = False) -> None:
+        """Stop writing after an error. The ``.partial`` file stays for startup recovery unless
+        ``remove``. Never raises for cleanup failures (the original error matters more)."""
+        if self._finished:
+            return
+        self._finished = True
+        # PyAV may refuse to finish a broken stream; there is nothing left to save from it.
+        with contextlib.suppress(Exception):
+            await self._run(self._muxer.close)
+        await self._close_file_quietly()
+        if remove:
+            with contextlib.suppress(OSError):
+                await self._run(self.partial_path.unlink)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._finished:
+            raise RuntimeError(f"segment writer for {self.relpath} is closed")
+        if self._failed:
+            raise StorageError(f"segment {partial_name(self.relpath)} failed earlier; abort it")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _mux_and_hash(self, frames: Sequence[Frame]) -> bytes:
+        data = self._muxer.mux(frames, self.start_ns)
+        self._hash.update(data)
+        return data
+
+    def _close_and_hash(self) -> bytes:
+        data = self._muxer.close()
+        self._hash.update(data)
+        return data
+
+    async def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = await self._file.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "short write made no progress")
+                view = view[written:]
+                self._size_bytes += written
+        except OSError as e:
+            self._failed = True
+            raise _storage_error("write", partial_name(self.relpath), e) from e
+
+    async def _close_file_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._file.close()

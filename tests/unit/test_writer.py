@@ -1,0 +1,358 @@
+"""FragmentMuxer and SegmentWriter against real H.264 (libx264 through PyAV) in tmp_path.
+
+docs/storage.md, "Creating a segment": these tests check steps 1-4 (write .partial while hashing,
+fsync, rename, fsync dir) and what a cut GOP leaves behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import itertools
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from csud.aio.writer import (
+    FragmentMuxer,
+    SegmentInfo,
+    SegmentWriter,
+    iter_boxes,
+    ns_to_ticks,
+)
+from csud.errors import StorageError
+from csud.proto.media import AccessUnit
+from csud.store.layout import segment_relpath
+from csud.store.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
+
+WIDTH, HEIGHT, FPS, GOP = 320, 240, 25, 25
+FRAME_NS = 1_000_000_000 // FPS
+T0_NS = 1_790_000_000_000_000_000  # 2026-09-21T...Z, on a whole second
+RTP_TICKS_PER_FRAME = 90000 // FPS
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B stream (3- or 4-byte start codes)."""
+    nals: list[bytes] = []
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        start = i + 3
+        j = data.find(b"\x00\x00\x01", start)
+        end = len(data) if j < 0 else j
+        nal = data[start:end]
+        if j >= 0 and nal.endswith(b"\x00"):
+            nal = nal[:-1]  # the leading zero of a 4-byte start code
+        if nal:
+            nals.append(nal)
+        i = j
+    return nals
+
+
+def encode(
+    frames: int, width: int = WIDTH, height: int = HEIGHT, bitrate: int | None = None
+) -> list[AccessUnit]:
+    """A synthetic clip as access units: GOP of 25, no B-frames, SPS/PPS repeated in-band."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base = Fraction(1, FPS)
+    enc.framerate = Fraction(FPS)
+    enc.gop_size = GOP
+    enc.max_b_frames = 0
+    params = f"keyint={GOP}:min-keyint={GOP}:scenecut=0:repeat-headers=1:bframes=0"
+    if bitrate:
+        enc.bit_rate = bitrate
+        params += f":vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000}"
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": params}
+    rng = np.random.default_rng(1)
+    out: list[AccessUnit] = []
+    for i in range(frames + 1):
+        packets = []
+        if i < frames:
+            img = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+            img = np.kron(img, np.ones((8, 8, 1), dtype=np.uint8))
+            frame = av.VideoFrame.from_ndarray(np.roll(img, i * 3, axis=1), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            packets = enc.encode(frame)
+        else:
+            packets = enc.encode(None)
+        for p in packets:
+            nals = split_annexb(bytes(p))
+            out.append(AccessUnit(len(out) * RTP_TICKS_PER_FRAME, nals, p.is_keyframe, sum(map(len, nals))))
+    assert len(out) == frames
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip() -> list[AccessUnit]:
+    return encode(100)  # 4 GOPs
+
+
+def decode(path: Path) -> list[int]:
+    """Decode every frame (raises on a damaged stream); return the frames' pts in 1/90000."""
+    with av.open(str(path), "r") as c:
+        assert c.streams.video[0].codec_context.width == WIDTH
+        return [int(f.pts or 0) for f in c.decode(video=0)]
+
+
+async def record(
+    root: Path, seg: Segmenter, script: list[AccessUnit | str], camera: str = "cam-1"
+) -> tuple[list[SegmentInfo | None], list[Action]]:
+    """Drive a Segmenter over ``script`` (access units, "gap") and execute its actions, like the
+    recorder will. Frame i is at T0 + i * 40 ms."""
+    infos: list[SegmentInfo | None] = []
+    all_actions: list[Action] = []
+    writer: SegmentWriter | None = None
+    i = 0
+    for item in [*script, "stop"]:
+        if item == "gap":
+            actions = seg.gap("loss")
+        elif item == "stop":
+            actions = seg.stop()
+        else:
+            assert isinstance(item, AccessUnit)
+            actions = seg.push(item, T0_NS + i * FRAME_NS, False)
+            i += 1
+        all_actions += actions
+        for a in actions:
+            if isinstance(a, Open):
+                relpath = segment_relpath("metz", camera, a.start_ns)
+                writer = await SegmentWriter.open(root, relpath, a.start_ns, WIDTH, HEIGHT)
+            elif isinstance(a, Mux):
+                assert writer is not None
+                await writer.write(a.frames)
+            elif isinstance(a, Close):
+                assert writer is not None
+                infos.append(await writer.close(a.end_ns, a.drop_tail))
+                writer = None
+            else:
+                assert isinstance(a, Drop)
+    return infos, all_actions
+
+
+def check_file(root: Path, info: SegmentInfo) -> bytes:
+    path = root / info.relpath
+    data = path.read_bytes()
+    assert not (root / (info.relpath + ".partial")).exists()
+    assert hashlib.sha256(data).hexdigest() == info.sha256
+    assert len(data) == info.bytes
+    boxes = list(iter_boxes(data))  # whole boxes, to the last byte
+    assert [t for t, _, _ in boxes[:2]] == ["ftyp", "moov"]
+    moofs = [off for t, off, _ in boxes if t == "moof"]
+    assert [f.offset for f in info.fragments] == moofs
+    for frag in info.fragments:
+        assert data[frag.offset + 4 : frag.offset + 8] == b"moof"
+    last = info.fragments[-1]
+    assert last.offset + last.size == len(data)  # the file ends with the last fragment
+    assert sum(f.frames for f in info.fragments) == info.frames
+    return data
+
+
+async def test_one_segment_decodes_frame_exact(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    infos, _ = await record(tmp_path, seg, list(clip))
+    assert len(infos) == 1 and infos[0] is not None
+    info = infos[0]
+    check_file(tmp_path, info)
+    assert info.relpath == segment_relpath("metz", "cam-1", T0_NS)
+    assert (info.start_ns, info.end_ns, info.frames) == (T0_NS, T0_NS + 100 * FRAME_NS, 100)
+    assert [(f.start_ns, f.frames) for f in info.fragments] == [
+        (T0_NS + g * GOP * FRAME_NS, GOP) for g in range(4)
+    ]
+    assert decode(tmp_path / info.relpath) == [i * 3600 for i in range(100)]
+
+
+async def test_rotation_gives_contiguous_decodable_segments(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    # Keyframes every 1 s. Boundaries are epoch-aligned: T0 % 1.5 s == 0.5 s, so phase 1 s puts
+    # them at T0 + 0.5 s + n * 1.5 s. Cuts at the first keyframe at or after a boundary: 1 s, then
+    # the first boundary after 1 s is 2 s, then 3.5 s (-> 4 s, past the 4 s clip).
+    assert T0_NS % 1_500_000_000 == 500_000_000
+    seg = Segmenter(segment_ns=1_500_000_000, phase_ns=1_000_000_000)
+    infos, _ = await record(tmp_path, seg, list(clip))
+    assert all(i is not None for i in infos)
+    segs = [i for i in infos if i is not None]
+    assert [(s.start_ns - T0_NS) // 10**6 for s in segs] == [0, 1000, 2000]
+    assert [s.frames for s in segs] == [25, 25, 50]
+    for a, b in itertools.pairwise(segs):
+        assert a.end_ns == b.start_ns
+    for s in segs:
+        check_file(tmp_path, s)
+        assert decode(tmp_path / s.relpath) == [i * 3600 for i in range(s.frames)]
+
+
+async def test_gap_mid_gop_ends_file_at_last_complete_gop(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    script: list[AccessUnit | str] = [*clip[:60], "gap", *clip[60:]]  # gap inside GOP 3 (50..74)
+    infos, actions = await record(tmp_path, seg, script)
+    first, second = infos
+    assert first is not None and second is not None
+    data = check_file(tmp_path, first)
+    assert first.frames == 50 and len(first.fragments) == 2
+    assert first.end_ns == T0_NS + 50 * FRAME_NS
+    assert decode(tmp_path / first.relpath) == [i * 3600 for i in range(50)]
+    assert len(data) == first.fragments[-1].offset + first.fragments[-1].size
+    # GOP 3's remaining frames wait for a keyframe; the next segment starts at frame 75.
+    assert second.start_ns == T0_NS + 75 * FRAME_NS and second.frames == 25
+    assert decode(tmp_path / second.relpath) == [i * 3600 for i in range(25)]
+    # The gap drops GOP 3 so far, its muxed keyframe included; the rest of it waits for a keyframe.
+    assert Drop(10, sum(au.size for au in clip[50:60]), "gap") in actions
+    assert seg.frames_dropped == {"gap": 10, "wait_keyframe": 15}
+
+
+async def test_a_segment_without_a_complete_gop_is_removed(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    infos, _ = await record(tmp_path, seg, [*clip[:10], "gap"])
+    assert infos == [None]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+async def test_existing_segment_or_partial_is_refused(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    relpath = segment_relpath("metz", "cam-1", T0_NS)
+    (tmp_path / relpath).parent.mkdir(parents=True)
+    (tmp_path / relpath).write_bytes(b"evidence")
+    with pytest.raises(StorageError, match=r"create metz/cam-1/.*\.mp4\.partial: EEXIST"):
+        await SegmentWriter.open(tmp_path, relpath, T0_NS, WIDTH, HEIGHT)
+    assert (tmp_path / relpath).read_bytes() == b"evidence"
+    assert not (tmp_path / (relpath + ".partial")).exists()
+
+    other = segment_relpath("metz", "cam-1", T0_NS + 10**9)
+    (tmp_path / (other + ".partial")).write_bytes(b"left by a crash")
+    with pytest.raises(StorageError, match="EEXIST"):
+        await SegmentWriter.open(tmp_path, other, T0_NS, WIDTH, HEIGHT)
+    assert (tmp_path / (other + ".partial")).read_bytes() == b"left by a crash"
+
+
+async def test_rename_never_replaces_an_existing_segment(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    relpath = segment_relpath("metz", "cam-1", T0_NS)
+    writer = await SegmentWriter.open(tmp_path, relpath, T0_NS, WIDTH, HEIGHT)
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    for i, au in enumerate(clip[:30]):
+        for a in seg.push(au, T0_NS + i * FRAME_NS):
+            if isinstance(a, Mux):
+                await writer.write(a.frames)
+    (tmp_path / relpath).write_bytes(b"appeared meanwhile")
+    with pytest.raises(StorageError, match=r"rename .*EEXIST"):
+        await writer.close(T0_NS + 30 * FRAME_NS, drop_tail=False)
+    assert (tmp_path / relpath).read_bytes() == b"appeared meanwhile"
+
+
+async def test_enospc_surfaces_as_storage_error(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    relpath = segment_relpath("metz", "cam-1", T0_NS)
+    writer = await SegmentWriter.open(tmp_path, relpath, T0_NS, WIDTH, HEIGHT)
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    muxes = [
+        a for i, au in enumerate(clip[:60]) for a in seg.push(au, T0_NS + i * FRAME_NS) if isinstance(a, Mux)
+    ]
+    await writer.write(muxes[0].frames)  # ftyp + moov
+
+    async def full(_data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer._file.write = full  # the aiofiles write: the bytes never reach the disk
+    with pytest.raises(StorageError, match=r"write metz/cam-1/2026/.*\.mp4\.partial: ENOSPC") as exc:
+        await writer.write(muxes[1].frames)
+    assert str(tmp_path) not in str(exc.value)  # relative paths only
+    with pytest.raises(StorageError, match="failed earlier"):
+        await writer.write(muxes[2].frames)
+    await writer.abort()
+    assert (tmp_path / (relpath + ".partial")).exists()  # left for startup recovery
+    assert not (tmp_path / relpath).exists()
+
+
+async def test_one_write_per_gop(tmp_path: Path, clip: list[AccessUnit]) -> None:
+    relpath = segment_relpath("metz", "cam-1", T0_NS)
+    writer = await SegmentWriter.open(tmp_path, relpath, T0_NS, WIDTH, HEIGHT)
+    calls: list[int] = []
+    real_write = writer._file.write
+
+    async def counting(data: memoryview) -> int:
+        calls.append(len(data))
+        n: int = await real_write(data)
+        return n
+
+    writer._file.write = counting
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    for i, au in enumerate(clip):
+        for a in seg.push(au, T0_NS + i * FRAME_NS):
+            if isinstance(a, Mux):
+                await writer.write(a.frames)
+    (close,) = seg.stop()[-1:]
+    assert isinstance(close, Close)
+    info = await writer.close(close.end_ns, close.drop_tail)
+    assert info is not None
+    assert len(calls) == 1 + 3 + 1  # header, GOPs 0-2 when their successor's keyframe came, GOP 3 at close
+    check_file(tmp_path, info)
+
+
+# -- FragmentMuxer, synchronous -------------------------------------------------------------
+
+
+def frames_of(aus: list[AccessUnit], start_ns: int = T0_NS) -> Iterator[Frame]:
+    for i, au in enumerate(aus):
+        yield Frame(au.annexb(), start_ns + i * FRAME_NS, FRAME_NS, au.keyframe)
+
+
+def test_muxer_emits_whole_boxes_one_fragment_per_gop(clip: list[AccessUnit]) -> None:
+    muxer = FragmentMuxer(WIDTH, HEIGHT)
+    emitted: list[list[str]] = []
+    for frame in frames_of(clip[:60]):
+        data = muxer.mux([frame], T0_NS)
+        if data:
+            emitted.append([t for t, _, _ in iter_boxes(data)])
+    emitted.append([t for t, _, _ in iter_boxes(muxer.close())])
+    assert emitted == [["ftyp", "moov"], ["moof", "mdat"], ["moof", "mdat"], ["moof", "mdat"]]
+    assert [(f.start_ns - T0_NS) // FRAME_NS for f in muxer.take_fragments()] == [0, 25, 50]
+    assert muxer.close() == b""
+
+
+def test_muxer_tracks_several_fragments_in_one_call(clip: list[AccessUnit]) -> None:
+    muxer = FragmentMuxer(WIDTH, HEIGHT)
+    data = muxer.mux(list(frames_of(clip)), T0_NS) + muxer.close()
+    frags = muxer.take_fragments()
+    assert [(f.frames, data[f.offset + 4 : f.offset + 8]) for f in frags] == [(25, b"moof")] * 4
+    assert frags[-1].offset + frags[-1].size == len(data) == muxer.bytes_emitted
+    with av.open(io.BytesIO(data), "r") as c:
+        assert len(list(c.decode(video=0))) == 100
+
+
+def test_muxer_nudges_non_increasing_timestamps(clip: list[AccessUnit]) -> None:
+    muxer = FragmentMuxer(WIDTH, HEIGHT)
+    frames = list(frames_of(clip[:30]))
+    frames[5] = Frame(frames[5].data, frames[4].pts_ns, FRAME_NS, False)  # same pts as its predecessor
+    data = muxer.mux(frames, T0_NS) + muxer.close()
+    with av.open(io.BytesIO(data), "r") as c:
+        pts = [int(f.pts or 0) for f in c.decode(video=0)]
+    assert len(pts) == 30 and pts[5] == pts[4] + 1
+
+
+def test_ns_to_ticks_is_exact() -> None:
+    assert ns_to_ticks(FRAME_NS) == 3600
+    assert ns_to_ticks(10 * 3600 * 10**9) == 10 * 3600 * 90000
+    assert ns_to_ticks(11_111) == 1 and ns_to_ticks(5_555) == 0 and ns_to_ticks(5_556) == 1
+    assert all(ns_to_ticks(n * FRAME_NS) == n * 3600 for n in range(0, 10**7, 99_991))
+
+
+@pytest.mark.parametrize(
+    ("buf", "message"),
+    [
+        (b"\x00\x00\x00\x10moof", "overruns"),
+        (b"\x00\x00\x00", "truncated box header"),
+        (b"\x00\x00\x00\x04free", "bad size 4"),
+        (b"\x00\x00\x00\x01mdat\x00\x00", "truncated largesize"),
+    ],
+)
+def test_iter_boxes_rejects_partial_boxes(buf: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        list(iter_boxes(buf))
+
+
+def test_iter_boxes_largesize_and_to_end() -> None:
+    large = b"\x00\x00\x00\x01mdat" + (20).to_bytes(8, "big") + b"abcd"
+    to_end = b"\x00\x00\x00\x00mdat" + b"xyz"
+    assert list(iter_boxes(large + to_end)) == [("mdat", 0, 20), ("mdat", 20, 11)]
