@@ -1,0 +1,10 @@
+"""``python -m csud.sim ...``: the same as ``csud simulate ...`` (see :func:`csud.sim.server.main`)."""
+
+from __future__ import annotations
+
+import sys
+
+from csud.sim.server import main
+
+if __name__ == "__main__":
+    sys.exit(main())
