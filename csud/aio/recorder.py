@@ -1,0 +1,359 @@
+"""One camera's recording loop: session -> depacketizer -> timeline -> segmenter -> writer -> index.
+
+The per-packet path is ``_on_packet``: one call into the depacketizer, and work per access unit
+only when one is complete. Decisions (when a segment opens, what is dropped) are the pure
+segmenter's; this module carries them out. The writer side is a separate task fed per GOP
+through a queue bounded in bytes: when storage falls behind, whole GOPs are dropped and counted,
+memory never grows.
+
+The loop retries after every failure, with exponential backoff from 1 s to 60 s and jitter,
+until the daemon stops it; a failure of one camera never reaches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from csud.aio.index import Index
+from csud.aio.session import RTCP_CHANNEL, RTP_CHANNEL, RtspSession
+from csud.aio.writer import SegmentWriter
+from csud.config import CameraConfig, CommuneConfig
+from csud.errors import AuthError, StorageError, StreamError
+from csud.log import get_logger
+from csud.proto.h264 import H264Depacketizer, parse_sps
+from csud.proto.media import AccessUnit, Gap, StreamReset
+from csud.proto.timeline import Timeline
+from csud.store.layout import segment_relpath, stagger_phase_ns
+from csud.store.segmenter import Close, Drop, Mux, Open, Segmenter
+
+NS_PER_SECOND = 1_000_000_000
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+HEALTHY_SESSION_SECONDS = 30.0  # a session that recorded this long resets the backoff
+WRITER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
+KEEPALIVE_MIN_SECONDS = 1.0
+
+
+@dataclass
+class CameraStats:
+    """Plain counters, updated on the hot path and exported in aggregate by the metrics task."""
+
+    up: bool = False
+    packets: int = 0
+    bytes_received: int = 0
+    frames_received: int = 0
+    frames_recorded: int = 0
+    lost_packets: int = 0
+    malformed_packets: int = 0
+    foreign_packets: int = 0  # other payload types on the RTP channel
+    reconnects: int = 0
+    failures: int = 0
+    segments_written: int = 0
+    bytes_written: int = 0
+    last_frame_ns: int = 0
+    last_error: str = ""
+    clock_offset_seconds: float = 0.0
+    dropped_frames: dict[str, int] = field(default_factory=dict)
+    segment_write_seconds: list[float] = field(default_factory=list)  # drained by metrics
+
+
+class Backoff:
+    """Exponential backoff with full jitter: uniform in [base/2, base], base doubling to the cap."""
+
+    def __init__(
+        self,
+        initial: float = BACKOFF_INITIAL_SECONDS,
+        maximum: float = BACKOFF_MAX_SECONDS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._base = initial
+        self._rng = rng or random.Random()
+
+    def reset(self) -> None:
+        self._base = self.initial
+
+    def next_delay(self) -> float:
+        delay = self._rng.uniform(self._base / 2, self._base)
+        self._base = min(self._base * 2, self.maximum)
+        return delay
+
+
+class CameraRecorder:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        commune: CommuneConfig,
+        root: Path,
+        segment_seconds: int,
+        index: IndexService,
+        password: str | None,
+    ) -> None:
+        self.camera = camera
+        self.commune = commune
+        self.root = root
+        self.segment_ns = segment_seconds * NS_PER_SECOND
+        self.index = index
+        self._password = password
+        self.stats = CameraStats()
+        self.log = get_logger(camera=camera.id, commune=commune.id)
+        self._backoff = Backoff()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._overloaded = False
+        self._writer_failed = False
+        self._new_pipeline(())
+
+    # -- pipeline state (pure objects), rebuilt for every session --------------------------
+
+    def _new_pipeline(self, parameter_sets: tuple[bytes, ...]) -> None:
+        self._depack = H264Depacketizer(list(parameter_sets))
+        self._timeline = Timeline()
+        self._segmenter = Segmenter(self.segment_ns, stagger_phase_ns(self.camera.id, self.segment_ns))
+        self._payload_type = -1
+        self._sps: bytes | None = None
+        self._pps: bytes | None = None
+        self._size = (0, 0)
+        self._sync_params()
+
+    def _sync_params(self) -> None:
+        sps, pps = self._depack.sps, self._depack.pps
+        if sps == self._sps and pps == self._pps:
+            return
+        self._sps, self._pps = sps, pps
+        if sps is not None:
+            try:
+                info = parse_sps(sps)
+                self._size = (info.width, info.height)
+            except ValueError as exc:
+                self.log.warning("sps_unparsable", error=str(exc))
+        self._segmenter.params(sps, pps)
+
+    # -- hot path --------------------------------------------------------------------------
+
+    def _on_packet(self, channel: int, buf: bytes, start: int, end: int) -> None:
+        if channel != RTP_CHANNEL:
+            if channel == RTCP_CHANNEL:
+                return  # sender reports: camera clock offset, issue 3
+            return
+        stats = self.stats
+        stats.packets += 1
+        if end - start > 1 and (buf[start + 1] & 0x7F) != self._payload_type:
+            stats.foreign_packets += 1
+            return
+        depack = self._depack
+        try:
+            depack.feed(buf, start, end)
+        except ValueError as exc:
+            stats.malformed_packets += 1
+            if stats.malformed_packets & (stats.malformed_packets - 1) == 0:  # 1, 2, 4, 8... logged
+                self.log.warning("rtp_malformed", error=str(exc), count=stats.malformed_packets)
+        if depack.events:
+            self._on_events(depack.take_events())
+
+    def _on_events(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, AccessUnit):
+                self._on_access_unit(event)
+            elif isinstance(event, Gap):
+                self.stats.lost_packets += event.lost_packets
+                self._apply(self._segmenter.gap(event.reason))
+            elif isinstance(event, StreamReset):
+                self.log.warning("stream_reset", reason=event.reason)
+                self._timeline.reset()
+
+    def _on_access_unit(self, au: AccessUnit) -> None:
+        stats = self.stats
+        stats.frames_received += 1
+        now_ns = time.time_ns()
+        stats.last_frame_ns = now_ns
+        if au.keyframe and (self._depack.sps is not self._sps or self._depack.pps is not self._pps):
+            self._sync_params()
+        if self._writer_failed:
+            self._writer_failed = False
+            self._apply(self._segmenter.gap("storage_error"))
+        if self._overloaded:
+            if self._queued_bytes > WRITER_QUEUE_MAX_BYTES // 2:
+                self._count_drop("overload", 1)
+                return
+            self._overloaded = False
+        elif self._queued_bytes > WRITER_QUEUE_MAX_BYTES:
+            self._overloaded = True
+            self.log.warning("writer_overloaded", queued_bytes=self._queued_bytes)
+            self._apply(self._segmenter.gap("overload"))
+            self._count_drop("overload", 1)
+            return
+        pts_ns, discontinuity = self._timeline.map(au.rtp_timestamp, now_ns)
+        self._apply(self._segmenter.push(au, pts_ns, discontinuity))
+
+    def _apply(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Drop):
+                self._count_drop(action.reason, action.frames)
+                continue
+            if isinstance(action, Mux):
+                self._queued_bytes += sum(len(f.data) for f in action.frames)
+            elif isinstance(action, Open):
+                action = (action, self._size)
+            self._queue.put_nowait(action)
+
+    def _count_drop(self, reason: str, frames: int) -> None:
+        if frames:
+            self.stats.dropped_frames[reason] = self.stats.dropped_frames.get(reason, 0) + frames
+
+    # -- writer task ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        """Carry out Open/Mux/Close in order. Ends on a ``None`` sentinel."""
+        writer: SegmentWriter | None = None
+        frames = 0
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                break
+            try:
+                if isinstance(item, tuple):
+                    opened, (width, height) = item
+                    relpath = segment_relpath(self.commune.id, self.camera.id, opened.start_ns)
+                    writer = await SegmentWriter.open(self.root, relpath, opened.start_ns, width, height)
+                    frames = 0
+                elif isinstance(item, Mux):
+                    self._queued_bytes -= sum(len(f.data) for f in item.frames)
+                    if writer is not None:
+                        await writer.write(item.frames)
+                        frames += len(item.frames)
+                elif isinstance(item, Close) and writer is not None:
+                    started = time.perf_counter()
+                    info = await writer.close(item.end_ns, item.drop_tail)
+                    writer = None
+                    if info is not None:
+                        await self.index.add_segment(self.camera.id, self.commune.id, info)
+                        self.stats.segments_written += 1
+                        self.stats.bytes_written += info.bytes
+                        self.stats.frames_recorded += info.frames
+                        self.stats.segment_write_seconds.append(time.perf_counter() - started)
+                        self.log.info(
+                            "segment_closed",
+                            path=info.relpath,
+                            frames=info.frames,
+                            bytes=info.bytes,
+                            seconds=round((info.end_ns - info.start_ns) / NS_PER_SECOND, 3),
+                        )
+            except StorageError as exc:
+                self.log.error("storage_error", error=str(exc))
+                self.stats.last_error = str(exc)
+                if writer is not None:
+                    await writer.abort()
+                    writer = None
+                self._writer_failed = True
+        if writer is not None:  # the pipeline always closes before the sentinel; be safe anyway
+            await writer.abort()
+
+    # -- session loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Record until ``stop`` is set; retry after each failure with backoff."""
+        writer_task = asyncio.create_task(self._write_loop(), name=f"writer:{self.camera.id}")
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                frames_before = self.stats.frames_received
+                try:
+                    await self._record_once(stop)
+                except AuthError as exc:
+                    self._failed(exc, "auth_failed")
+                except StreamError as exc:
+                    self._failed(exc, "stream_failed")
+                except Exception as exc:  # the one broad except: one camera never kills the daemon
+                    self.log.exception("camera_task_error")
+                    self._failed(exc, "internal_error")
+                finally:
+                    self.stats.up = False
+                    self._apply(self._segmenter.stop())
+                if stop.is_set():
+                    break
+                healthy = time.monotonic() - started > HEALTHY_SESSION_SECONDS
+                if healthy and self.stats.frames_received > frames_before:
+                    self._backoff.reset()
+                delay = self._backoff.next_delay()
+                self.stats.reconnects += 1
+                self.log.info("reconnect_scheduled", delay_seconds=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            self._queue.put_nowait(None)
+            await writer_task
+
+    def _failed(self, exc: BaseException, event: str) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc) or type(exc).__name__
+        self.log.warning(event, error=self.stats.last_error)
+
+    async def _record_once(self, stop: asyncio.Event) -> None:
+        cam = self.camera
+        session = RtspSession(cam.host, cam.port, cam.url, cam.username, self._password, self._on_packet)
+        try:
+            description = await session.start()
+            if description.encoding != "H264":
+                raise StreamError(f"unsupported codec {description.encoding} (H264 only for now)")
+            self._new_pipeline(description.parameter_sets)
+            self._payload_type = description.payload_type
+            self.stats.up = True
+            self.log.info("session_started", url=cam.url, payload_type=description.payload_type)
+            await self._supervise(session, stop, description.session_timeout_seconds)
+        finally:
+            await session.close()
+
+    async def _supervise(self, session: RtspSession, stop: asyncio.Event, timeout_seconds: int) -> None:
+        """Keep-alive within the session timeout; fail on stall; return when asked to stop."""
+        keepalive_every = max(KEEPALIVE_MIN_SECONDS, timeout_seconds / 2)
+        last_keepalive = time.monotonic()
+        stall = self.camera.stall_seconds
+        closed = session.closed
+        bytes_before = self.stats.bytes_received
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({closed, stopping}, timeout=min(1.0, stall / 2))
+                if stopping in done:
+                    return
+                if closed in done:
+                    closed.result()  # raises the connection's error, if any
+                    raise StreamError("camera closed the connection")
+                self.stats.bytes_received = bytes_before + session.bytes_received
+                now = time.monotonic()
+                if now - session.last_data_monotonic > stall:
+                    raise StreamError(f"no data for {stall:g} s (stall)")
+                if now - last_keepalive >= keepalive_every:
+                    last_keepalive = now
+                    await session.keep_alive()
+        finally:
+            stopping.cancel()
+
+
+class IndexService:
+    """The index, used from one dedicated thread so SQLite never blocks the event loop."""
+
+    def __init__(self, index: Index) -> None:
+        import concurrent.futures
+
+        self.index = index
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="csud-index")
+
+    async def add_segment(self, camera: str, commune: str, info: Any) -> int:
+        loop = asyncio.get_running_loop()
+        row_id: int = await loop.run_in_executor(
+            self._executor, self.index.add_segment, camera, commune, info, time.time_ns()
+        )
+        return row_id
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.index.close()

@@ -1,0 +1,256 @@
+"""One RTSP session with one camera: aiortsp speaks RTSP, csud's own lean path carries RTP.
+
+aiortsp does OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER and TEARDOWN, with Basic and Digest
+authentication. Its own RTP path makes a dpkt object per packet and queues it without bound;
+measured here it costs several times csud's, so the connection below replaces only
+``data_received``: :class:`~csud.proto.interleave.InterleavedDemux` splits the TCP stream by
+offsets, hands ``$`` frames straight to the recorder's callback and passes the rare RTSP
+message to aiortsp's parser.
+
+What is deliberately left out for now: UDP transport and RTCP receiver reports (issue 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortsp.rtsp.auth import DigestAuth
+from aiortsp.rtsp.connection import RTSPConnection
+from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseError, RTSPTimeoutError
+from aiortsp.rtsp.session import RTSPMediaSession
+
+from csud.errors import AuthError, StreamError
+from csud.proto.interleave import InterleavedDemux
+
+RTP_CHANNEL = 0
+RTCP_CHANNEL = 1
+TEARDOWN_TIMEOUT_SECONDS = 2.0
+
+# (channel, buffer, start, end): one interleaved frame, not copied.
+PacketHandler = Callable[[int, bytes, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDescription:
+    """What DESCRIBE told us about the video media."""
+
+    encoding: str  # "H264", "H265"
+    payload_type: int
+    clock_rate: int
+    parameter_sets: tuple[bytes, ...]  # sprop-parameter-sets, decoded
+    session_timeout_seconds: int
+
+
+class _LeanConnection(RTSPConnection):
+    """aiortsp's connection with csud's interleaved demultiplexer in front of its parser."""
+
+    def __init__(self, *args: Any, on_packet: PacketHandler, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bytes_received = 0
+        self.last_data_monotonic = time.monotonic()
+        self.demux = InterleavedDemux(on_packet, self._on_message)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.last_data_monotonic = time.monotonic()
+        try:
+            self.demux.feed(data)
+        except ValueError as exc:
+            self._fail(StreamError(f"camera sent an invalid RTSP stream: {exc}"))
+
+    def _on_message(self, message: bytes) -> None:
+        try:
+            for msg in self.parser.parse(message):
+                if msg.type == "response":
+                    future = self.active_requests.get(msg.cseq)
+                    if future is not None and not future.done():
+                        future.set_result(msg)
+                elif msg.type == "request":
+                    # Some servers ping the client; a 200 keeps them happy without desynchronising.
+                    self.send_response(msg, 200, "OK")
+        except Exception as exc:  # aiortsp's parser raises assertions and ValueErrors alike
+            self._fail(StreamError(f"camera sent an unparsable RTSP message: {type(exc).__name__}"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.result.done():
+            self.result.set_exception(error)
+        if self._transport:
+            self._transport.close()
+
+    def handle_401(self, resp: Any) -> bool:
+        # aiortsp picks Basic whenever it is offered; prefer Digest, which does not send the
+        # password in the clear.
+        if not self._auth and self.username and self.password:  # type: ignore[has-type]
+            offers = resp.headers.get("www-authenticate") or []
+            offers = offers if isinstance(offers, list) else [offers]
+            if any(o.startswith("Digest ") for o in offers) and "digest" in self.accept_auth:
+                self._auth = DigestAuth(self.username, self.password)
+        return bool(super().handle_401(resp))
+
+
+class _InterleavedTransport:
+    """The few transport hooks aiortsp's RTSPMediaSession calls, for TCP-interleaved RTP."""
+
+    def on_transport_request(self, headers: dict[str, Any]) -> None:
+        headers["Transport"] = f"RTP/AVP/TCP;unicast;interleaved={RTP_CHANNEL}-{RTCP_CHANNEL}"
+
+    def on_transport_response(self, headers: dict[str, Any]) -> None:
+        transport = headers.get("transport", "")
+        if "interleaved" not in transport:
+            raise StreamError(f"camera refused TCP-interleaved transport (Transport: {transport[:80]!r})")
+        channels = transport.split("interleaved=", 1)[1].split(";", 1)[0].strip()
+        if channels != f"{RTP_CHANNEL}-{RTCP_CHANNEL}":
+            raise StreamError(f"camera chose interleaved channels {channels}, expected 0-1")
+
+    async def warmup(self) -> None:
+        return None
+
+
+class RtspSession:
+    """Connect, describe, set up and play one camera; then keep it alive until it fails or stops.
+
+    ``url`` carries no credentials (config strips them); they come as ``username``/``password``
+    and are never put in a message, log or exception text.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        url: str,
+        username: str | None,
+        password: str | None,
+        on_packet: PacketHandler,
+        request_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.url = url
+        self._username = username
+        self._password = password
+        self._on_packet = on_packet
+        self._timeout = request_timeout_seconds
+        self._conn: _LeanConnection | None = None
+        self._session: RTSPMediaSession | None = None
+        self.description: StreamDescription | None = None
+
+    @property
+    def bytes_received(self) -> int:
+        return self._conn.bytes_received if self._conn else 0
+
+    @property
+    def last_data_monotonic(self) -> float:
+        return self._conn.last_data_monotonic if self._conn else 0.0
+
+    @property
+    def garbage_bytes(self) -> int:
+        return self._conn.demux.garbage_bytes if self._conn else 0
+
+    async def start(self) -> StreamDescription:
+        """OPTIONS, DESCRIBE, SETUP, PLAY. Raises :class:`StreamError` (or :class:`AuthError`)."""
+        conn = _LeanConnection(
+            self.host,
+            self.port,
+            self._username,
+            self._password,
+            timeout=self._timeout,
+            on_packet=self._on_packet,
+        )
+        self._conn = conn
+        with _rtsp_errors(f"{self.host}:{self.port}"):
+            await conn.prepare()
+            session = RTSPMediaSession(conn, self.url, transport=_InterleavedTransport())
+            self._session = session
+            await session.setup()
+            description = _describe(session)
+            self.description = description
+            await session.play()
+        return description
+
+    async def keep_alive(self) -> None:
+        if self._session is None:
+            return
+        with _rtsp_errors(f"{self.host}:{self.port}"):
+            await self._session.keep_alive()
+
+    @property
+    def closed(self) -> asyncio.Future[Any]:
+        """Resolves (or raises) when the connection ends."""
+        assert self._conn is not None
+        result: asyncio.Future[Any] = self._conn.result
+        return result
+
+    async def close(self) -> None:
+        """TEARDOWN within a short bound, then close the socket. Never raises."""
+        conn, session = self._conn, self._session
+        self._session = None
+        if conn is None:
+            return
+        if session is not None and session.session_id and conn.running:
+            with contextlib.suppress(TimeoutError, RTSPError, StreamError, OSError):
+                await asyncio.wait_for(session.teardown(), TEARDOWN_TIMEOUT_SECONDS)
+        conn.close()
+        if not conn.result.done():
+            conn.result.set_result("closed")
+
+
+class _rtsp_errors:
+    """Turn aiortsp's errors into csud's, without leaking anything but status and host."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, StreamError):
+            return
+        if isinstance(exc, RTSPResponseError):
+            status = exc.response.status if exc.response is not None else 0
+            reason = exc.response.status_msg if exc.response is not None else ""
+            if status == 401:
+                raise AuthError(f"{self.where} refused the credentials (401 {reason})") from None
+            raise StreamError(f"{self.where} answered {status} {reason}".rstrip()) from None
+        if isinstance(exc, RTSPTimeoutError):
+            raise StreamError(f"{self.where} did not answer within the request timeout") from None
+        if isinstance(exc, RTSPConnectionError):
+            raise StreamError(f"cannot connect to {self.where}") from None
+        if isinstance(exc, RTSPError | AssertionError | KeyError | ValueError):
+            raise StreamError(f"{self.where}: RTSP exchange failed ({type(exc).__name__})") from None
+        if isinstance(exc, OSError):
+            raise StreamError(f"{self.where}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _describe(session: RTSPMediaSession) -> StreamDescription:
+    sdp = session.sdp
+    media = sdp.get_media("video") if sdp else None
+    if not media:
+        raise StreamError("the camera's SDP has no video media")
+    attributes = media.get("attributes", {})
+    rtpmap = attributes.get("rtpmap")
+    if not isinstance(rtpmap, dict):
+        raise StreamError("the camera's SDP has no usable a=rtpmap for its video media")
+    fmtp = attributes.get("fmtp") if isinstance(attributes.get("fmtp"), dict) else {}
+    sets: list[bytes] = []
+    for item in str(fmtp.get("sprop-parameter-sets", "")).split(","):
+        if item.strip():
+            try:
+                sets.append(base64.b64decode(item.strip(), validate=True))
+            except (binascii.Error, ValueError):
+                raise StreamError("the camera's SDP has invalid sprop-parameter-sets") from None
+    timeout = int(session.session_keepalive / 0.9) if session.session_keepalive else 60
+    return StreamDescription(
+        encoding=str(rtpmap["encoding"]).upper(),
+        payload_type=int(rtpmap["pt"]),
+        clock_rate=int(rtpmap["clockRate"]),
+        parameter_sets=tuple(sets),
+        session_timeout_seconds=max(timeout, 1),
+    )

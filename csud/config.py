@@ -1,0 +1,316 @@
+"""Configuration: a TOML file read through pydantic-settings, overridden by ``CSUD_`` variables.
+
+What belongs here: the schema (every key of config/csud.example.toml), cross-field rules (a
+camera's commune exists, retention within the legal maximum, unique ids) and the one-line error
+that ``csud check-config`` prints. Credentials are split out of camera URLs at load time, so no
+model ever holds a URL with a password in it; they stay in ``SecretStr`` fields.
+
+Where the file is: ``--config PATH``, else ``$CSUD_CONFIG``, else ``/etc/csud/csud.toml``.
+Environment overrides use ``__`` between levels: ``CSUD_STORAGE__ROOT=/srv/csud``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from csud.errors import ConfigError
+from csud.store.layout import validate_path_component
+
+DEFAULT_CONFIG_PATH = Path("/etc/csud/csud.toml")
+CONFIG_ENV = "CSUD_CONFIG"
+LEGAL_MAX_RETENTION_DAYS = 30  # CSI art. L252-5: "un mois" at most; a site may only lower it
+DEFAULT_RTSP_PORT = 554
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    root: Path = Path("/var/lib/csud")
+    segment_seconds: int = Field(60, ge=2, le=3600)
+
+
+class MetricsConfig(_Strict):
+    listen: str = "127.0.0.1:9108"  # "" disables the endpoint
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108")
+        return value
+
+
+class LegalConfig(_Strict):
+    max_retention_days: int = Field(LEGAL_MAX_RETENTION_DAYS, ge=1, le=LEGAL_MAX_RETENTION_DAYS)
+
+
+class CommuneConfig(_Strict):
+    id: str
+    name: str
+    service: Literal["live", "storage"]
+    retention_days: int = Field(gt=0)
+    authorisation: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        validate_path_component("commune", value)
+        return value
+
+
+class CameraConfig(_Strict):
+    id: str
+    commune: str
+    url: str
+    name: str = ""
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    transport: Literal["tcp", "udp"] = "tcp"
+    retention_days: int | None = Field(None, gt=0)
+    stall_seconds: float = Field(10.0, gt=0, le=300)
+    enabled: bool = True
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        validate_path_component("camera", value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_userinfo(cls, data: Any) -> Any:
+        """Move ``user:pass@`` out of the URL into username/password before anything stores it."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        url = data["url"]
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("url: malformed URL") from None
+        if parts.scheme.lower() != "rtsp":
+            raise ValueError(f"url: must be an rtsp:// URL, not {parts.scheme or 'a scheme-less'!r} one")
+        if not parts.hostname:
+            raise ValueError("url: no host in the URL")
+        if parts.username is None and parts.password is None:
+            return data
+        if data.get("username") is not None or data.get("password") is not None:
+            raise ValueError("url: credentials both in the URL and in username/password")
+        data = dict(data)
+        data["username"] = unquote(parts.username or "")
+        if parts.password is not None:
+            data["password"] = unquote(parts.password)
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        data["url"] = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return data
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> CameraConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password: give password or password_file, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or DEFAULT_RTSP_PORT
+
+    def resolve_password(self) -> str | None:
+        """The camera's password, read from ``password_file`` when set.
+
+        A relative ``password_file`` is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd's
+        ``LoadCredential=``), so the unit can hand the secret over without a readable file.
+        """
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        path = self.password_file
+        if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
+            path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cameras[{self.id}].password_file: cannot read {path}: {exc.strerror}"
+            ) from None
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Built by :func:`load_config`; never read a file elsewhere."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CSUD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    storage: StorageConfig = StorageConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    legal: LegalConfig = LegalConfig()
+    communes: list[CommuneConfig] = []
+    cameras: list[CameraConfig] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; CSUD_ variables must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        communes: dict[str, CommuneConfig] = {}
+        for i, commune in enumerate(self.communes):
+            if commune.id in communes:
+                raise _FieldError(f"communes[{i}].id", f"duplicate commune id {commune.id!r}")
+            if commune.retention_days > self.legal.max_retention_days:
+                raise _FieldError(
+                    f"communes[{i}].retention_days",
+                    f"{commune.retention_days} days exceeds the legal maximum of "
+                    f"{self.legal.max_retention_days} (legal.max_retention_days)",
+                )
+            communes[commune.id] = commune
+        seen: set[str] = set()
+        for i, camera in enumerate(self.cameras):
+            if camera.id in seen:
+                raise _FieldError(f"cameras[{i}].id", f"duplicate camera id {camera.id!r}")
+            seen.add(camera.id)
+            owner = communes.get(camera.commune)
+            if owner is None:
+                raise _FieldError(f"cameras[{i}].commune", f"unknown commune {camera.commune!r}")
+            if camera.retention_days is not None and camera.retention_days > owner.retention_days:
+                raise _FieldError(
+                    f"cameras[{i}].retention_days",
+                    f"{camera.retention_days} days is longer than commune {owner.id!r}'s "
+                    f"{owner.retention_days}: a camera may only shorten its commune's window",
+                )
+        return self
+
+    def commune(self, commune_id: str) -> CommuneConfig:
+        for commune in self.communes:
+            if commune.id == commune_id:
+                return commune
+        raise KeyError(commune_id)
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        for camera in self.cameras:
+            if camera.id == camera_id:
+                return camera
+        raise KeyError(camera_id)
+
+
+class _FieldError(ValueError):
+    """A cross-field rule broke; carries the dotted field to name in the error line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    settings: Settings
+    path: Path
+    sha256: str  # of the file's bytes, journaled so an auditor can tell which config ran
+
+
+def config_path(explicit: str | Path | None) -> Path:
+    """``--config`` if given, else ``$CSUD_CONFIG``, else ``/etc/csud/csud.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(explicit: str | Path | None = None) -> LoadedConfig:
+    """Read, parse and validate the configuration; raise :class:`ConfigError` with one line."""
+    path = config_path(explicit)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return LoadedConfig(
+        settings=parse_settings(data, source=str(path)), path=path, sha256=hashlib.sha256(raw).hexdigest()
+    )
+
+
+def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc, data)}") from None
+    except _FieldError as exc:  # raised from the after-validator outside pydantic's wrapping
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    """First error as ``field.path: message``; never echoes the input value (it may be a secret)."""
+    err = exc.errors(include_input=False, include_url=False)[0]
+    loc = [part for part in err["loc"] if not str(part).startswith("function-")]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if isinstance(err.get("ctx", {}).get("error"), _FieldError):
+        return str(err["ctx"]["error"])
+    field = _dotted(loc)
+    if msg.startswith(("url:", "password:")) and loc:
+        # A before/after model validator names its own field; point at it.
+        name, _, msg = msg.partition(": ")
+        field = f"{field}.{name}" if field else name
+    return f"{field}: {msg}" if field else msg
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def retention_days(settings: Settings, camera: CameraConfig) -> int:
+    """The window that applies to one camera: its own when shorter, else its commune's."""
+    commune_days = settings.commune(camera.commune).retention_days
+    return min(commune_days, camera.retention_days or commune_days)

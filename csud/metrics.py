@@ -1,0 +1,92 @@
+"""Prometheus metrics: every name is declared here, and only here.
+
+The names are a contract (dashboards and alerts use them; see DESIGN.md). The hot path never
+touches these objects: recorders keep plain counters (:class:`csud.aio.recorder.CameraStats`)
+and :func:`export` copies them into the registry in aggregate, every few seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from csud import __version__
+
+if TYPE_CHECKING:
+    from csud.aio.recorder import CameraRecorder
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_CAM = ("camera", "commune")
+
+camera_up = Gauge("csud_camera_up", "1 while the camera's session delivers media", _CAM, registry=REGISTRY)
+camera_last_frame = Gauge(
+    "csud_camera_last_frame_timestamp_seconds",
+    "Server time of the last frame received",
+    _CAM,
+    registry=REGISTRY,
+)
+camera_received_bytes = Counter(
+    "csud_camera_received_bytes", "Bytes received from the camera (RTSP and media)", _CAM, registry=REGISTRY
+)
+camera_frames = Counter(
+    "csud_camera_frames", "Access units received from the camera", _CAM, registry=REGISTRY
+)
+camera_lost = Counter(
+    "csud_camera_rtp_packets_lost", "RTP packets lost (sequence gaps)", _CAM, registry=REGISTRY
+)
+camera_reconnects = Counter(
+    "csud_camera_reconnects", "Session restarts after a failure", _CAM, registry=REGISTRY
+)
+camera_clock_offset = Gauge(
+    "csud_camera_clock_offset_seconds", "Camera clock minus server clock (RTCP)", _CAM, registry=REGISTRY
+)
+camera_dropped_frames = Counter(
+    "csud_camera_dropped_frames", "Frames not recorded, by reason", (*_CAM, "reason"), registry=REGISTRY
+)
+segments_written = Counter("csud_segments_written", "Segments closed and indexed", _CAM, registry=REGISTRY)
+segment_write_seconds = Histogram(
+    "csud_segment_write_seconds",
+    "Time to finish a segment: flush, fsync, rename, directory fsync, index row",
+    _CAM,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+storage_used = Gauge(
+    "csud_storage_used_bytes", "Bytes of footage in the store", ("commune",), registry=REGISTRY
+)
+storage_free = Gauge("csud_storage_free_bytes", "Free bytes on the store's filesystem", registry=REGISTRY)
+build_info = Info("csud_build", "csud version", registry=REGISTRY)
+build_info.info({"version": __version__})
+
+_last: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def _inc(counter: Counter, labels: tuple[str, ...], key: str, value: int, seen: dict[str, int]) -> None:
+    delta = value - seen.get(key, 0)
+    if delta > 0:
+        counter.labels(*labels).inc(delta)
+    seen[key] = value
+
+
+def export(recorders: Iterable[CameraRecorder]) -> None:
+    """Copy the recorders' plain counters into the registry (counters advance by their delta)."""
+    for rec in recorders:
+        labels = (rec.camera.id, rec.commune.id)
+        stats = rec.stats
+        seen = _last.setdefault(labels, {})
+        camera_up.labels(*labels).set(1 if stats.up else 0)
+        if stats.last_frame_ns:
+            camera_last_frame.labels(*labels).set(stats.last_frame_ns / 1e9)
+        camera_clock_offset.labels(*labels).set(stats.clock_offset_seconds)
+        _inc(camera_received_bytes, labels, "bytes", stats.bytes_received, seen)
+        _inc(camera_frames, labels, "frames", stats.frames_received, seen)
+        _inc(camera_lost, labels, "lost", stats.lost_packets, seen)
+        _inc(camera_reconnects, labels, "reconnects", stats.reconnects, seen)
+        _inc(segments_written, labels, "segments", stats.segments_written, seen)
+        for reason, count in stats.dropped_frames.items():
+            _inc(camera_dropped_frames, (*labels, reason), f"drop:{reason}", count, seen)
+        durations, stats.segment_write_seconds = stats.segment_write_seconds, []
+        for seconds in durations:
+            segment_write_seconds.labels(*labels).observe(seconds)

@@ -1,0 +1,129 @@
+"""Processes for integration tests: the simulator and the daemon, each started and always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CSUD = str(Path(sys.executable).parent / "csud")
+FPS = 25
+SMALL = ["--width", "320", "--height", "240", "--bitrate", "500000", "--fps", str(FPS), "--gop-seconds", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"process {proc.args!r} ignored signal {sig} for {timeout} s") from None
+    return int(proc.returncode)
+
+
+@contextmanager
+def simulator(
+    tmp: Path, port: int, cameras: int, *extra: str, name: str = "sim"
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    stats = tmp / f"{name}-stats.json"
+    log = (tmp / f"{name}.log").open("ab")
+    args = [CSUD, "simulate", "--cameras", str(cameras), "--port", str(port), "--stats-file", str(stats)]
+    proc = subprocess.Popen([*args, *SMALL, *extra], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+        yield proc, stats
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def write_config(tmp: Path, port: int, cameras: int, segment_seconds: int = 5, auth: str = "") -> Path:
+    root = tmp / "store"
+    lines = [
+        "[storage]",
+        f'root = "{root}"',
+        f"segment_seconds = {segment_seconds}",
+        "[metrics]",
+        'listen = ""',
+        "[[communes]]",
+        'id = "metz"',
+        'name = "Metz"',
+        'service = "live"',
+        "retention_days = 15",
+    ]
+    for i in range(1, cameras + 1):
+        lines += [
+            "[[cameras]]",
+            f'id = "cam{i}"',
+            'commune = "metz"',
+            f'url = "rtsp://{auth}127.0.0.1:{port}/cam{i}"',
+            "stall_seconds = 5",
+        ]
+    path = tmp / "csud.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def daemon(config: Path, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp / "csud.log").open("ab")
+    env = dict(os.environ)
+    env.pop("CSUD_CONFIG", None)
+    proc = subprocess.Popen(
+        [CSUD, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            stop_process(proc)
+        log.close()
+
+
+def segments(config: Path, camera: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [CSUD, "segments", "--config", str(config), "--camera", camera, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+def log_lines(tmp: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (tmp / "csud.log").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            out.append({"event": "non-json", "line": line})
+    return out
