@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,10 @@ from typing import Any
 
 from csud import __version__
 from csud.errors import ConfigError, CsudError, UsageError
+
+# Each of these modules defines ``register(subparsers, with_config)``, which adds its
+# subcommands and sets ``handler`` (a function of the parsed arguments returning the exit code).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -68,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--from", dest="from_", metavar="T", help="ISO 8601 time with offset")
     seg.add_argument("--to", metavar="T", help="ISO 8601 time with offset")
     seg.add_argument("--json", action="store_true")
+    seg.set_defaults(handler=cmd_segments)
+    run.set_defaults(handler=cmd_run)
+    sub.choices["check-config"].set_defaults(handler=cmd_check_config)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub, with_config)
     return parser
 
 
@@ -79,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
-        handler = {"run": cmd_run, "check-config": cmd_check_config, "segments": cmd_segments}[args.command]
-        return handler(args)
+        return int(args.handler(args))
     except (ConfigError, UsageError) as exc:
         print(f"csud {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
