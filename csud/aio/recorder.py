@@ -318,6 +318,9 @@ class CameraRecorder:
         stall = self.camera.stall_seconds
         closed = session.closed
         bytes_before = self.stats.bytes_received
+        # A stall is judged on RTP packets, not on bytes: a camera whose encoder died may still
+        # send RTCP reports and answer keep-alives. Watching the counter costs the hot path nothing.
+        packets_seen, progress_at = self.stats.packets, time.monotonic()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while True:
@@ -329,8 +332,10 @@ class CameraRecorder:
                     raise StreamError("camera closed the connection")
                 self.stats.bytes_received = bytes_before + session.bytes_received
                 now = time.monotonic()
-                if now - session.last_data_monotonic > stall:
-                    raise StreamError(f"no data for {stall:g} s (stall)")
+                if self.stats.packets != packets_seen:
+                    packets_seen, progress_at = self.stats.packets, now
+                elif now - progress_at > stall:
+                    raise StreamError(f"no RTP packet for {stall:g} s (stall)")
                 if now - last_keepalive >= keepalive_every:
                     last_keepalive = now
                     await session.keep_alive()

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +53,10 @@ class _LeanConnection(RTSPConnection):
     def __init__(self, *args: Any, on_packet: PacketHandler, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bytes_received = 0
-        self.last_data_monotonic = time.monotonic()
         self.demux = InterleavedDemux(on_packet, self._on_message)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        self.last_data_monotonic = time.monotonic()
         try:
             self.demux.feed(data)
         except ValueError as exc:
@@ -144,10 +141,6 @@ class RtspSession:
     @property
     def bytes_received(self) -> int:
         return self._conn.bytes_received if self._conn else 0
-
-    @property
-    def last_data_monotonic(self) -> float:
-        return self._conn.last_data_monotonic if self._conn else 0.0
 
     @property
     def garbage_bytes(self) -> int:

@@ -34,7 +34,7 @@ Stats (:meth:`SimServer.stats`, and the ``--stats-file`` JSON, rewritten atomica
     {
       "port": 8554, "fps": 25, "clip_frames": 100, "gop_frames": 25, "uptime_seconds": 12.3,
       "connections_active": 2, "connections_total": 3, "malformed_connections": 1,
-      "auth_failures": 1, "sessions_timed_out": 0, "ticks": 307, "clock_resets": 0,
+      "auth_failures": 1, "sessions_timed_out": 0, "teardowns": 1, "ticks": 307, "clock_resets": 0,
       "totals": {<the camera counters below, summed over cameras>},
       "cameras": {
         "cam1": {
@@ -266,6 +266,10 @@ class Session:
         if transport is None or transport.get_write_buffer_size() > server.options.max_write_buffer:
             counters.frames_dropped += 1
             return
+        if wall_ns >= self.next_sr_ns:
+            # Reports follow the clock, not the frames: a camera whose encoder stalls (the frame
+            # hook dropping frames) keeps sending them, as real ones do.
+            self._send_sender_report(timestamp, wall_ns)
         patched = patch_frame(frame, seq, timestamp, self.ssrc, self.rtp_channel)
         hook = server.options.frame_hook
         if hook is None:
@@ -284,8 +288,6 @@ class Session:
         counters.packets_sent += frame.packet_count
         counters.bytes_sent += len(frame.blob)
         self.payload_octets += frame.payload_octets
-        if wall_ns >= self.next_sr_ns:
-            self._send_sender_report(timestamp, wall_ns)
 
     def _send_sender_report(self, rtp_timestamp: int, wall_ns: int) -> None:
         server = self.camera.server
@@ -536,6 +538,7 @@ class RtspConnection(asyncio.Protocol):
             return 455, [], b""
         if session.connection is not self:
             return 454, [], b""
+        self.server._teardowns += 1
         self.server._end_session(session)
         return 200, [], b""
 
@@ -588,6 +591,7 @@ class SimServer:
         self._malformed_connections = 0
         self._auth_failures = 0
         self._sessions_timed_out = 0
+        self._teardowns = 0  # sessions ended by the client's TEARDOWN
         self._ticks = 0
         self._clock_resets = 0
         self._nonces: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -799,6 +803,7 @@ class SimServer:
             "malformed_connections": self._malformed_connections,
             "auth_failures": self._auth_failures,
             "sessions_timed_out": self._sessions_timed_out,
+            "teardowns": self._teardowns,
             "ticks": self._ticks,
             "clock_resets": self._clock_resets,
             "totals": {

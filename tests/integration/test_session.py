@@ -1,0 +1,181 @@
+"""The session and the per-camera loop against the simulator, in one event loop.
+
+Authentication, keep-alive within the session timeout, stall detection, TEARDOWN on stop,
+backoff after refused credentials, and no credential in any message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csud import log
+from csud.aio.index import Index
+from csud.aio.recorder import Backoff, CameraRecorder, IndexService
+from csud.aio.session import RtspSession
+from csud.config import parse_settings
+from csud.errors import AuthError, StreamError
+from csud.sim.server import SimOptions, SimServer, serve
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cr3t-Pa55"
+
+
+def sim_options(**kw: Any) -> SimOptions:
+    base: dict[str, Any] = dict(cameras=1, port=0, width=320, height=240, bitrate=300_000, gop_seconds=1.0)
+    base.update(kw)
+    return SimOptions(**base)
+
+
+@asynccontextmanager
+async def simulator(**kw: Any) -> AsyncIterator[SimServer]:
+    server = await serve(sim_options(**kw))
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def make_recorder(tmp_path: Path, port: int, password: str | None = None, **camera: Any) -> CameraRecorder:
+    cam: dict[str, Any] = {"id": "cam1", "commune": "metz", "url": f"rtsp://127.0.0.1:{port}/cam1"}
+    if password is not None:
+        cam.update(username="csud", password=password)
+    cam.update(camera)
+    settings = parse_settings(
+        {
+            "storage": {"root": str(tmp_path / "store"), "segment_seconds": 5},
+            "communes": [{"id": "metz", "name": "Metz", "service": "live", "retention_days": 15}],
+            "cameras": [cam],
+        }
+    )
+    (tmp_path / "store").mkdir(exist_ok=True)
+    index = IndexService(Index.open(tmp_path / "store" / "index.sqlite3"))
+    camera_cfg = settings.cameras[0]
+    return CameraRecorder(
+        camera_cfg, settings.communes[0], tmp_path / "store", 5, index, camera_cfg.resolve_password()
+    )
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(recorder: CameraRecorder) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(recorder.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        recorder.index.close()
+
+
+async def test_digest_auth_accepts_right_and_refuses_wrong_password() -> None:
+    async with simulator(username="csud", password=SECRET) as sim:
+        url = sim.camera_url(1)
+        ok = RtspSession("127.0.0.1", sim.port, url, "csud", SECRET, lambda *a: None)
+        try:
+            description = await ok.start()
+        finally:
+            await ok.close()
+        assert (description.encoding, description.payload_type, description.clock_rate) == ("H264", 96, 90000)
+        assert [nal[0] & 0x1F for nal in description.parameter_sets] == [7, 8]
+        bad = RtspSession("127.0.0.1", sim.port, url, "csud", "wrong-" + SECRET, lambda *a: None)
+        with pytest.raises(AuthError, match=r"refused the credentials \(401") as info:
+            await bad.start()
+        await bad.close()
+        assert SECRET not in str(info.value)
+
+
+async def test_unreachable_camera_is_a_stream_error() -> None:
+    from tests.integration.helpers import free_port
+
+    session = RtspSession("127.0.0.1", free_port(), "rtsp://127.0.0.1/x", None, None, lambda *a: None)
+    with pytest.raises(StreamError, match=r"cannot connect to 127\.0\.0\.1"):
+        await session.start()
+    await session.close()
+
+
+async def test_keepalive_holds_a_short_session_timeout_and_teardown_on_stop(tmp_path: Path) -> None:
+    async with simulator(session_timeout=2.0) as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        async with running(recorder):
+            await asyncio.sleep(7)  # 3.5 times the server's session timeout
+            stats = sim.stats()
+            assert stats["sessions_timed_out"] == 0
+            assert stats["cameras"]["cam1"]["sessions_total"] == 1
+            assert recorder.stats.up and recorder.stats.reconnects == 0
+        await asyncio.sleep(0.2)
+        stats = sim.stats()
+        assert stats["teardowns"] == 1, "the recorder must send TEARDOWN when it stops"
+        assert stats["cameras"]["cam1"]["sessions_active"] == 0
+    assert recorder.stats.segments_written >= 1
+
+
+async def test_stall_is_detected_and_recording_resumes(tmp_path: Path) -> None:
+    stalled = {"on": False}
+
+    def hook(session: Any, frame: Any, wire: bytes) -> bytes | None:
+        return None if stalled["on"] else wire
+
+    # Sender reports keep flowing during the stall (every 0.3 s): only missing RTP counts.
+    async with simulator(frame_hook=hook, sr_interval=0.3) as sim:
+        recorder = make_recorder(tmp_path, sim.port, stall_seconds=1.0)
+        async with running(recorder):
+            await wait_for(lambda: recorder.stats.frames_received > 25, 10, "frames")
+            stalled["on"] = True
+            await wait_for(lambda: recorder.stats.failures >= 1, 5, "the stall to be detected")
+            assert "stall" in recorder.stats.last_error
+            stalled["on"] = False
+            frames = recorder.stats.frames_received
+            await wait_for(lambda: recorder.stats.frames_received > frames + 25, 10, "recording to resume")
+            assert recorder.stats.reconnects >= 1
+    rows = Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1")
+    assert len(rows) >= 2  # one before the stall, one after
+
+
+async def test_refused_credentials_back_off_and_never_print_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log.configure("info", json=True)
+    async with simulator(username="csud", password=SECRET) as sim:
+        recorder = make_recorder(tmp_path, sim.port, password="not-" + SECRET)
+        async with running(recorder):
+            await asyncio.sleep(5)
+        failures = recorder.stats.failures
+        auth_failures = sim.stats()["auth_failures"]
+    # Backoff 1 s -> 2 s -> 4 s with jitter: 2 to 4 attempts in 5 s, never a storm.
+    assert 2 <= failures <= 4, failures
+    assert auth_failures <= 2 * failures  # aiortsp answers the challenge once per attempt
+    assert "refused the credentials" in recorder.stats.last_error
+    out = capsys.readouterr().out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "auth_failed" for e in events) == failures
+    assert all(e.get("camera") == "cam1" for e in events if e["event"] == "auth_failed")
+    assert SECRET not in out
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    import random
+
+    backoff = Backoff(1.0, 60.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(10)]
+    bases = [min(2.0**i, 60.0) for i in range(10)]
+    for delay, base in zip(delays, bases, strict=True):
+        assert base / 2 <= delay <= base
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert 0.5 <= backoff.next_delay() <= 1.0
