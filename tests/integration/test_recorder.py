@@ -60,7 +60,7 @@ def test_three_cameras_recorded_frame_exact(tmp_path: Path) -> None:
     """3 cameras for 22 s, then SIGTERM: every frame sent after the first keyframe is recorded."""
     port = free_port()
     config = write_config(tmp_path, port, cameras=3, segment_seconds=5)
-    with simulator(tmp_path, port, 3) as (sim, stats_file), daemon(config, tmp_path) as proc:
+    with simulator(tmp_path, port, 3) as (_sim, stats_file), daemon(config, tmp_path) as proc:
         time.sleep(22)
         # SIGTERM while the cameras stream: the recorder tears the sessions down, muxes what
         # it holds, closes, fsyncs and indexes every open segment, and exits 0.
