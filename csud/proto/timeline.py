@@ -103,6 +103,19 @@ class Timeline:
         self.last_reason = None
         return pts_ns, False
 
+    def project(self, rtp_timestamp: int) -> int | None:
+        """Server time of ``rtp_timestamp`` under the current anchor, without changing anything.
+
+        Used to compare a sender report's RTP timestamp with the camera's own clock. ``None``
+        before the first anchor.
+        """
+        if self._anchor_ext is None:
+            return None
+        delta = (rtp_timestamp - self._last_ext) % RTP_TIMESTAMP_MODULO
+        if delta >= RTP_TIMESTAMP_HALF:
+            delta -= RTP_TIMESTAMP_MODULO
+        return self._anchor_ns + self._ticks_to_ns(self._last_ext + delta - self._anchor_ext)
+
     def _anchor(self, ext: int, now_ns: int, reason: str | None) -> tuple[int, bool]:
         self._anchor_ext = ext
         self._anchor_ns = now_ns
