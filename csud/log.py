@@ -33,6 +33,23 @@ def _scrub_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _StdoutLogger:
+    """Writes each rendered line to whatever ``sys.stdout`` is *now*, and flushes it.
+
+    structlog's PrintLogger keeps the stream it was created with; under pytest's capture, or
+    after a redirect, that stream may be closed by the time a cached logger writes.
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stdout, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _logger_factory(*_args: Any) -> _StdoutLogger:
+    return _StdoutLogger()
+
+
 def configure(level: str = "info", json: bool | None = None) -> None:
     """Configure structlog and the stdlib loggers of our dependencies.
 
@@ -51,7 +68,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
     # aiortsp logs whole RTSP messages (Authorization headers included) at DEBUG, and request

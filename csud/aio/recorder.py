@@ -28,6 +28,7 @@ from csud.errors import AuthError, StorageError, StreamError
 from csud.log import get_logger
 from csud.proto.h264 import H264Depacketizer, parse_sps
 from csud.proto.media import AccessUnit, Gap, StreamReset
+from csud.proto.rtcp import RtcpReceiver, clock_offset_ns
 from csud.proto.timeline import Timeline
 from csud.store.layout import segment_relpath, stagger_phase_ns
 from csud.store.segmenter import Close, Drop, Mux, Open, Segmenter
@@ -38,6 +39,7 @@ BACKOFF_MAX_SECONDS = 60.0
 HEALTHY_SESSION_SECONDS = 30.0  # a session that recorded this long resets the backoff
 WRITER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 KEEPALIVE_MIN_SECONDS = 1.0
+RTCP_REPORT_SECONDS = 5.0
 
 
 @dataclass
@@ -51,6 +53,7 @@ class CameraStats:
     frames_recorded: int = 0
     lost_packets: int = 0
     malformed_packets: int = 0
+    malformed_rtcp: int = 0
     foreign_packets: int = 0  # other payload types on the RTP channel
     reconnects: int = 0
     failures: int = 0
@@ -95,8 +98,10 @@ class CameraRecorder:
         segment_seconds: int,
         index: IndexService,
         password: str | None,
+        udp_bind: str = "0.0.0.0",
     ) -> None:
         self.camera = camera
+        self.udp_bind = udp_bind
         self.commune = commune
         self.root = root
         self.segment_ns = segment_seconds * NS_PER_SECOND
@@ -118,6 +123,7 @@ class CameraRecorder:
         self._timeline = Timeline()
         self._segmenter = Segmenter(self.segment_ns, stagger_phase_ns(self.camera.id, self.segment_ns))
         self._payload_type = -1
+        self._rtcp = RtcpReceiver(random.getrandbits(32))
         self._sps: bytes | None = None
         self._pps: bytes | None = None
         self._size = (0, 0)
@@ -141,7 +147,7 @@ class CameraRecorder:
     def _on_packet(self, channel: int, buf: bytes, start: int, end: int) -> None:
         if channel != RTP_CHANNEL:
             if channel == RTCP_CHANNEL:
-                return  # sender reports: camera clock offset, issue 3
+                self._on_rtcp(buf, start, end)
             return
         stats = self.stats
         stats.packets += 1
@@ -157,6 +163,31 @@ class CameraRecorder:
                 self.log.warning("rtp_malformed", error=str(exc), count=stats.malformed_packets)
         if depack.events:
             self._on_events(depack.take_events())
+
+    def _on_rtcp(self, buf: bytes, start: int, end: int) -> None:
+        """A sender report: export the camera clock's offset from ours (never used for time)."""
+        try:
+            report = self._rtcp.on_rtcp(bytes(buf[start:end]), time.time_ns())
+        except ValueError as exc:
+            self.stats.malformed_rtcp += 1
+            if self.stats.malformed_rtcp & (self.stats.malformed_rtcp - 1) == 0:
+                self.log.warning("rtcp_malformed", error=str(exc), count=self.stats.malformed_rtcp)
+            return
+        if report is None or report.ssrc != self._depack.ssrc:
+            return
+        server_ns = self._timeline.project(report.rtp_timestamp)
+        if server_ns is not None:
+            self.stats.clock_offset_seconds = clock_offset_ns(report, server_ns) / NS_PER_SECOND
+
+    def _send_receiver_report(self, session: RtspSession) -> None:
+        depack = self._depack
+        ssrc, highest = depack.ssrc, depack.highest_seq
+        if ssrc is None or highest is None:
+            return
+        report = self._rtcp.receiver_report(
+            ssrc, highest, depack.packets, depack.lost_packets, time.time_ns()
+        )
+        session.send_rtcp(report)
 
     def _on_events(self, events: list[Any]) -> None:
         for event in events:
@@ -298,7 +329,16 @@ class CameraRecorder:
 
     async def _record_once(self, stop: asyncio.Event) -> None:
         cam = self.camera
-        session = RtspSession(cam.host, cam.port, cam.url, cam.username, self._password, self._on_packet)
+        session = RtspSession(
+            cam.host,
+            cam.port,
+            cam.url,
+            cam.username,
+            self._password,
+            self._on_packet,
+            transport=cam.transport,
+            udp_bind=self.udp_bind,
+        )
         try:
             description = await session.start()
             if description.encoding != "H264":
@@ -314,7 +354,7 @@ class CameraRecorder:
     async def _supervise(self, session: RtspSession, stop: asyncio.Event, timeout_seconds: int) -> None:
         """Keep-alive within the session timeout; fail on stall; return when asked to stop."""
         keepalive_every = max(KEEPALIVE_MIN_SECONDS, timeout_seconds / 2)
-        last_keepalive = time.monotonic()
+        last_keepalive = last_report = time.monotonic()
         stall = self.camera.stall_seconds
         closed = session.closed
         bytes_before = self.stats.bytes_received
@@ -336,6 +376,10 @@ class CameraRecorder:
                     packets_seen, progress_at = self.stats.packets, now
                 elif now - progress_at > stall:
                     raise StreamError(f"no RTP packet for {stall:g} s (stall)")
+                if now - last_report >= RTCP_REPORT_SECONDS:
+                    # Some cameras end a session that sends no receiver reports.
+                    last_report = now
+                    self._send_receiver_report(session)
                 if now - last_keepalive >= keepalive_every:
                     last_keepalive = now
                     await session.keep_alive()

@@ -7,7 +7,8 @@ measured here it costs several times csud's, so the connection below replaces on
 offsets, hands ``$`` frames straight to the recorder's callback and passes the rare RTSP
 message to aiortsp's parser.
 
-What is deliberately left out for now: UDP transport and RTCP receiver reports (issue 3).
+With ``transport="udp"`` RTP and RTCP arrive on two UDP sockets (:mod:`csud.aio.udp`) and go to
+the same packet callback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aiortsp.rtsp.connection import RTSPConnection
 from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseError, RTSPTimeoutError
 from aiortsp.rtsp.session import RTSPMediaSession
 
+from csud.aio.udp import UdpMedia
 from csud.errors import AuthError, StreamError
 from csud.proto.interleave import InterleavedDemux
 
@@ -110,6 +112,32 @@ class _InterleavedTransport:
         return None
 
 
+class _UdpTransport(_InterleavedTransport):
+    """Transport hooks for RTP/RTCP over UDP on the ports :class:`UdpMedia` bound."""
+
+    def __init__(self, media: UdpMedia) -> None:
+        self.media = media
+
+    def on_transport_request(self, headers: dict[str, Any]) -> None:
+        headers["Transport"] = f"RTP/AVP;unicast;client_port={self.media.rtp_port}-{self.media.rtcp_port}"
+
+    def on_transport_response(self, headers: dict[str, Any]) -> None:
+        transport = headers.get("transport", "")
+        fields: dict[str, str] = {}
+        for part in transport.split(";"):
+            key, _, value = part.strip().partition("=")
+            fields[key] = value
+        if "interleaved" in fields or "RTP/AVP/TCP" in transport:
+            raise StreamError("camera answered UDP SETUP with TCP-interleaved transport")
+        server_port = fields.get("server_port", "")
+        rtcp = server_port.split("-")[1] if "-" in server_port else ""
+        if rtcp.isdigit():
+            self.media.server_rtcp_port = int(rtcp)
+        source = fields.get("source", "")
+        if source:
+            self.media.camera_ip = source  # media may come from another address than RTSP
+
+
 class RtspSession:
     """Connect, describe, set up and play one camera; then keep it alive until it fails or stops.
 
@@ -126,6 +154,8 @@ class RtspSession:
         password: str | None,
         on_packet: PacketHandler,
         request_timeout_seconds: float = 10.0,
+        transport: str = "tcp",
+        udp_bind: str = "0.0.0.0",
     ) -> None:
         self.host = host
         self.port = port
@@ -136,11 +166,27 @@ class RtspSession:
         self._timeout = request_timeout_seconds
         self._conn: _LeanConnection | None = None
         self._session: RTSPMediaSession | None = None
+        self._transport_name = transport
+        self._udp_bind = udp_bind
+        self._udp: UdpMedia | None = None
         self.description: StreamDescription | None = None
 
     @property
     def bytes_received(self) -> int:
-        return self._conn.bytes_received if self._conn else 0
+        udp = self._udp.bytes_received if self._udp else 0
+        return udp + (self._conn.bytes_received if self._conn else 0)
+
+    @property
+    def foreign_datagrams(self) -> int:
+        """UDP datagrams from another host than the camera, dropped."""
+        return self._udp.foreign_datagrams if self._udp else 0
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Send an RTCP packet (our receiver report) to the camera, on whichever transport."""
+        if self._udp is not None:
+            self._udp.send_rtcp(data)
+        elif self._conn is not None and self._conn.running:
+            self._conn.send_binary(RTCP_CHANNEL, data)
 
     @property
     def garbage_bytes(self) -> int:
@@ -159,7 +205,11 @@ class RtspSession:
         self._conn = conn
         with _rtsp_errors(f"{self.host}:{self.port}"):
             await conn.prepare()
-            session = RTSPMediaSession(conn, self.url, transport=_InterleavedTransport())
+            shim = _InterleavedTransport()
+            if self._transport_name == "udp":
+                self._udp = await UdpMedia.open(self._udp_bind, self.host, self._on_packet)
+                shim = _UdpTransport(self._udp)
+            session = RTSPMediaSession(conn, self.url, transport=shim)
             self._session = session
             await session.setup()
             description = _describe(session)
@@ -184,6 +234,8 @@ class RtspSession:
         """TEARDOWN within a short bound, then close the socket. Never raises."""
         conn, session = self._conn, self._session
         self._session = None
+        if self._udp is not None:
+            self._udp.close()
         if conn is None:
             return
         if session is not None and session.session_id and conn.running:

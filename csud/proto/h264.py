@@ -160,6 +160,16 @@ class H264Depacketizer:
         self.events = []
         return events
 
+    @property
+    def ssrc(self) -> int | None:
+        """SSRC of the stream being received (None before the first packet)."""
+        return None if self._ssrc < 0 else self._ssrc
+
+    @property
+    def highest_seq(self) -> int | None:
+        """Highest sequence number received so far, 16-bit (for RTCP receiver reports)."""
+        return None if self._expected_seq < 0 else (self._expected_seq - 1) & _SEQ_MASK
+
     def feed(self, buf: Buffer, start: int = 0, end: int | None = None) -> None:
         """Process one whole RTP packet held in ``buf[start:end]`` (payload type not checked).
 

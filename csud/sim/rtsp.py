@@ -171,6 +171,7 @@ def format_response(
 class TransportRequest:
     tcp: bool
     interleaved: tuple[int, int] | None  # None: the client let the server choose
+    client_port: tuple[int, int] | None = None  # UDP: where the client receives RTP and RTCP
 
 
 def parse_transport(value: str) -> list[TransportRequest]:
@@ -184,8 +185,19 @@ def parse_transport(value: str) -> list[TransportRequest]:
         if proto not in ("RTP/AVP", "RTP/AVP/UDP", "RTP/AVP/TCP"):
             continue
         interleaved = None
+        client_port = None
         for param in params[1:]:
             name, _, arg = param.partition("=")
+            if name.lower() == "client_port":
+                lo, _, hi = arg.partition("-")
+                try:
+                    a = int(lo)
+                    b = int(hi) if hi else a + 1
+                except ValueError:
+                    raise ValueError(f"bad client_port {arg!r}") from None
+                if not (0 < a < 65536 and 0 < b < 65536):
+                    raise ValueError(f"client_port {arg!r} out of range")
+                client_port = (a, b)
             if name.lower() == "interleaved":
                 lo, _, hi = arg.partition("-")
                 try:
@@ -196,7 +208,7 @@ def parse_transport(value: str) -> list[TransportRequest]:
                 if not (0 <= a <= 255 and 0 <= b <= 255):
                     raise ValueError(f"interleaved channels {arg!r} out of range")
                 interleaved = (a, b)
-        out.append(TransportRequest(proto == "RTP/AVP/TCP", interleaved))
+        out.append(TransportRequest(proto == "RTP/AVP/TCP", interleaved, client_port))
     return out
 
 

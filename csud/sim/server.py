@@ -4,8 +4,8 @@
 plays the same H.264 clip (:mod:`csud.sim.clip`), encoded once and packetized once
 (:mod:`csud.sim.packets`), looped with continuous RTP timestamps and sequence numbers; each
 camera starts at its own position in the clip, so keyframes are staggered across cameras as
-they are in a real site. RTP goes over the RTSP connection (TCP interleaved); UDP is
-refused with 461 for now.
+they are in a real site. RTP goes over the RTSP connection (TCP interleaved) or, when the
+client's SETUP asks for it, over UDP from one server socket pair (one datagram per packet).
 
 One task clocks every session: it ticks at the frame rate against the loop clock (deadlines
 ``t0 + n / fps``, so there is no drift) and hands the due frame to every playing session,
@@ -221,6 +221,8 @@ class Session:
         "ssrc",
         "state",
         "ts_start",
+        "udp_rtcp_dest",
+        "udp_rtp_dest",
         "waiting_for_keyframe",
     )
 
@@ -243,6 +245,8 @@ class Session:
         self.frames_before_first_keyframe: int | None = None
         self.counters = SessionCounters()
         self.payload_octets = 0  # RTP payload bytes sent: the SR's octet count
+        self.udp_rtp_dest: tuple[str, int] | None = None  # set when the client chose UDP
+        self.udp_rtcp_dest: tuple[str, int] | None = None
 
     def rtp_timestamp(self, frame_number: int) -> int:
         return (self.ts_start + frame_number * RTP_CLOCK_RATE // self.camera.server.fps) % TS_MOD
@@ -272,14 +276,17 @@ class Session:
             self._send_sender_report(timestamp, wall_ns)
         patched = patch_frame(frame, seq, timestamp, self.ssrc, self.rtp_channel)
         hook = server.options.frame_hook
-        if hook is None:
-            transport.write(patched)
-        else:  # the fault-injection point: rewrite, delay or drop the frame
-            data = hook(self, frame, patched)
-            if data is None:
+        data: bytes | bytearray = patched
+        if hook is not None:  # the fault-injection point: rewrite, delay or drop the frame
+            hooked = hook(self, frame, patched)
+            if hooked is None:
                 counters.frames_dropped += 1
                 return
+            data = hooked
+        if self.udp_rtp_dest is None:
             transport.write(data)
+        else:
+            server.send_udp(data, self.udp_rtp_dest)
         if frame.keyframe and self.frames_before_first_keyframe is None:
             self.frames_before_first_keyframe = counters.frames_sent
         counters.frames_sent += 1
@@ -303,7 +310,10 @@ class Session:
             counters.packets_sent % TS_MOD,
             self.payload_octets % TS_MOD,
         ) + _sdes_cname(self.ssrc, f"csud-sim@{self.camera.name}".encode())
-        transport.write(b"$" + bytes((self.rtcp_channel,)) + len(report).to_bytes(2, "big") + report)
+        if self.udp_rtcp_dest is not None:
+            server.send_udp_rtcp(report, self.udp_rtcp_dest)
+        else:
+            transport.write(b"$" + bytes((self.rtcp_channel,)) + len(report).to_bytes(2, "big") + report)
         counters.sender_reports_sent += 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -486,8 +496,12 @@ class RtspConnection(asyncio.Protocol):
         except ValueError:
             return 400, [], b""
         tcp = next((s for s in specs if s.tcp), None)
-        if tcp is None:
+        udp = next((s for s in specs if not s.tcp and s.client_port), None)
+        if tcp is None and udp is None:
             return 461, [], b""
+        if tcp is None and udp is not None:
+            return self._setup_udp(camera, session, udp.client_port or (0, 0))
+        assert tcp is not None
         channels = tcp.interleaved or self._free_channels()
         if session is not None:
             if session.connection is not self or session.camera is not camera:
@@ -499,6 +513,22 @@ class RtspConnection(asyncio.Protocol):
             session = self.server._new_session(camera, self, channels)
         transport = (
             f"RTP/AVP/TCP;unicast;interleaved={channels[0]}-{channels[1]};ssrc={session.ssrc:08X};mode=play"
+        )
+        return 200, [("Transport", transport), self.server._session_header(session)], b""
+
+    def _setup_udp(self, camera: Camera, session: Session | None, client_port: tuple[int, int]) -> Reply:
+        if session is not None:
+            return 459, [], b""  # one track per session: a second SETUP is not supported over UDP
+        if self.transport is None:
+            return 500, [], b""
+        peer = self.transport.get_extra_info("peername")[0]
+        session = self.server._new_session(camera, self, (0, 1))
+        session.udp_rtp_dest = (peer, client_port[0])
+        session.udp_rtcp_dest = (peer, client_port[1])
+        rtp_port, rtcp_port = self.server.udp_ports
+        transport = (
+            f"RTP/AVP;unicast;client_port={client_port[0]}-{client_port[1]};"
+            f"server_port={rtp_port}-{rtcp_port};ssrc={session.ssrc:08X};mode=play"
         )
         return 200, [("Transport", transport), self.server._session_header(session)], b""
 
@@ -559,6 +589,16 @@ class RtspConnection(asyncio.Protocol):
                 self.transport.close()
 
 
+class _RtcpCounter(asyncio.DatagramProtocol):
+    """Counts the receiver reports UDP clients send to the server's RTCP port."""
+
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.server.udp_rtcp_received += 1
+
+
 Handler = Callable[[RtspConnection, Request, "Session | None"], Reply]
 _HANDLERS: dict[str, Handler] = {
     "OPTIONS": RtspConnection._options,
@@ -601,9 +641,29 @@ class SimServer:
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self._sdp_session_id = secrets.randbits(31)
+        self._udp_rtp: asyncio.DatagramTransport | None = None
+        self._udp_rtcp: asyncio.DatagramTransport | None = None
+        self.udp_ports = (0, 0)
+        self.udp_rtcp_received = 0
 
     def loop_time(self) -> float:
         return self._loop.time()
+
+    def send_udp(self, blob: bytes | bytearray, dest: tuple[str, int]) -> None:
+        """Send each RTP packet of an interleaved frame blob as its own datagram."""
+        udp = self._udp_rtp
+        if udp is None:
+            return
+        view = memoryview(blob)
+        offset, end = 0, len(blob)
+        while offset + 4 <= end:
+            length = blob[offset + 2] << 8 | blob[offset + 3]
+            udp.sendto(view[offset + 4 : offset + 4 + length], dest)
+            offset += 4 + length
+
+    def send_udp_rtcp(self, report: bytes, dest: tuple[str, int]) -> None:
+        if self._udp_rtcp is not None:
+            self._udp_rtcp.sendto(report, dest)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -612,6 +672,18 @@ class SimServer:
             lambda: RtspConnection(self), self.options.host, self.options.port, reuse_address=True
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        # One UDP socket pair serves every UDP session (server_port in SETUP's reply).
+        host = self.options.host
+        self._udp_rtp, _ = await self._loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(host, 0)
+        )
+        self._udp_rtcp, _ = await self._loop.create_datagram_endpoint(
+            lambda: _RtcpCounter(self), local_addr=(host, 0)
+        )
+        self.udp_ports = (
+            self._udp_rtp.get_extra_info("sockname")[1],
+            self._udp_rtcp.get_extra_info("sockname")[1],
+        )
         self._tasks.append(asyncio.create_task(self._ticker(), name="csud-sim-ticker"))
         if self.options.stats_file is not None:
             self._tasks.append(asyncio.create_task(self._stats_writer(), name="csud-sim-stats"))
@@ -629,6 +701,9 @@ class SimServer:
                 await task
         if self._listener is not None:
             self._listener.close()
+        for udp in (self._udp_rtp, self._udp_rtcp):
+            if udp is not None:
+                udp.close()
         for connection in list(self._connections):
             transport = connection.transport
             # A client that stopped reading would hold close() forever: abort those.
@@ -804,6 +879,7 @@ class SimServer:
             "auth_failures": self._auth_failures,
             "sessions_timed_out": self._sessions_timed_out,
             "teardowns": self._teardowns,
+            "udp_rtcp_received": self.udp_rtcp_received,
             "ticks": self._ticks,
             "clock_resets": self._clock_resets,
             "totals": {

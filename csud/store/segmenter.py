@@ -16,8 +16,11 @@ Invariants (tested, including over random streams):
 
       frames_in == frames_muxed - tail_frames_discarded + sum(frames_dropped.values()) + frames_pending
 
-- A GOP with a hole (gap, discontinuity inside it, bound exceeded) is never written: the file ends
-  at the last complete GOP and the next segment starts at the next keyframe.
+- Nothing after a hole is written before the next keyframe. A gap (packets lost or malformed)
+  or a discontinuity inside a GOP cuts it at the hole: the frames before it are whole and only
+  reference earlier frames, so they are written and the segment closes after them; the frames
+  after it are dropped (reason ``gap``). A GOP over the size bound is dropped whole, and the file
+  then ends at the last complete GOP.
 - Rotation is at the first keyframe at or after a boundary ``phase_ns + n * segment_ns`` (UTC
   epoch aligned), or at the first keyframe after the SPS changed (in-band or via ``params``);
   the closed segment ends exactly where the next one starts.
@@ -145,6 +148,7 @@ class Segmenter:
         self._sps: bytes | None = None
         self._pps: bytes | None = None
         self._params_changed = False  # SPS changed since the open segment started
+        self._after_gap = False  # frames until the next keyframe are dropped as "gap"
 
         # Open segment state (meaningful only while self._open).
         self._open = False
@@ -218,7 +222,11 @@ class Segmenter:
         if self._open:
             if discontinuity:
                 if not au.keyframe:
-                    self._abort_gop(actions, DROP_DISCONTINUITY, extra_frames=1, extra_bytes=size)
+                    # This frame belongs to another timeline and cannot start a segment: cut the
+                    # GOP before it, as for a gap, and wait for a keyframe.
+                    self._cut(actions)
+                    self._drop(actions, DROP_DISCONTINUITY, 1, size)
+                    self._after_gap = True
                     return actions
                 # Clean cut at this keyframe: the GOP in flight is complete, its last frame's
                 # duration is unknown (the next pts is on another timeline): use the nominal one.
@@ -253,7 +261,7 @@ class Segmenter:
 
         # No segment open: only a keyframe with known parameter sets can open one.
         if not au.keyframe:
-            self._drop(actions, DROP_WAIT_KEYFRAME, 1, size)
+            self._drop(actions, DROP_GAP if self._after_gap else DROP_WAIT_KEYFRAME, 1, size)
         elif self._sps is None or self._pps is None:
             self._drop(actions, DROP_NO_PARAMETER_SETS, 1, size)
         else:
@@ -261,11 +269,18 @@ class Segmenter:
         return actions
 
     def gap(self, reason: str = "loss") -> list[Action]:
-        """Data was lost or malformed: the GOP in flight is cut, the next keyframe opens a segment."""
+        """Data was lost or malformed: the GOP in flight is cut at the loss.
+
+        Every frame pushed before the loss is whole (the depacketizer never emits a damaged access
+        unit) and, in decode order, references only earlier frames: those are written and the
+        segment closes after the last of them. Frames after the loss may reference what was
+        lost: they are dropped (reason ``gap``) until the next keyframe opens a segment.
+        """
         self.gaps[reason] = self.gaps.get(reason, 0) + 1
         actions: list[Action] = []
         if self._open:
-            self._abort_gop(actions, DROP_GAP, extra_frames=0, extra_bytes=0)
+            self._cut(actions)
+        self._after_gap = True
         return actions
 
     def stop(self) -> list[Action]:
@@ -317,6 +332,7 @@ class Segmenter:
         self.segments_opened += 1
         self._open = True
         self._params_changed = False
+        self._after_gap = False
         self._start_ns = pts_ns
         self._boundary_ns = self.boundary_after(pts_ns)
         self._key = key
@@ -342,6 +358,12 @@ class Segmenter:
         if frames:
             actions.append(Mux(tuple(frames)))
             self.frames_muxed += len(frames)
+
+    def _cut(self, actions: list[Action]) -> None:
+        """Write the held frames of the GOP in flight and close after the last one."""
+        self._emit_held(actions, next_pts_ns=None, extra=None)
+        actions.append(Close(self._last_pts_ns + self._nominal_ns, drop_tail=False))
+        self._reset_segment()
 
     def _abort_gop(self, actions: list[Action], reason: str, extra_frames: int, extra_bytes: int) -> None:
         """Drop the GOP in flight (its muxed keyframe included) and close with ``drop_tail``."""

@@ -179,3 +179,78 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert len(set(delays)) == len(delays)  # jittered
     backoff.reset()
     assert 0.5 <= backoff.next_delay() <= 1.0
+
+
+def split_blob(blob: bytes | bytearray) -> list[bytes]:
+    """The interleaved frames of a simulator frame blob, each with its 4-byte header."""
+    out, offset = [], 0
+    while offset + 4 <= len(blob):
+        length = blob[offset + 2] << 8 | blob[offset + 3]
+        out.append(bytes(blob[offset : offset + 4 + length]))
+        offset += 4 + length
+    return out
+
+
+async def test_udp_transport_records_and_sends_receiver_reports(tmp_path: Path) -> None:
+    async with simulator(sr_interval=1.0) as sim:
+        recorder = make_recorder(tmp_path, sim.port, transport="udp")
+        recorder.udp_bind = "127.0.0.1"
+        async with running(recorder):
+            await asyncio.sleep(6.5)
+            stats = sim.stats()
+            assert stats["udp_rtcp_received"] >= 1, "no RTCP receiver report reached the camera"
+            assert recorder.stats.up and recorder.stats.frames_received > 5 * 25
+            assert recorder.stats.lost_packets == 0
+            # The simulator's sender reports carry its wall clock: the offset is tiny.
+            assert recorder.stats.clock_offset_seconds != 0.0
+            assert abs(recorder.stats.clock_offset_seconds) < 0.5
+    rows = Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1")
+    assert sum(r.frames for r in rows) >= recorder.stats.frames_received - 25
+
+
+async def test_udp_reordering_within_the_window_loses_nothing(tmp_path: Path) -> None:
+    swapped = {"frames": 0}
+
+    def reorder(session: Any, frame: Any, wire: bytes) -> bytes:
+        packets = split_blob(wire)
+        if len(packets) >= 2:  # deliver the first packet of the frame after the second
+            packets[0], packets[1] = packets[1], packets[0]
+            swapped["frames"] += 1
+        return b"".join(packets)
+
+    async with simulator(frame_hook=reorder, bitrate=1_500_000) as sim:
+        recorder = make_recorder(tmp_path, sim.port, transport="udp")
+        recorder.udp_bind = "127.0.0.1"
+        async with running(recorder):
+            await asyncio.sleep(4)
+        sent = sim.stats()["cameras"]["cam1"]["frames_sent_from_first_keyframe"]
+    assert swapped["frames"] > 25
+    assert recorder.stats.lost_packets == 0 and recorder.stats.dropped_frames.get("gap", 0) == 0
+    rows = Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1")
+    assert sent - 25 <= sum(r.frames for r in rows) <= sent
+
+
+async def test_lost_packets_are_counted_and_damaged_gops_dropped(tmp_path: Path) -> None:
+    def lose(session: Any, frame: Any, wire: bytes) -> bytes:
+        packets = split_blob(wire)
+        if frame.index % 50 == 0:  # one packet of every other keyframe
+            assert len(packets) >= 2
+            del packets[1]
+        return b"".join(packets)
+
+    async with simulator(frame_hook=lose, bitrate=1_000_000) as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        async with running(recorder):
+            await asyncio.sleep(6)
+        assert sim.stats()["cameras"]["cam1"]["frames_sent"] > 125
+    stats = recorder.stats
+    assert stats.lost_packets >= 2
+    # A damaged keyframe takes its whole GOP with it; the intact GOPs are recorded.
+    dropped = stats.dropped_frames.get("gap", 0) + stats.dropped_frames.get("wait_keyframe", 0)
+    assert dropped >= 2 * 24
+    assert stats.frames_recorded >= 2 * 25
+    import av
+
+    for row in Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1"):
+        with av.open(str(tmp_path / "store" / row.path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == row.frames

@@ -118,15 +118,15 @@ SCENARIOS: list[tuple[str, str, list[str], dict[str, int]]] = [
         {},
     ),
     (
-        "a gap mid-GOP drops it, keyframe included, and cuts the file at the last whole GOP",
+        "a gap mid-GOP cuts it there: frames before it are written, those after dropped",
         "K0 P40 K80 P120 gap P160 K200 P240",
-        ["O0 M[K0/40]", "", "M[P40/40 K80/40]", "", "D2:gap C80!", "D1:wait_keyframe", "O200 M[K200/40]", ""],
+        ["O0 M[K0/40]", "", "M[P40/40 K80/40]", "", "M[P120/40] C160", "D1:gap", "O200 M[K200/40]", ""],
         {},
     ),
     (
         "a gap with no segment open only counts",
         "gap P0 K40",
-        ["", "D1:wait_keyframe", "O40 M[K40/40]"],
+        ["", "D1:gap", "O40 M[K40/40]"],
         {},
     ),
     (
@@ -142,9 +142,9 @@ SCENARIOS: list[tuple[str, str, list[str], dict[str, int]]] = [
         {},
     ),
     (
-        "a discontinuity at a non-key frame is a gap, that frame included",
+        "a discontinuity at a non-key frame cuts the GOP before it, like a gap",
         "K0 P40 P80d P120 K160",
-        ["O0 M[K0/40]", "", "D3:discontinuity C0!", "D1:wait_keyframe", "O160 M[K160/40]"],
+        ["O0 M[K0/40]", "", "M[P40/40] C80 D1:discontinuity", "D1:gap", "O160 M[K160/40]"],
         {},
     ),
     (
@@ -257,9 +257,9 @@ def test_counters() -> None:
     seg = Segmenter(segment_ns=1000 * MS, phase_ns=0)
     run("P0 K40 P80 K120 P160 gap P200 K240 P280 stop", seg)
     assert seg.frames_in == 8
-    assert seg.frames_dropped == {"wait_keyframe": 2, "gap": 2}
-    assert seg.frames_muxed == 5  # K40 P80 K120 (discarded by the gap) | K240 P280
-    assert seg.tail_frames_discarded == 1
+    assert seg.frames_dropped == {"wait_keyframe": 1, "gap": 1}
+    assert seg.frames_muxed == 6  # K40 P80 K120 P160 (cut at the gap) | K240 P280
+    assert seg.tail_frames_discarded == 0
     assert seg.gaps == {"loss": 1}
     assert seg.segments_opened == 2
     assert seg.frames_pending == 0

@@ -186,28 +186,31 @@ async def test_rotation_gives_contiguous_decodable_segments(tmp_path: Path, clip
         assert decode(tmp_path / s.relpath) == [i * 3600 for i in range(s.frames)]
 
 
-async def test_gap_mid_gop_ends_file_at_last_complete_gop(tmp_path: Path, clip: list[AccessUnit]) -> None:
+async def test_gap_mid_gop_cuts_the_file_after_the_last_whole_frame(
+    tmp_path: Path, clip: list[AccessUnit]
+) -> None:
     seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
     script: list[AccessUnit | str] = [*clip[:60], "gap", *clip[60:]]  # gap inside GOP 3 (50..74)
-    infos, actions = await record(tmp_path, seg, script)
+    infos, _ = await record(tmp_path, seg, script)
     first, second = infos
     assert first is not None and second is not None
     data = check_file(tmp_path, first)
-    assert first.frames == 50 and len(first.fragments) == 2
-    assert first.end_ns == T0_NS + 50 * FRAME_NS
-    assert decode(tmp_path / first.relpath) == [i * 3600 for i in range(50)]
+    # Frames 50..59 came whole before the loss: written, as a last, shorter fragment.
+    assert first.frames == 60 and len(first.fragments) == 3
+    assert first.end_ns == T0_NS + 60 * FRAME_NS
+    assert decode(tmp_path / first.relpath) == [i * 3600 for i in range(60)]
     assert len(data) == first.fragments[-1].offset + first.fragments[-1].size
-    # GOP 3's remaining frames wait for a keyframe; the next segment starts at frame 75.
+    # The rest of GOP 3 may reference what was lost: dropped; the next segment starts at frame 75.
     assert second.start_ns == T0_NS + 75 * FRAME_NS and second.frames == 25
     assert decode(tmp_path / second.relpath) == [i * 3600 for i in range(25)]
-    # The gap drops GOP 3 so far, its muxed keyframe included; the rest of it waits for a keyframe.
-    assert Drop(10, sum(au.size for au in clip[50:60]), "gap") in actions
-    assert seg.frames_dropped == {"gap": 10, "wait_keyframe": 15}
+    assert seg.frames_dropped == {"gap": 15}
 
 
 async def test_a_segment_without_a_complete_gop_is_removed(tmp_path: Path, clip: list[AccessUnit]) -> None:
-    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
-    infos, _ = await record(tmp_path, seg, [*clip[:10], "gap"])
+    # A GOP over the bound is dropped whole, its muxed keyframe included (Close with drop_tail):
+    # a segment left with no fragment is no segment.
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0, max_gop_frames=5)
+    infos, _ = await record(tmp_path, seg, clip[:10])
     assert infos == [None]
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
