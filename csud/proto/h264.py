@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from csud.proto.bits import BitReader as _BitReader
+from csud.proto.bits import unescape_rbsp
 from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
 from csud.proto.rtp import RTP_SEQ_MOD, Buffer, parse_header
 
@@ -471,7 +473,7 @@ def is_keyframe_nal(nal: Buffer) -> bool:
 
 def nal_to_rbsp(nal: Buffer) -> bytes:
     """The RBSP of a NAL unit: header byte dropped, emulation prevention bytes removed."""
-    return bytes(nal[NAL_HEADER_SIZE:]).replace(b"\x00\x00\x03", b"\x00\x00")
+    return unescape_rbsp(nal[NAL_HEADER_SIZE:])
 
 
 @dataclass(slots=True, frozen=True)
@@ -490,35 +492,6 @@ class SpsInfo:
     def codec_string(self) -> str:
         """RFC 6381 ``avc1.PPCCLL`` string."""
         return f"avc1.{self.profile_idc:02x}{self.constraint_flags:02x}{self.level_idc:02x}"
-
-
-class _BitReader:
-    """MSB-first bit reader over an RBSP; ``ValueError`` on reading past the end."""
-
-    __slots__ = ("_bits", "_pos", "_value")
-
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._bits = len(data) * 8
-        self._pos = 0
-
-    def u(self, n: int) -> int:
-        if self._pos + n > self._bits:
-            raise ValueError("SPS truncated")
-        self._pos += n
-        return (self._value >> (self._bits - self._pos)) & ((1 << n) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while not self.u(1):
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("SPS exp-Golomb code longer than 32 bits")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
 
 
 # Profiles whose SPS carries chroma_format_idc, bit depths and scaling matrices (7.3.2.1.1).

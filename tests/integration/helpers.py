@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,19 @@ def simulator(
         log.close()
 
 
-def write_config(tmp: Path, port: int, cameras: int, segment_seconds: int = 5, auth: str = "") -> Path:
+def write_config(
+    tmp: Path,
+    port: int,
+    cameras: int,
+    segment_seconds: int = 5,
+    auth: str = "",
+    camera_options: Sequence[Mapping[str, str | float | int]] = (),
+) -> Path:
+    """A config for ``cameras`` cameras ``cam1``.. at ``rtsp://127.0.0.1:port/camN``.
+
+    ``camera_options[i]`` overrides camera ``i + 1``: ``path`` (URL path, default ``/camN``)
+    and any camera key (``username``, ``password``, ``transport``, ``stall_seconds``...).
+    """
     root = tmp / "store"
     lines = [
         "[storage]",
@@ -79,13 +91,16 @@ def write_config(tmp: Path, port: int, cameras: int, segment_seconds: int = 5, a
         "retention_days = 15",
     ]
     for i in range(1, cameras + 1):
+        options = dict(camera_options[i - 1]) if i <= len(camera_options) else {}
+        url_path = options.pop("path", f"/cam{i}")
+        options.setdefault("stall_seconds", 5)
         lines += [
             "[[cameras]]",
             f'id = "cam{i}"',
             'commune = "metz"',
-            f'url = "rtsp://{auth}127.0.0.1:{port}/cam{i}"',
-            "stall_seconds = 5",
+            f'url = "rtsp://{auth}127.0.0.1:{port}{url_path}"',
         ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]  # JSON is valid TOML here
     path = tmp / "csud.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
