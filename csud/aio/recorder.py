@@ -16,22 +16,23 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from csud.aio.index import Index
-from csud.aio.session import RTCP_CHANNEL, RTP_CHANNEL, RtspSession
+from csud.aio.session import RTCP_CHANNEL, RTP_CHANNEL, RtspSession, StreamDescription
 from csud.aio.writer import SegmentWriter
 from csud.config import CameraConfig, CommuneConfig
 from csud.errors import AuthError, StorageError, StreamError
 from csud.log import get_logger
-from csud.proto.h264 import H264Depacketizer, parse_sps
+from csud.proto import h264, h265
 from csud.proto.media import AccessUnit, Gap, StreamReset
 from csud.proto.rtcp import RtcpReceiver, clock_offset_ns
 from csud.proto.timeline import Timeline
 from csud.store.layout import segment_relpath, stagger_phase_ns
-from csud.store.segmenter import Close, Drop, Mux, Open, Segmenter
+from csud.store.segmenter import H264_RULES, H265_RULES, Close, Drop, Mux, Open, Segmenter
 
 NS_PER_SECOND = 1_000_000_000
 BACKOFF_INITIAL_SECONDS = 1.0
@@ -114,14 +115,36 @@ class CameraRecorder:
         self._queued_bytes = 0
         self._overloaded = False
         self._writer_failed = False
-        self._new_pipeline(())
+        self._new_pipeline(None)
 
     # -- pipeline state (pure objects), rebuilt for every session --------------------------
 
-    def _new_pipeline(self, parameter_sets: tuple[bytes, ...]) -> None:
-        self._depack = H264Depacketizer(list(parameter_sets))
+    def _new_pipeline(self, description: StreamDescription | None) -> None:
+        """Fresh pure state for a new session: depacketizer, timeline, segmenter for its codec."""
+        sets = list(description.parameter_sets) if description else []
+        encoding = description.encoding if description else "H264"
+        self._depack: h264.H264Depacketizer | h265.H265Depacketizer
+        self._parse_sps: Callable[[bytes], h264.SpsInfo | h265.H265SpsInfo]
+        if encoding == "H264":
+            self._depack = h264.H264Depacketizer(sets)
+            self._rules, self._parse_sps = H264_RULES, h264.parse_sps
+        elif encoding == "H265":
+            fmtp = description.fmtp if description else {}
+            try:
+                self._depack = h265.H265Depacketizer(
+                    sets,
+                    max_don_diff=int(fmtp.get("sprop-max-don-diff", "0") or 0),
+                    depack_buf_nalus=int(fmtp.get("sprop-depack-buf-nalus", "0") or 0),
+                )
+            except ValueError as exc:
+                raise StreamError(f"unsupported H.265 stream: {exc}") from None
+            self._rules, self._parse_sps = H265_RULES, h265.parse_sps
+        else:
+            raise StreamError(f"unsupported codec {encoding} (H264 and H265 are recorded)")
         self._timeline = Timeline()
-        self._segmenter = Segmenter(self.segment_ns, stagger_phase_ns(self.camera.id, self.segment_ns))
+        self._segmenter = Segmenter(
+            self.segment_ns, stagger_phase_ns(self.camera.id, self.segment_ns), rules=self._rules
+        )
         self._payload_type = -1
         self._rtcp = RtcpReceiver(random.getrandbits(32))
         self._sps: bytes | None = None
@@ -134,13 +157,14 @@ class CameraRecorder:
         if sps == self._sps and pps == self._pps:
             return
         self._sps, self._pps = sps, pps
+        vps = getattr(self._depack, "vps", None)  # H.265 only
         if sps is not None:
             try:
-                info = parse_sps(sps)
+                info = self._parse_sps(sps)
                 self._size = (info.width, info.height)
             except ValueError as exc:
                 self.log.warning("sps_unparsable", error=str(exc))
-        self._segmenter.params(sps, pps)
+        self._segmenter.parameter_sets([n for n in (vps, sps, pps) if n])
 
     # -- hot path --------------------------------------------------------------------------
 
@@ -232,7 +256,7 @@ class CameraRecorder:
             if isinstance(action, Mux):
                 self._queued_bytes += sum(len(f.data) for f in action.frames)
             elif isinstance(action, Open):
-                action = (action, self._size)
+                action = (action, self._size, self._rules.codec)
             self._queue.put_nowait(action)
 
     def _count_drop(self, reason: str, frames: int) -> None:
@@ -251,9 +275,11 @@ class CameraRecorder:
                 break
             try:
                 if isinstance(item, tuple):
-                    opened, (width, height) = item
+                    opened, (width, height), codec = item
                     relpath = segment_relpath(self.commune.id, self.camera.id, opened.start_ns)
-                    writer = await SegmentWriter.open(self.root, relpath, opened.start_ns, width, height)
+                    writer = await SegmentWriter.open(
+                        self.root, relpath, opened.start_ns, width, height, codec=codec
+                    )
                     frames = 0
                 elif isinstance(item, Mux):
                     self._queued_bytes -= sum(len(f.data) for f in item.frames)
@@ -341,9 +367,7 @@ class CameraRecorder:
         )
         try:
             description = await session.start()
-            if description.encoding != "H264":
-                raise StreamError(f"unsupported codec {description.encoding} (H264 only for now)")
-            self._new_pipeline(description.parameter_sets)
+            self._new_pipeline(description)
             self._payload_type = description.payload_type
             self.stats.up = True
             self.log.info("session_started", url=cam.url, payload_type=description.payload_type)

@@ -14,11 +14,9 @@ the same packet callback.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortsp.rtsp.auth import DigestAuth
@@ -29,6 +27,7 @@ from aiortsp.rtsp.session import RTSPMediaSession
 from csud.aio.udp import UdpMedia
 from csud.errors import AuthError, StreamError
 from csud.proto.interleave import InterleavedDemux
+from csud.proto.sdp import decode_sprop
 
 RTP_CHANNEL = 0
 RTCP_CHANNEL = 1
@@ -45,8 +44,9 @@ class StreamDescription:
     encoding: str  # "H264", "H265"
     payload_type: int
     clock_rate: int
-    parameter_sets: tuple[bytes, ...]  # sprop-parameter-sets, decoded
+    parameter_sets: tuple[bytes, ...]  # sprop-parameter-sets (H.264) or sprop-vps/sps/pps, decoded
     session_timeout_seconds: int
+    fmtp: dict[str, str] = field(default_factory=dict)  # a=fmtp parameters, keys lower-case
 
 
 class _LeanConnection(RTSPConnection):
@@ -274,6 +274,12 @@ class _rtsp_errors:
             raise StreamError(f"{self.where}: {exc.strerror or type(exc).__name__}") from None
 
 
+SPROP_KEYS = {
+    "H264": ("sprop-parameter-sets",),
+    "H265": ("sprop-vps", "sprop-sps", "sprop-pps"),
+}
+
+
 def _describe(session: RTSPMediaSession) -> StreamDescription:
     sdp = session.sdp
     media = sdp.get_media("video") if sdp else None
@@ -283,19 +289,21 @@ def _describe(session: RTSPMediaSession) -> StreamDescription:
     rtpmap = attributes.get("rtpmap")
     if not isinstance(rtpmap, dict):
         raise StreamError("the camera's SDP has no usable a=rtpmap for its video media")
-    fmtp = attributes.get("fmtp") if isinstance(attributes.get("fmtp"), dict) else {}
+    raw_fmtp = attributes.get("fmtp") if isinstance(attributes.get("fmtp"), dict) else {}
+    fmtp = {str(k).lower(): str(v) for k, v in raw_fmtp.items()}
+    encoding = str(rtpmap["encoding"]).upper()
     sets: list[bytes] = []
-    for item in str(fmtp.get("sprop-parameter-sets", "")).split(","):
-        if item.strip():
-            try:
-                sets.append(base64.b64decode(item.strip(), validate=True))
-            except (binascii.Error, ValueError):
-                raise StreamError("the camera's SDP has invalid sprop-parameter-sets") from None
+    for key in SPROP_KEYS.get(encoding, ()):
+        try:
+            sets += decode_sprop(key, fmtp.get(key, ""))
+        except ValueError as exc:
+            raise StreamError(f"the camera's SDP has an invalid {key}: {exc}") from None
     timeout = int(session.session_keepalive / 0.9) if session.session_keepalive else 60
     return StreamDescription(
-        encoding=str(rtpmap["encoding"]).upper(),
+        encoding=encoding,
         payload_type=int(rtpmap["pt"]),
         clock_rate=int(rtpmap["clockRate"]),
         parameter_sets=tuple(sets),
         session_timeout_seconds=max(timeout, 1),
+        fmtp=fmtp,
     )

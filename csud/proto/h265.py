@@ -187,6 +187,16 @@ class H265Depacketizer:
 
     # -- public ---------------------------------------------------------------------------
 
+    @property
+    def ssrc(self) -> int | None:
+        """SSRC of the stream being received (None before the first packet)."""
+        return None if self._ssrc < 0 else self._ssrc
+
+    @property
+    def highest_seq(self) -> int | None:
+        """Highest sequence number received so far, 16-bit (for RTCP receiver reports)."""
+        return None if self._expected_seq < 0 else (self._expected_seq - 1) & 0xFFFF
+
     def take_events(self) -> list[MediaEvent]:
         """The events appended since the last call, handed over (the caller owns the list)."""
         events = self.events

@@ -39,7 +39,8 @@ a fragment, and it aligns it on the next keyframe's dts when there is one, so th
 only reaches the file for the last sample of a segment closed by a discontinuity or ``stop()``, or
 for a one-frame GOP closed by rotation. The index ``end_ns`` (from ``Close``) is authoritative.
 
-H.264 specifics (NAL types of SPS, PPS and AUD) are the only codec knowledge here.
+Codec knowledge is limited to :class:`NalRules` (how to read a NAL type, which types are
+parameter sets and delimiters): ``H264_RULES`` and ``H265_RULES``.
 """
 
 from __future__ import annotations
@@ -116,8 +117,31 @@ class Drop:
 Action = Open | Mux | Close | Drop
 
 
-def _nal_type(nal: bytes) -> int:
-    return nal[0] & H264_NAL_TYPE_MASK if nal else -1
+@dataclass(frozen=True, slots=True)
+class NalRules:
+    """The little a segmenter must know of a codec's NAL units.
+
+    ``param_types``: the parameter sets a segment's first keyframe must carry in-band (the muxer
+    builds the sample description from them), in the order they are written; the last but one
+    is the SPS, whose change rotates the segment.
+    """
+
+    codec: str  # the muxer's codec name
+    type_shift: int
+    type_mask: int
+    aud_type: int
+    param_types: tuple[int, ...]
+
+    def nal_type(self, nal: bytes) -> int:
+        return (nal[0] >> self.type_shift) & self.type_mask if nal else -1
+
+    @property
+    def sps_type(self) -> int:
+        return self.param_types[-2]
+
+
+H264_RULES = NalRules("h264", 0, H264_NAL_TYPE_MASK, H264_NAL_AUD, (H264_NAL_SPS, H264_NAL_PPS))
+H265_RULES = NalRules("hevc", 1, 0x3F, 35, (32, 33, 34))  # AUD; VPS, SPS, PPS (RFC 7798 types)
 
 
 class Segmenter:
@@ -134,6 +158,7 @@ class Segmenter:
         max_gop_frames: int = DEFAULT_MAX_GOP_FRAMES,
         max_gop_bytes: int = DEFAULT_MAX_GOP_BYTES,
         default_frame_ns: int = DEFAULT_FRAME_NS,
+        rules: NalRules = H264_RULES,
     ) -> None:
         if segment_ns <= 0:
             raise ValueError(f"segment_ns must be positive, got {segment_ns}")
@@ -144,9 +169,9 @@ class Segmenter:
         self.max_gop_frames = max_gop_frames
         self.max_gop_bytes = max_gop_bytes
         self._nominal_ns = default_frame_ns
+        self.rules = rules
 
-        self._sps: bytes | None = None
-        self._pps: bytes | None = None
+        self._params: dict[int, bytes] = {}  # latest parameter set of each type
         self._params_changed = False  # SPS changed since the open segment started
         self._after_gap = False  # frames until the next keyframe are dropped as "gap"
 
@@ -183,11 +208,11 @@ class Segmenter:
 
     @property
     def sps(self) -> bytes | None:
-        return self._sps
+        return self._params.get(self.rules.sps_type)
 
     @property
     def pps(self) -> bytes | None:
-        return self._pps
+        return self._params.get(self.rules.param_types[-1])
 
     @property
     def next_boundary_ns(self) -> int | None:
@@ -202,13 +227,20 @@ class Segmenter:
     # -- inputs -----------------------------------------------------------------------------
 
     def params(self, sps: bytes | None, pps: bytes | None) -> None:
-        """The current parameter sets (from the SDP or the stream). A new SPS rotates at the next keyframe."""
-        if sps:
-            if self._sps is not None and sps != self._sps:
+        """The current SPS and PPS (from the SDP or the stream). A new SPS rotates at the next keyframe."""
+        self.parameter_sets([n for n in (sps, pps) if n])
+
+    def parameter_sets(self, nals: list[bytes]) -> None:
+        """Parameter set NAL units of any type the codec uses (VPS, SPS, PPS); others are ignored."""
+        rules = self.rules
+        for nal in nals:
+            t = rules.nal_type(nal)
+            if t not in rules.param_types:
+                continue
+            old = self._params.get(t)
+            if t == rules.sps_type and old is not None and nal != old:
                 self._params_changed = True
-            self._sps = bytes(sps)
-        if pps:
-            self._pps = bytes(pps)
+            self._params[t] = bytes(nal)
 
     def push(self, au: AccessUnit, pts_ns: int, discontinuity: bool = False) -> list[Action]:
         """One access unit at ``pts_ns`` (server clock). ``discontinuity``: the timeline re-anchored,
@@ -262,7 +294,7 @@ class Segmenter:
         # No segment open: only a keyframe with known parameter sets can open one.
         if not au.keyframe:
             self._drop(actions, DROP_GAP if self._after_gap else DROP_WAIT_KEYFRAME, 1, size)
-        elif self._sps is None or self._pps is None:
+        elif not all(t in self._params for t in self.rules.param_types):
             self._drop(actions, DROP_NO_PARAMETER_SETS, 1, size)
         else:
             self._open_at(actions, au, pts_ns, size)
@@ -295,12 +327,8 @@ class Segmenter:
     # -- internals --------------------------------------------------------------------------
 
     def _learn_inband_params(self, au: AccessUnit) -> None:
-        for nal in au.nals:
-            t = _nal_type(nal)
-            if t == H264_NAL_SPS:
-                self.params(nal, None)
-            elif t == H264_NAL_PPS:
-                self.params(None, nal)
+        types = self.rules.param_types
+        self.parameter_sets([n for n in au.nals if self.rules.nal_type(n) in types])
 
     def _observe_interval(self, pts_ns: int) -> None:
         interval_ns = pts_ns - self._last_pts_ns
@@ -310,23 +338,21 @@ class Segmenter:
     def _keyframe(self, au: AccessUnit, pts_ns: int, first: bool) -> Frame:
         data = au.annexb()
         if first:
-            types = {_nal_type(n) for n in au.nals}
-            if H264_NAL_SPS not in types or H264_NAL_PPS not in types:
-                assert self._sps is not None and self._pps is not None
+            rules = self.rules
+            types = {rules.nal_type(n) for n in au.nals}
+            if not types.issuperset(rules.param_types):
+                params = [self._params[t] for t in rules.param_types]
                 # Access unit delimiters must stay first; the parameter sets follow them.
                 lead = 0
-                while lead < len(au.nals) and _nal_type(au.nals[lead]) == H264_NAL_AUD:
+                while lead < len(au.nals) and rules.nal_type(au.nals[lead]) == rules.aud_type:
                     lead += 1
-                rest = [n for n in au.nals[lead:] if _nal_type(n) not in (H264_NAL_SPS, H264_NAL_PPS)]
-                data = AccessUnit(
-                    au.rtp_timestamp, [*au.nals[:lead], self._sps, self._pps, *rest], True
-                ).annexb()
+                rest = [n for n in au.nals[lead:] if rules.nal_type(n) not in rules.param_types]
+                data = AccessUnit(au.rtp_timestamp, [*au.nals[:lead], *params, *rest], True).annexb()
         return Frame(data, pts_ns, self._nominal_ns, True)
 
     def _open_at(self, actions: list[Action], au: AccessUnit, pts_ns: int, size: int) -> None:
-        assert self._sps is not None and self._pps is not None
         key = self._keyframe(au, pts_ns, first=True)
-        actions.append(Open(pts_ns, self._sps, self._pps))
+        actions.append(Open(pts_ns, self.sps or b"", self.pps or b""))
         actions.append(Mux((key,)))
         self.frames_muxed += 1
         self.segments_opened += 1

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csud.proto.media import ANNEXB_START_CODE, AccessUnit
-from csud.store.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
+from csud.store.segmenter import H265_RULES, Action, Close, Drop, Frame, Mux, Open, Segmenter
 
 MS = 1_000_000
 SPS_A = bytes([0x67, 0x42, 0xC0, 0x0D, 0xAA])
@@ -383,3 +383,23 @@ def test_invariants(
         for fr in kept:
             gop = 1 if fr.keyframe else gop + 1
             assert gop <= max_gop_frames
+
+
+def test_h265_first_keyframe_carries_vps_sps_pps_after_its_delimiter() -> None:
+    def nal(nal_type: int, body: int) -> bytes:
+        return bytes([nal_type << 1, 1, body])
+
+    vps, sps, pps, aud, idr = nal(32, 0xA), nal(33, 0xB), nal(34, 0xC), nal(35, 0x50), nal(19, 0x80)
+    seg = Segmenter(segment_ns=1000 * MS, phase_ns=0, rules=H265_RULES)
+    seg.parameter_sets([sps, pps])  # the VPS is missing: no segment can start
+    (drop,) = seg.push(AccessUnit(0, [aud, idr], True), 0)
+    assert drop == Drop(1, 6, "no_parameter_sets")
+    seg.parameter_sets([vps])
+    opened, mux = seg.push(AccessUnit(3600, [aud, idr], True), 40 * MS)
+    assert isinstance(opened, Open) and opened.sps == sps and opened.pps == pps
+    assert isinstance(mux, Mux) and mux.frames[0].data == annexb(aud, vps, sps, pps, idr)
+    # A new SPS in-band rotates at its keyframe, as for H.264.
+    new_sps = nal(33, 0xD)
+    actions = seg.push(AccessUnit(7200, [new_sps, pps, idr], True), 80 * MS)
+    assert [type(a).__name__ for a in actions] == ["Close", "Open", "Mux"]
+    assert seg.sps == new_sps
