@@ -21,7 +21,7 @@ from csud.errors import ConfigError, CsudError, UsageError
 
 # Each of these modules defines ``register(subparsers, with_config)``, which adds its
 # subcommands and sets ``handler`` (a function of the parsed arguments returning the exit code).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("csud.commands.evidence", "csud.commands.retention")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

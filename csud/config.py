@@ -46,6 +46,9 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     root: Path = Path("/var/lib/csud")
     segment_seconds: int = Field(60, ge=2, le=3600)
+    # Below this share of free space on the root's filesystem, the oldest unheld footage is
+    # destroyed early (reason "disk_pressure"). 0 disables it.
+    min_free_percent: float = Field(5.0, ge=0, lt=100)
 
 
 class MetricsConfig(_Strict):
@@ -64,6 +67,16 @@ class MetricsConfig(_Strict):
 
 class LegalConfig(_Strict):
     max_retention_days: int = Field(LEGAL_MAX_RETENTION_DAYS, ge=1, le=LEGAL_MAX_RETENTION_DAYS)
+
+
+class RetentionConfig(_Strict):
+    interval_seconds: int = Field(60, ge=1, le=86400)  # between two retention passes
+
+
+class EvidenceConfig(_Strict):
+    # Ed25519 private key (PEM, PKCS#8, from `csud keygen`) that signs extraction manifests.
+    # None: extractions are not signed. Read by `csud extract` only, never by the daemon.
+    signing_key: Path | None = None
 
 
 class CommuneConfig(_Strict):
@@ -176,6 +189,8 @@ class Settings(BaseSettings):
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
     legal: LegalConfig = LegalConfig()
+    retention: RetentionConfig = RetentionConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     communes: list[CommuneConfig] = []
     cameras: list[CameraConfig] = []
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from csud import __version__, metrics
 from csud.aio.index import Index
 from csud.aio.recorder import CameraRecorder, IndexService
+from csud.aio.retention import RetentionService
 from csud.config import LoadedConfig
 from csud.log import get_logger
 
@@ -58,12 +59,19 @@ async def run_daemon(loaded: LoadedConfig, stop: asyncio.Event | None = None) ->
         root=str(root),
         pid=os.getpid(),
     )
+    # Retention: own thread and connection; finishes interrupted destructions and journals
+    # config_loaded + daemon_started before any camera records (docs/storage.md, "Startup").
+    retention = RetentionService(root / INDEX_FILENAME, settings)
+    await retention.start(loaded, cameras=len(recorders))
     tasks = [asyncio.create_task(r.run(stop), name=f"camera:{r.camera.id}") for r in recorders]
     exporter = asyncio.create_task(_export_loop(recorders, root, stop))
+    retention_task = asyncio.create_task(retention.run(stop), name="retention")
     try:
         await stop.wait()
         log.info("daemon_stopping")
-        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:  # asyncio.wait refuses an empty set (a site with no enabled camera)
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
         for task in pending:
             log.error("camera_stop_timeout", task=task.get_name())
             task.cancel()
@@ -71,10 +79,14 @@ async def run_daemon(loaded: LoadedConfig, stop: asyncio.Event | None = None) ->
             await asyncio.wait(pending, timeout=5)
     finally:
         exporter.cancel()
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention_task  # a pass in progress finishes (its steps are not interrupted)
+        written = sum(r.stats.segments_written for r in recorders)
+        await retention.close(written)  # journals daemon_stopped
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await asyncio.to_thread(index.close)
-    written = sum(r.stats.segments_written for r in recorders)
     log.info("daemon_stopped", segments_written=written)
     return 0
 

@@ -57,6 +57,30 @@ storage_used = Gauge(
     "csud_storage_used_bytes", "Bytes of footage in the store", ("commune",), registry=REGISTRY
 )
 storage_free = Gauge("csud_storage_free_bytes", "Free bytes on the store's filesystem", registry=REGISTRY)
+retention_deleted = Counter(
+    "csud_retention_deleted_segments",
+    "Segments destroyed, by reason (retention, disk_pressure)",
+    ("commune", "reason"),
+    registry=REGISTRY,
+)
+retention_overdue = Gauge(
+    "csud_retention_overdue_segments",
+    "Unheld segments past their commune's window after the last retention pass (should be 0)",
+    ("commune",),
+    registry=REGISTRY,
+)
+holds_active = Gauge("csud_holds_active", "Judicial holds in force", registry=REGISTRY)
+disk_pressure = Gauge(
+    "csud_storage_disk_pressure",
+    "1 when the last pass found free space below storage.min_free_percent",
+    registry=REGISTRY,
+)
+storage_write_errors = Counter(
+    "csud_storage_write_errors",
+    "Segment writes that failed (e.g. ENOSPC); the segment was closed at its last good fragment",
+    _CAM,
+    registry=REGISTRY,
+)
 build_info = Info("csud_build", "csud version", registry=REGISTRY)
 build_info.info({"version": __version__})
 

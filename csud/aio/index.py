@@ -9,21 +9,37 @@ a row always names a complete, renamed, synced file. Times are UTC nanoseconds; 
 relative to the storage root.
 
 Schema versions live in ``PRAGMA user_version``; :data:`MIGRATIONS` ``[i]`` takes a database from
-version ``i`` to ``i + 1`` in one transaction. Later tables (holds, journal) arrive as migrations.
+version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, the journal
+(:mod:`csud.aio.journal`), the deletion intent (``segments.deleting_ns``: docs/storage.md,
+"Destroying segments") and a per-camera usage table kept by triggers, so that retention never
+scans the 14-million-row segments table to learn which cameras exist or how much they hold.
+
+Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer returns them.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csud.aio.journal import (
+    HOLD_ADDED,
+    HOLD_RELEASED,
+    JOURNAL_SCHEMA,
+    Journal,
+    JournalCheck,
+    JournalEntry,
+    os_actor,
+)
 from csud.aio.writer import FragmentInfo, SegmentInfo
 from csud.errors import StorageError
+from csud.store.retention import Hold, SegmentRef
 
 _SCHEMA_V1 = """
 CREATE TABLE segments (
@@ -60,7 +76,73 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+_SCHEMA_V2 = """
+ALTER TABLE segments ADD COLUMN deleting_ns INTEGER;
+ALTER TABLE segments ADD COLUMN deleting_reason TEXT;
+CREATE INDEX segments_deleting ON segments (deleting_ns) WHERE deleting_ns IS NOT NULL;
+
+CREATE TABLE usage (
+    commune     TEXT    NOT NULL,
+    camera      TEXT    NOT NULL,
+    segments    INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    PRIMARY KEY (commune, camera)
+) WITHOUT ROWID;
+INSERT INTO usage (commune, camera, segments, bytes)
+    SELECT commune, camera, COUNT(*), SUM(bytes) FROM segments GROUP BY commune, camera;
+CREATE TRIGGER segments_usage_insert AFTER INSERT ON segments BEGIN
+    INSERT INTO usage (commune, camera, segments, bytes) VALUES (NEW.commune, NEW.camera, 1, NEW.bytes)
+    ON CONFLICT (commune, camera) DO UPDATE SET segments = segments + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER segments_usage_delete AFTER DELETE ON segments BEGIN
+    UPDATE usage SET segments = segments - 1, bytes = bytes - OLD.bytes
+    WHERE commune = OLD.commune AND camera = OLD.camera;
+END;
+
+CREATE TABLE holds (
+    id              INTEGER PRIMARY KEY,
+    from_ns         INTEGER NOT NULL,
+    to_ns           INTEGER NOT NULL,
+    requisition     TEXT    NOT NULL,
+    officer         TEXT    NOT NULL,
+    reason          TEXT    NOT NULL,
+    until_ns        INTEGER,
+    created_ns      INTEGER NOT NULL,
+    created_by      TEXT    NOT NULL,
+    released_ns     INTEGER,
+    released_by     TEXT,
+    release_reason  TEXT,
+    CHECK (to_ns > from_ns)
+);
+CREATE TABLE hold_cameras (
+    hold_id     INTEGER NOT NULL REFERENCES holds (id),
+    camera      TEXT    NOT NULL,
+    PRIMARY KEY (hold_id, camera)
+) WITHOUT ROWID;
+CREATE INDEX hold_cameras_camera ON hold_cameras (camera);
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run ``script`` statement by statement inside the caller's transaction (``executescript``
+    would COMMIT). Trigger bodies contain ``;`` and are kept whole."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                conn.execute(buffer)
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]!r}")
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V2)
+    _run_script(conn, JOURNAL_SCHEMA)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -86,7 +168,57 @@ class IndexStats:
     cameras: int
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    commune: str
+    camera: str
+    segments: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """A judicial hold as stored (see ``csud hold``); :meth:`policy` is what retention needs."""
+
+    id: int
+    cameras: tuple[str, ...]
+    from_ns: int
+    to_ns: int
+    requisition: str
+    officer: str
+    reason: str
+    until_ns: int | None
+    created_ns: int
+    created_by: str
+    released_ns: int | None
+    released_by: str | None
+    release_reason: str | None
+
+    def policy(self) -> Hold:
+        return Hold(
+            id=self.id,
+            cameras=frozenset(self.cameras),
+            from_ns=self.from_ns,
+            to_ns=self.to_ns,
+            requisition=self.requisition,
+            until_ns=self.until_ns,
+            released_ns=self.released_ns,
+        )
+
+
 _SEGMENT_COLUMNS = "id, camera, commune, start_ns, end_ns, path, bytes, frames, sha256, created_ns"
+_REF_COLUMNS = "id, camera, commune, start_ns, end_ns, bytes, path"
+_HOLD_COLUMNS = (
+    "id, from_ns, to_ns, requisition, officer, reason, until_ns, created_ns, created_by,"
+    " released_ns, released_by, release_reason"
+)
+# A segment row covered by an active hold at ``:now`` (same rule as csud.store.retention.Hold).
+_HELD = (
+    "EXISTS (SELECT 1 FROM hold_cameras hc JOIN holds h ON h.id = hc.hold_id"
+    " WHERE hc.camera = segments.camera AND h.released_ns IS NULL"
+    " AND (h.until_ns IS NULL OR :now < h.until_ns)"
+    " AND h.from_ns < segments.end_ns AND segments.start_ns < h.to_ns)"
+)
 
 
 class Index:
@@ -205,6 +337,7 @@ class Index:
         if from_ns is not None:
             clauses.append("end_ns > ?")
             params.append(from_ns)
+        clauses.append("deleting_ns IS NULL")
         sql = f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE {' AND '.join(clauses)} ORDER BY start_ns, id"
         return [SegmentRow(*row) for row in self._query(sql, params)]
 
@@ -229,6 +362,241 @@ class Index:
         except sqlite3.Error as e:
             raise StorageError(f"index delete segment {segment_id}: {e}") from e
 
+    # -- retention (docs/storage.md, "Destroying segments") ---------------------------------
+
+    def usage(self) -> list[Usage]:
+        """Per (commune, camera): segments and bytes indexed (kept by triggers: no table scan)."""
+        rows = self._query(
+            "SELECT commune, camera, segments, bytes FROM usage WHERE segments > 0 ORDER BY commune, camera",
+            [],
+        )
+        return [Usage(*row) for row in rows]
+
+    def due_candidates(
+        self,
+        camera: str,
+        commune: str,
+        cutoff_ns: int,
+        exclude: Sequence[tuple[int, int]] = (),
+        limit: int = 1000,
+    ) -> list[SegmentRef]:
+        """Live segments of ``camera`` recorded for ``commune`` ending at or before ``cutoff_ns``,
+        oldest first, skipping those overlapping any ``[from, to)`` of ``exclude`` (the active
+        holds on this camera: so that held footage never fills the ``limit``). A range scan of
+        index ``segments_camera_end``."""
+        sql, params = self._due_sql("SELECT " + _REF_COLUMNS, camera, commune, cutoff_ns, exclude)
+        sql += " ORDER BY end_ns, id LIMIT ?"
+        return [SegmentRef(*row) for row in self._query(sql, [*params, limit])]
+
+    def count_due(
+        self, camera: str, commune: str, cutoff_ns: int, exclude: Sequence[tuple[int, int]] = ()
+    ) -> int:
+        sql, params = self._due_sql("SELECT COUNT(*)", camera, commune, cutoff_ns, exclude)
+        return int(self._query(sql, params)[0][0])
+
+    @staticmethod
+    def _due_sql(
+        select: str, camera: str, commune: str, cutoff_ns: int, exclude: Sequence[tuple[int, int]]
+    ) -> tuple[str, list[object]]:
+        sql = (
+            f"{select} FROM segments INDEXED BY segments_camera_end WHERE camera = ? AND end_ns <= ?"
+            " AND commune = ? AND deleting_ns IS NULL"
+        )
+        params: list[object] = [camera, cutoff_ns, commune]
+        for from_ns, to_ns in exclude:
+            sql += " AND NOT (start_ns < ? AND end_ns > ?)"
+            params += [to_ns, from_ns]
+        return sql, params
+
+    def oldest_unheld(self, now_ns: int, limit: int) -> list[SegmentRef]:
+        """Live segments not covered by a hold active at ``now_ns``, oldest end first, across
+        cameras (disk pressure). Walks index ``segments_end``."""
+        sql = (
+            f"SELECT {_REF_COLUMNS} FROM segments INDEXED BY segments_end WHERE deleting_ns IS NULL"
+            f" AND NOT {_HELD} ORDER BY end_ns, id LIMIT :limit"
+        )
+        return [SegmentRef(*row) for row in self._query(sql, {"now": now_ns, "limit": limit})]
+
+    def mark_deleting(self, ids: Sequence[int], reason: str, now_ns: int) -> list[SegmentRef]:
+        """Step 1: record the intent to destroy. Marks the live rows among ``ids`` that no hold
+        active at ``now_ns`` covers (checked again here, in the transaction, so that a hold added
+        after the plan was made still wins); returns the rows marked."""
+        if not ids:
+            return []
+        sql = (
+            "UPDATE segments SET deleting_ns = :now, deleting_reason = :reason"
+            " WHERE id IN (SELECT value FROM json_each(:ids)) AND deleting_ns IS NULL"
+            f" AND NOT {_HELD} RETURNING {_REF_COLUMNS}"
+        )
+        try:
+            with self._lock, self._transaction() as conn:
+                rows = conn.execute(sql, {"now": now_ns, "reason": reason, "ids": json.dumps(list(ids))})
+                return sorted((SegmentRef(*row) for row in rows), key=lambda r: (r.end_ns, r.id))
+        except sqlite3.Error as e:
+            raise StorageError(f"index mark deleting: {e}") from e
+
+    def unmark_deleting(self, ids: Sequence[int]) -> None:
+        """Undo step 1 for rows whose file could not be unlinked (they stay live and due)."""
+        try:
+            with self._lock, self._transaction() as conn:
+                conn.execute(
+                    "UPDATE segments SET deleting_ns = NULL, deleting_reason = NULL"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(ids)),),
+                )
+        except sqlite3.Error as e:
+            raise StorageError(f"index unmark deleting: {e}") from e
+
+    def deleting(self) -> list[tuple[SegmentRef, str]]:
+        """Rows marked for destruction and not yet removed (an interrupted deletion), with reason."""
+        rows = self._query(
+            f"SELECT {_REF_COLUMNS}, deleting_reason FROM segments WHERE deleting_ns IS NOT NULL"
+            " ORDER BY end_ns, id",
+            [],
+        )
+        return [(SegmentRef(*row[:-1]), str(row[-1] or "")) for row in rows]
+
+    def remove_deleted(self, ids: Sequence[int], entries: Sequence[dict[str, Any]]) -> int:
+        """Step 4: drop the marked rows among ``ids`` (fragments cascade) and append the journal
+        ``entries`` (keyword arguments of :meth:`Journal.append`) in one transaction."""
+        try:
+            with self._lock, self._transaction() as conn:
+                removed = conn.execute(
+                    "DELETE FROM segments WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND deleting_ns IS NOT NULL",
+                    (json.dumps(list(ids)),),
+                ).rowcount
+                journal = Journal(conn)
+                for entry in entries:
+                    journal.append(**entry)
+                return int(removed)
+        except sqlite3.Error as e:
+            raise StorageError(f"index remove deleted: {e}") from e
+
+    # -- holds ------------------------------------------------------------------------------
+
+    def add_hold(
+        self,
+        cameras: Sequence[str],
+        from_ns: int,
+        to_ns: int,
+        *,
+        requisition: str,
+        officer: str,
+        reason: str,
+        until_ns: int | None,
+        now_ns: int,
+        actor: str | None = None,
+    ) -> HoldRow:
+        """Create a hold and journal it (one transaction). From its commit on, no retention pass
+        can mark the footage it covers (:meth:`mark_deleting` checks in its own transaction)."""
+        if to_ns <= from_ns:
+            raise ValueError("a hold's end must be after its start")
+        if not cameras:
+            raise ValueError("a hold names at least one camera")
+        actor = actor if actor is not None else os_actor()
+        cams = sorted(set(cameras))
+        try:
+            with self._lock, self._transaction() as conn:
+                cur = conn.execute(
+                    "INSERT INTO holds (from_ns, to_ns, requisition, officer, reason, until_ns,"
+                    " created_ns, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (from_ns, to_ns, requisition, officer, reason, until_ns, now_ns, actor),
+                )
+                hold_id = cur.lastrowid
+                assert hold_id is not None
+                conn.executemany(
+                    "INSERT INTO hold_cameras (hold_id, camera) VALUES (?, ?)", [(hold_id, c) for c in cams]
+                )
+                Journal(conn).append(
+                    HOLD_ADDED,
+                    now_ns=now_ns,
+                    actor=actor,
+                    camera=",".join(cams),
+                    from_ns=from_ns,
+                    to_ns=to_ns,
+                    requisition=requisition,
+                    reason=reason,
+                    details={"hold": hold_id, "cameras": cams, "officer": officer, "until_ns": until_ns},
+                )
+        except sqlite3.Error as e:
+            raise StorageError(f"index add hold: {e}") from e
+        hold = self.hold(hold_id)
+        assert hold is not None
+        return hold
+
+    def release_hold(self, hold_id: int, *, reason: str, now_ns: int, actor: str | None = None) -> HoldRow:
+        """Release a hold and journal it. Raises ``KeyError`` if unknown, ``ValueError`` if released."""
+        actor = actor if actor is not None else os_actor()
+        try:
+            with self._lock, self._transaction() as conn:
+                row = conn.execute("SELECT released_ns FROM holds WHERE id = ?", (hold_id,)).fetchone()
+                if row is None:
+                    raise KeyError(hold_id)
+                if row[0] is not None:
+                    raise ValueError(f"hold {hold_id} is already released")
+                conn.execute(
+                    "UPDATE holds SET released_ns = ?, released_by = ?, release_reason = ? WHERE id = ?",
+                    (now_ns, actor, reason, hold_id),
+                )
+                hold = self._holds(conn, "WHERE id = ?", [hold_id])[0]
+                Journal(conn).append(
+                    HOLD_RELEASED,
+                    now_ns=now_ns,
+                    actor=actor,
+                    camera=",".join(hold.cameras),
+                    from_ns=hold.from_ns,
+                    to_ns=hold.to_ns,
+                    requisition=hold.requisition,
+                    reason=reason,
+                    details={"hold": hold_id, "cameras": list(hold.cameras)},
+                )
+                return hold
+        except sqlite3.Error as e:
+            raise StorageError(f"index release hold {hold_id}: {e}") from e
+
+    def hold(self, hold_id: int) -> HoldRow | None:
+        with self._lock:
+            rows = self._holds(self._conn, "WHERE id = ?", [hold_id])
+        return rows[0] if rows else None
+
+    def holds(self, include_released: bool = True) -> list[HoldRow]:
+        where = "" if include_released else "WHERE released_ns IS NULL"
+        try:
+            with self._lock:
+                return self._holds(self._conn, where, [])
+        except sqlite3.Error as e:
+            raise StorageError(f"index holds: {e}") from e
+
+    @staticmethod
+    def _holds(conn: sqlite3.Connection, where: str, params: list[object]) -> list[HoldRow]:
+        rows = conn.execute(f"SELECT {_HOLD_COLUMNS} FROM holds {where} ORDER BY id", params).fetchall()
+        out = []
+        for row in rows:
+            cams = tuple(
+                c
+                for (c,) in conn.execute(
+                    "SELECT camera FROM hold_cameras WHERE hold_id = ? ORDER BY camera", (row[0],)
+                )
+            )
+            out.append(HoldRow(row[0], cams, *row[1:]))
+        return out
+
+    # -- journal ----------------------------------------------------------------------------
+
+    def append_journal(self, kind: str, **fields: Any) -> JournalEntry:
+        """:meth:`Journal.append` on this index's connection, under its lock."""
+        with self._lock:
+            return Journal(self._conn).append(kind, **fields)
+
+    def journal_entries(self, since_ns: int | None = None, kind: str | None = None) -> list[JournalEntry]:
+        with self._lock:
+            return Journal(self._conn).entries(since_ns, kind=kind)
+
+    def verify_journal(self) -> JournalCheck:
+        with self._lock:
+            return Journal(self._conn).verify()
+
     def cameras(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT camera FROM segments ORDER BY camera", [])]
 
@@ -244,7 +612,7 @@ class Index:
         with self._lock:
             self._conn.close()
 
-    def _query(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: list[object] | dict[str, object]) -> list[tuple[Any, ...]]:
         try:
             with self._lock:
                 return self._conn.execute(sql, params).fetchall()

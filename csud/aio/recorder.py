@@ -306,9 +306,29 @@ class CameraRecorder:
             except StorageError as exc:
                 self.log.error("storage_error", error=str(exc))
                 self.stats.last_error = str(exc)
+                from csud import metrics  # not the hot path: one increment per failed segment
+
+                metrics.storage_write_errors.labels(self.camera.id, self.commune.id).inc()
                 if writer is not None:
-                    await writer.abort()
-                    writer = None
+                    # ENOSPC/EIO: keep the segment up to its last whole fragment, indexed; the
+                    # segmenter restarts at the next keyframe, so recording resumes with space.
+                    failed, writer = writer, None
+                    try:
+                        salvaged = await failed.close_at_last_fragment()
+                        if salvaged is not None:
+                            await self.index.add_segment(self.camera.id, self.commune.id, salvaged)
+                            self.stats.segments_written += 1
+                            self.stats.bytes_written += salvaged.bytes
+                            self.stats.frames_recorded += salvaged.frames
+                            self.log.warning(
+                                "segment_closed_at_last_fragment",
+                                path=salvaged.relpath,
+                                frames=salvaged.frames,
+                            )
+                        self._count_drop("storage_error", frames - (salvaged.frames if salvaged else 0))
+                    except StorageError as salvage_exc:  # the .partial stays for startup recovery
+                        self.log.error("segment_salvage_failed", error=str(salvage_exc))
+                        await failed.abort()
                 self._writer_failed = True
         if writer is not None:  # the pipeline always closes before the sentinel; be safe anyway
             await writer.abort()

@@ -15,6 +15,10 @@ Durability (docs/storage.md, "Creating a segment"): write ``NAME.mp4.partial`` (
 writing), fsync the file, rename to ``NAME.mp4``, fsync the directory; only then does the caller
 insert the index row. An existing file is never overwritten.
 
+After a failed write (ENOSPC, EIO), :meth:`SegmentWriter.close_at_last_fragment` keeps what is
+whole: the file is truncated to its last complete fragment (the SHA-256 state is saved at each
+fragment boundary, so the file is not read back), synced, renamed and returned for indexing.
+
 A ``SegmentWriter`` is not re-entrant: await each call before making the next.
 """
 
@@ -180,6 +184,11 @@ class FragmentMuxer:
         self._container.close()
         return self._account(self._sink.take())
 
+    @property
+    def pending_gop_start_ns(self) -> int | None:
+        """Start of the oldest GOP muxed but not yet emitted: the end of the last emitted fragment."""
+        return self._gops[0][0] if self._gops else None
+
     def take_fragments(self) -> list[FragmentInfo]:
         """Fragments completed since the last call, in file order."""
         out, self._fragments = self._fragments, []
@@ -268,6 +277,12 @@ class SegmentWriter:
         self._fragments: list[FragmentInfo] = []
         self._finished = False
         self._failed = False
+        self._published = False  # renamed to its final name
+        self._abandoned = False  # aborted: the .partial is left to startup recovery (or removed)
+        # The last point where the file ended on a fragment boundary (for close_at_last_fragment).
+        self._good_size = 0
+        self._good_hash = self._hash.copy()
+        self._good_end_ns = start_ns
 
     @property
     def partial_path(self) -> Path:
@@ -330,6 +345,14 @@ class SegmentWriter:
             raise StorageError(f"mux {partial_name(self.relpath)}: {e}") from e
         await self._append(data)
         self._fragments.extend(self._muxer.take_fragments())
+        self._mark_good(self._muxer.pending_gop_start_ns)
+
+    def _mark_good(self, end_ns: int | None) -> None:
+        """The file now ends on a box boundary (the muxer emits whole fragments): remember it."""
+        self._good_size = self._size_bytes
+        self._good_hash = self._hash.copy()
+        if end_ns is not None and self._fragments:
+            self._good_end_ns = end_ns
 
     async def close(self, end_ns: int, drop_tail: bool) -> SegmentInfo | None:
         """Finish, fsync, rename and fsync the directory. ``None`` if no whole GOP was written
@@ -345,6 +368,7 @@ class SegmentWriter:
                 data = await self._run(self._close_and_hash)
                 await self._append(data)
                 self._fragments.extend(self._muxer.take_fragments())
+                self._mark_good(end_ns)
             fd = self._file.fileno()
             await self._run(os.fsync, fd)
             await self._file.close()
@@ -367,6 +391,7 @@ class SegmentWriter:
             if final.exists():
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
             os.rename(partial, final)
+            self._published = True
             _fsync_dir(final.parent)
 
         try:
@@ -387,8 +412,10 @@ class SegmentWriter:
         """Stop writing after an error. The ``.partial`` file stays for startup recovery unless
         ``remove``. Never raises for cleanup failures (the original error matters more)."""
         if self._finished:
+            self._abandoned = True
             return
         self._finished = True
+        self._abandoned = True
         # PyAV may refuse to finish a broken stream; there is nothing left to save from it.
         with contextlib.suppress(Exception):
             await self._run(self._muxer.close)
@@ -396,6 +423,56 @@ class SegmentWriter:
         if remove:
             with contextlib.suppress(OSError):
                 await self._run(self.partial_path.unlink)
+
+    async def close_at_last_fragment(self) -> SegmentInfo | None:
+        """After a write or close failed (ENOSPC, EIO): publish what is whole.
+
+        Truncates the ``.partial`` to the end of the last fragment written completely (a torn
+        write after it is cut off), fsyncs it, renames it and fsyncs the directory, like
+        :meth:`close`; returns its ``SegmentInfo`` for the index (``end_ns`` = the start of the
+        first GOP that did not make it). Returns ``None`` when no fragment is whole (the
+        ``.partial`` is then removed, best effort), or when the segment was already published or
+        aborted. Raises ``StorageError`` if truncating, syncing or renaming fails too; the
+        ``.partial`` then stays for startup recovery. Frees disk space, never needs any.
+        """
+        if self._published or self._abandoned:
+            return None
+        self._finished = True
+        with contextlib.suppress(Exception):  # the muxer's remaining output is discarded
+            await self._run(self._muxer.close)
+        await self._close_file_quietly()
+        partial, final, size = self.partial_path, self.final_path, self._good_size
+        if not self._fragments:
+            with contextlib.suppress(OSError):
+                await self._run(partial.unlink)
+            return None
+
+        def salvage() -> None:
+            fd = os.open(partial, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
+            os.rename(partial, final)
+            self._published = True
+            _fsync_dir(final.parent)
+
+        try:
+            await self._run(salvage)
+        except OSError as e:
+            raise _storage_error("salvage", partial_name(self.relpath), e) from e
+        return SegmentInfo(
+            relpath=self.relpath,
+            start_ns=self.start_ns,
+            end_ns=self._good_end_ns,
+            bytes=size,
+            frames=sum(f.frames for f in self._fragments),
+            sha256=self._good_hash.hexdigest(),
+            fragments=tuple(self._fragments),
+        )
 
     # -- internals --------------------------------------------------------------------------
 

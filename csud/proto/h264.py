@@ -13,6 +13,7 @@ refused with ``ValueError``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -20,7 +21,7 @@ from typing import Final
 from csud.proto.bits import BitReader as _BitReader
 from csud.proto.bits import unescape_rbsp
 from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
-from csud.proto.rtp import RTP_SEQ_MOD, Buffer, parse_header
+from csud.proto.rtp import RTP_HEADER_SIZE, RTP_SEQ_MOD, RTP_VERSION, Buffer, parse_header
 
 # --- NAL unit types (H.264 table 7-1, RFC 6184 table 1) --------------------------------
 NAL_SLICE = 1
@@ -71,6 +72,13 @@ MAX_STAP_NAL_SIZE = (1 << (8 * STAP_LENGTH_SIZE)) - 1
 
 _SEQ_MASK = RTP_SEQ_MOD - 1
 _SEQ_HALF = RTP_SEQ_MOD // 2
+
+# The header every camera sends (version 2, no padding, extension or CSRC) is parsed inline in
+# ``feed``: a function call per packet is a measurable share of the hot path. Any other first
+# byte goes through ``parse_header``, which validates it and raises the exact error.
+_PLAIN_RTP_FIRST_BYTE = RTP_VERSION << 6
+_RTP_MARKER_BIT = 0x80
+_unpack_rtp_header = struct.Struct("!BBHII").unpack_from
 
 # --- Memory bounds: a hostile or broken camera can never make one stream grow past these --
 MAX_NAL_SIZE = 8 << 20
@@ -181,11 +189,17 @@ class H264Depacketizer:
             end = len(buf)
         self.packets += 1
         self.bytes += end - start
-        try:
-            _pt, seq, ts, ssrc, marker, pos, stop = parse_header(buf, start, end)
-        except ValueError:
-            self._malformed()
-            raise
+        if start >= 0 and start + RTP_HEADER_SIZE <= end <= len(buf) and buf[start] == _PLAIN_RTP_FIRST_BYTE:
+            _b0, marker, seq, ts, ssrc = _unpack_rtp_header(buf, start)
+            marker &= _RTP_MARKER_BIT
+            pos = start + RTP_HEADER_SIZE
+            stop = end
+        else:
+            try:
+                _pt, seq, ts, ssrc, marker, pos, stop = parse_header(buf, start, end)
+            except ValueError:
+                self._malformed()
+                raise
         if ssrc != self._ssrc:
             self._new_ssrc(ssrc)
         expected = self._expected_seq

@@ -62,11 +62,29 @@ class InterleavedDemux:
         return len(self._tail)
 
     def feed(self, data: bytes) -> None:
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        end = len(data)
         pos = 0
+        tail = self._tail
+        if tail:
+            self._tail = b""
+            if tail[0] != INTERLEAVED_MAGIC:
+                data = tail + data  # the rest of an RTSP message, or garbage: rare
+            else:
+                # The usual case: a frame cut by the TCP read. Complete it with the bytes it still
+                # needs rather than copying the whole chunk behind the tail.
+                if len(tail) < INTERLEAVED_HEADER_SIZE:
+                    pos = INTERLEAVED_HEADER_SIZE - len(tail)
+                    tail += data[:pos]
+                    if len(tail) < INTERLEAVED_HEADER_SIZE:
+                        self._tail = tail
+                        return
+                missing = INTERLEAVED_HEADER_SIZE + (tail[2] << 8 | tail[3]) - len(tail)
+                if missing > len(data) - pos:
+                    self._tail = tail + data[pos:]
+                    return
+                frame = tail + data[pos : pos + missing]
+                pos += missing
+                self.on_binary(frame[1], frame, INTERLEAVED_HEADER_SIZE, len(frame))
+        end = len(data)
         on_binary = self.on_binary
         while pos < end:
             if data[pos] == INTERLEAVED_MAGIC:

@@ -132,6 +132,16 @@ BAD = {
         "cameras[0].url: credentials both in the URL and in username/password",
     ),
     "invalid toml": ("[storage\n", "invalid TOML"),
+    "retention interval zero": ("[retention]\ninterval_seconds = 0\n" + BASE, "retention.interval_seconds:"),
+    "unknown retention key": ("[retention]\nintervall = 5\n" + BASE, "retention.intervall: unknown key"),
+    "min free percent 100": (
+        BASE.replace("[storage]", "[storage]\nmin_free_percent = 100"),
+        "storage.min_free_percent:",
+    ),
+    "negative min free percent": (
+        BASE.replace("[storage]", "[storage]\nmin_free_percent = -1"),
+        "storage.min_free_percent:",
+    ),
 }
 
 
@@ -170,3 +180,35 @@ def test_unreadable_password_file_fails_check_config(
     path = write(tmp_path, BASE + 'username = "csud"\npassword_file = "/nonexistent/pw"\n')
     assert main(["check-config", "--config", str(path)]) == 2
     assert "password_file: cannot read /nonexistent/pw" in capsys.readouterr().err
+
+
+def test_retention_and_disk_pressure_keys(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, BASE)).settings
+    assert settings.retention.interval_seconds == 60
+    assert settings.storage.min_free_percent == 5
+    storage = BASE.replace("[storage]", "[storage]\nmin_free_percent = 2.5")
+    text = "[retention]\ninterval_seconds = 300\n" + storage
+    settings = load_config(write(tmp_path, text)).settings
+    assert (settings.retention.interval_seconds, settings.storage.min_free_percent) == (300, 2.5)
+    example = load_config(REPO / "config" / "csud.example.toml").settings
+    assert (example.retention.interval_seconds, example.storage.min_free_percent) == (60, 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BASE.replace("retention_days = 15", "retention_days = 31"), "exceeds the legal maximum of 30"),
+        (BASE + "retention_days = 16\n", "a camera may only shorten its commune's window"),
+    ],
+)
+def test_check_config_refuses_retention_beyond_the_rules(
+    tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", "--config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_camera_override_shortens_the_window(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, BASE + "retention_days = 7\n")).settings
+    assert retention_days(settings, settings.cameras[0]) == 7

@@ -1,0 +1,474 @@
+"""Retention and disk pressure carried out: the plan of :mod:`csud.store.retention`, on the index
+and the files, with the crash-safe destruction steps of docs/storage.md ("Destroying segments").
+
+:class:`Retention` is synchronous (SQLite, unlink, fsync): the daemon runs it in its own thread
+with its own connection (:class:`RetentionService`), and ``csud retention`` calls the same
+:meth:`Retention.run_pass` directly. Why a separate thread and connection rather than the
+recorders' index thread: a pass unlinks and fsyncs hundreds of files; on that thread it would
+delay every camera's segment insert behind it. SQLite in WAL mode lets the two connections read
+concurrently; writes are short transactions serialised by ``BEGIN IMMEDIATE`` and
+``busy_timeout``.
+
+Destruction (:meth:`Retention.destroy`), numbered as in docs/storage.md:
+1. mark the rows ``deleting`` (one transaction; a hold active now is re-checked there);
+2. unlink the files; 3. fsync their directories; 4. remove the rows and append one
+``segments_destroyed`` journal entry per camera (one transaction); 5. remove empty date
+directories. :meth:`Retention.recover` finishes steps 2-5 for rows left marked by a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+from csud import __version__, metrics
+from csud.aio.index import Index
+from csud.aio.journal import CONFIG_LOADED, DAEMON_STARTED, DAEMON_STOPPED, RECOVERED, SEGMENTS_DESTROYED
+from csud.config import LoadedConfig, Settings
+from csud.errors import CsudError
+from csud.log import get_logger
+from csud.store.retention import (
+    NS_PER_SECOND,
+    REASON_DISK_PRESSURE,
+    REASON_RETENTION,
+    Hold,
+    Policies,
+    SegmentRef,
+    active_holds,
+    bytes_to_free,
+    cutoff_ns,
+    plan,
+    plan_disk_pressure,
+)
+
+BATCH_PER_CAMERA = 2000  # candidates fetched per camera and round (~33 h of 1-min segments)
+MAX_ROUNDS_PER_PASS = 50  # a backlog beyond this waits for the next pass (overdue gauge)
+DISK_PRESSURE_BATCH = 500  # segments fetched per disk-pressure round
+DISK_PRESSURE_MAX_ROUNDS = 200
+DISK_PRESSURE_HYSTERESIS_PERCENT = 1.0  # free up to min_free_percent + this
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+@dataclass
+class CameraDestruction:
+    """What one destruction did for one camera (and what its journal entry says)."""
+
+    commune: str
+    camera: str
+    reason: str
+    count: int = 0
+    bytes: int = 0
+    from_ns: int = 0
+    to_ns: int = 0
+    missing_files: int = 0
+
+
+@dataclass
+class PassReport:
+    """One pass: what was destroyed (or would be, ``dry_run``), what holds kept past its window,
+    and what is still overdue afterwards, per commune."""
+
+    now_ns: int
+    dry_run: bool
+    destroyed: list[CameraDestruction] = field(default_factory=list)
+    held: dict[tuple[str, str], int] = field(default_factory=dict)  # (commune, camera) -> segments
+    overdue: dict[str, int] = field(default_factory=dict)
+    windows: dict[tuple[str, str], int] = field(default_factory=dict)  # (commune, camera) -> days
+    errors: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(d.count for d in self.destroyed)
+
+
+def policies_from(settings: Settings) -> Policies:
+    return Policies(
+        legal_max_days=settings.legal.max_retention_days,
+        communes={c.id: c.retention_days for c in settings.communes},
+        cameras={c.id: c.retention_days for c in settings.cameras if c.retention_days is not None},
+    )
+
+
+def _day(ns: int) -> str:
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, UTC).strftime("%Y-%m-%d")
+
+
+def _per_day(segments: Iterable[SegmentRef]) -> dict[str, dict[str, int]]:
+    """Per UTC day of the segment's start: count, seconds, first start, last end (for the registre)."""
+    days: dict[str, dict[str, int]] = {}
+    for s in segments:
+        d = days.setdefault(
+            _day(s.start_ns), {"count": 0, "ns": 0, "first_ns": s.start_ns, "last_ns": s.end_ns}
+        )
+        d["count"] += 1
+        d["ns"] += s.end_ns - s.start_ns
+        d["first_ns"] = min(d["first_ns"], s.start_ns)
+        d["last_ns"] = max(d["last_ns"], s.end_ns)
+    return days
+
+
+class Retention:
+    """Retention passes, disk pressure and recovery of interrupted destructions on one index."""
+
+    def __init__(
+        self,
+        index: Index,
+        root: Path,
+        settings: Settings,
+        *,
+        actor: str | None = None,
+        disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+    ) -> None:
+        self.index = index
+        self.root = root
+        self.settings = settings
+        self.policies = policies_from(settings)
+        self.actor = actor
+        self._disk_usage = disk_usage
+        self.log = get_logger(component="retention")
+
+    def _holds(self, now_ns: int) -> list[Hold]:
+        return active_holds((h.policy() for h in self.index.holds(include_released=False)), now_ns)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def run_pass(self, now_ns: int, dry_run: bool = False) -> PassReport:
+        """Destroy every unheld segment past its window (or list them, ``dry_run``)."""
+        report = PassReport(now_ns=now_ns, dry_run=dry_run)
+        holds = self._holds(now_ns)
+        scopes = []
+        for u in self.index.usage():
+            days = self.policies.days(u.camera, u.commune)
+            cutoff = cutoff_ns(days, now_ns)
+            exclude = [(h.from_ns, h.to_ns) for h in holds if u.camera in h.cameras]
+            scopes.append((u.commune, u.camera, cutoff, exclude))
+            report.windows[(u.commune, u.camera)] = days
+        pending = list(scopes)
+        for _ in range(1 if dry_run else MAX_ROUNDS_PER_PASS):
+            if not pending:
+                break
+            candidates: list[SegmentRef] = []
+            full = []
+            for scope in pending:
+                commune, camera, cutoff, exclude = scope
+                rows = self.index.due_candidates(
+                    camera, commune, cutoff, exclude, limit=10**9 if dry_run else BATCH_PER_CAMERA
+                )
+                candidates.extend(rows)
+                if len(rows) >= BATCH_PER_CAMERA:
+                    full.append(scope)
+            decided = plan(candidates, self.policies, holds, now_ns)  # the pure rule decides
+            if dry_run:
+                report.destroyed.extend(self._summarise(decided.due, REASON_RETENTION))
+            else:
+                self.destroy(decided.due, REASON_RETENTION, now_ns, report)
+            pending = full
+        for commune, camera, cutoff, exclude in scopes:
+            everything = self.index.count_due(camera, commune, cutoff)
+            unheld = self.index.count_due(camera, commune, cutoff, exclude)
+            if everything > unheld:
+                report.held[(commune, camera)] = everything - unheld
+            if not dry_run and unheld:
+                report.overdue[commune] = report.overdue.get(commune, 0) + unheld
+        return report
+
+    # -- disk pressure ----------------------------------------------------------------------
+
+    def relieve_disk_pressure(self, now_ns: int, dry_run: bool = False) -> PassReport:
+        """Below ``storage.min_free_percent`` free, destroy the oldest unheld segments across
+        cameras until free space is back above it plus :data:`DISK_PRESSURE_HYSTERESIS_PERCENT`."""
+        report = PassReport(now_ns=now_ns, dry_run=dry_run)
+        min_free = self.settings.storage.min_free_percent
+        holds = self._holds(now_ns)
+        done: set[int] = set()
+        for _ in range(DISK_PRESSURE_MAX_ROUNDS):
+            usage = self._disk_usage(self.root)
+            need = bytes_to_free(usage.total, usage.free, min_free, DISK_PRESSURE_HYSTERESIS_PERCENT)
+            if dry_run:
+                need -= report.freed_bytes
+            if need <= 0:
+                break
+            candidates = [s for s in self.index.oldest_unheld(now_ns, DISK_PRESSURE_BATCH + len(done))]
+            candidates = [s for s in candidates if s.id not in done]
+            chosen = plan_disk_pressure(candidates, holds, need, now_ns)
+            if not chosen:
+                self.log.error("disk_pressure_nothing_to_free", free_bytes=usage.free, needed_bytes=need)
+                report.errors.append(f"disk pressure: {need} bytes to free but no unheld footage left")
+                break
+            if dry_run:
+                report.destroyed.extend(self._summarise(chosen, REASON_DISK_PRESSURE))
+                report.freed_bytes += sum(s.bytes for s in chosen)
+                done.update(s.id for s in chosen)
+            else:
+                self.destroy(chosen, REASON_DISK_PRESSURE, now_ns, report)
+        if report.destroyed:
+            self.log.warning(
+                "disk_pressure_destroyed",
+                segments=report.count,
+                bytes=sum(d.bytes for d in report.destroyed),
+                dry_run=dry_run,
+            )
+        return report
+
+    # -- the destruction steps (docs/storage.md) ------------------------------------------
+
+    def destroy(
+        self, segments: Sequence[SegmentRef], reason: str, now_ns: int, report: PassReport | None = None
+    ) -> list[CameraDestruction]:
+        """Steps 1-5 for ``segments``; returns per-camera summaries (also appended to ``report``)."""
+        if not segments:
+            return []
+        marked = self.index.mark_deleting([s.id for s in segments], reason, now_ns)  # step 1
+        return self._finish(marked, reason, now_ns, report, interrupted=False)
+
+    def recover(self, now_ns: int) -> PassReport:
+        """Startup: finish destructions a crash interrupted (rows still marked ``deleting``)."""
+        report = PassReport(now_ns=now_ns, dry_run=False)
+        by_reason: dict[str, list[SegmentRef]] = {}
+        for seg, reason in self.index.deleting():
+            by_reason.setdefault(reason or REASON_RETENTION, []).append(seg)
+        for reason, segs in by_reason.items():
+            self._finish(segs, reason, now_ns, report, interrupted=True)
+        if report.destroyed:
+            self.index.append_journal(
+                RECOVERED,
+                now_ns=now_ns,
+                actor=self.actor,
+                reason="interrupted destruction completed at startup",
+                details={
+                    "segments_destroyed": report.count,
+                    "cameras": sorted({d.camera for d in report.destroyed}),
+                },
+            )
+            self.log.warning("interrupted_destruction_completed", segments=report.count)
+        return report
+
+    def _finish(
+        self,
+        marked: Sequence[SegmentRef],
+        reason: str,
+        now_ns: int,
+        report: PassReport | None,
+        interrupted: bool,
+    ) -> list[CameraDestruction]:
+        failed: list[int] = []
+        missing: set[int] = set()
+        dirs: set[Path] = set()
+        for seg in marked:  # step 2
+            path = self.root / seg.path
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                missing.add(seg.id)
+            except OSError as e:
+                failed.append(seg.id)
+                msg = f"unlink {seg.path}: {e.strerror or e}"
+                self.log.error("destroy_failed", path=seg.path, error=str(e.strerror or e))
+                if report is not None:
+                    report.errors.append(msg)
+                continue
+            dirs.add(path.parent)
+        for directory in dirs:  # step 3
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(directory)
+        if failed:  # left for the next pass: the row must keep naming a file that still exists
+            self.index.unmark_deleting(failed)
+        gone = [s for s in marked if s.id not in set(failed)]
+        summaries = self._summarise(gone, reason, missing)
+        entries = []
+        for d in summaries:
+            segs = [s for s in gone if s.camera == d.camera and s.commune == d.commune]
+            entries.append(
+                {
+                    "kind": SEGMENTS_DESTROYED,
+                    "now_ns": now_ns,
+                    "actor": self.actor,
+                    "camera": d.camera,
+                    "commune": d.commune,
+                    "from_ns": d.from_ns,
+                    "to_ns": d.to_ns,
+                    "reason": reason,
+                    "details": {
+                        "count": d.count,
+                        "bytes": d.bytes,
+                        "missing_files": d.missing_files,
+                        "interrupted": interrupted,
+                        "days": _per_day(segs),
+                    },
+                }
+            )
+        self.index.remove_deleted([s.id for s in gone], entries)  # step 4
+        for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # step 5
+            self._remove_empty_date_dirs(directory)
+        for d in summaries:
+            metrics.retention_deleted.labels(d.commune, reason).inc(d.count)
+        if report is not None:
+            report.destroyed.extend(summaries)
+            report.freed_bytes += sum(d.bytes for d in summaries)
+        return summaries
+
+    @staticmethod
+    def _summarise(
+        segments: Iterable[SegmentRef], reason: str, missing: set[int] | None = None
+    ) -> list[CameraDestruction]:
+        out: dict[tuple[str, str], CameraDestruction] = {}
+        for s in segments:
+            d = out.get((s.commune, s.camera))
+            if d is None:
+                d = out[(s.commune, s.camera)] = CameraDestruction(
+                    s.commune, s.camera, reason, from_ns=s.start_ns, to_ns=s.end_ns
+                )
+            d.count += 1
+            d.bytes += s.bytes
+            d.from_ns = min(d.from_ns, s.start_ns)
+            d.to_ns = max(d.to_ns, s.end_ns)
+            if missing and s.id in missing:
+                d.missing_files += 1
+        return sorted(out.values(), key=lambda d: (d.commune, d.camera))
+
+    def _remove_empty_date_dirs(self, directory: Path) -> None:
+        """rmdir the day, month and year directories when empty; never the camera or commune
+        directory (a recorder may be creating a date directory in it right now)."""
+        try:
+            rel = PurePosixPath(directory.relative_to(self.root).as_posix())
+        except ValueError:
+            return
+        # <commune>/<camera>/YYYY/MM/DD: at most three levels below <camera>.
+        depth = len(rel.parts) - 2
+        current = directory
+        for _ in range(max(0, min(depth, 3))):
+            try:
+                current.rmdir()
+            except OSError:  # not empty (or already gone): stop climbing
+                return
+            with contextlib.suppress(OSError):
+                _fsync_dir(current.parent)
+            current = current.parent
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def export_metrics(self, report: PassReport | None, now_ns: int) -> None:
+        for u_commune, used in self._usage_by_commune().items():
+            metrics.storage_used.labels(u_commune).set(used)
+        metrics.holds_active.set(len(self._holds(now_ns)))
+        if report is not None:
+            communes = {c.id for c in self.settings.communes} | set(report.overdue)
+            for commune in communes:
+                metrics.retention_overdue.labels(commune).set(report.overdue.get(commune, 0))
+
+    def _usage_by_commune(self) -> dict[str, int]:
+        out: dict[str, int] = {c.id: 0 for c in self.settings.communes}
+        for u in self.index.usage():
+            out[u.commune] = out.get(u.commune, 0) + u.bytes
+        return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RetentionService:
+    """The daemon's retention task: its own thread and SQLite connection (see the module doc)."""
+
+    def __init__(self, index_path: Path, settings: Settings, clock: Callable[[], int] = time.time_ns) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="csud-retention")
+        self._index_path = index_path
+        self.retention: Retention | None = None
+        self.log = get_logger(component="retention")
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
+
+    async def start(self, loaded: LoadedConfig, cameras: int) -> None:
+        """Open the index, finish interrupted destructions, journal config_loaded and daemon_started."""
+
+        def work() -> None:
+            index = Index.open(self._index_path)
+            self.retention = Retention(index, self.settings.storage.root, self.settings)
+            now = self._clock()
+            self.retention.recover(now)
+            index.append_journal(
+                CONFIG_LOADED,
+                now_ns=now,
+                details={"path": str(loaded.path), "sha256": loaded.sha256},
+            )
+            entry = index.append_journal(
+                DAEMON_STARTED,
+                now_ns=now,
+                details={"version": __version__, "pid": os.getpid(), "cameras": cameras},
+            )
+            # An anchor outside the database file (docs/storage.md, "Journal").
+            self.log.info("journal_head", id=entry.id, hash=entry.hash)
+
+        await self._call(work)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A pass (retention, then disk pressure) every ``retention.interval_seconds``."""
+        interval = self.settings.retention.interval_seconds
+        while not stop.is_set():
+            try:
+                await self._call(self.run_once)
+            except (CsudError, OSError) as exc:  # the next pass retries; the gauge shows it
+                self.log.error("retention_pass_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def run_once(self) -> PassReport:
+        assert self.retention is not None
+        now = self._clock()
+        started = time.perf_counter()
+        report = self.retention.run_pass(now)
+        pressure = self.retention.relieve_disk_pressure(now)
+        metrics.disk_pressure.set(1 if pressure.destroyed or pressure.errors else 0)
+        self.retention.export_metrics(report, now)
+        if report.destroyed or pressure.destroyed or report.errors:
+            self.log.info(
+                "retention_pass",
+                destroyed=report.count,
+                disk_pressure_destroyed=pressure.count,
+                overdue=sum(report.overdue.values()),
+                errors=len(report.errors) + len(pressure.errors),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        return report
+
+    async def close(self, segments_written: int) -> None:
+        """Journal daemon_stopped (with the head as an anchor in the log) and close."""
+
+        def work() -> None:
+            if self.retention is None:
+                return
+            index = self.retention.index
+            try:
+                entry = index.append_journal(
+                    DAEMON_STOPPED, now_ns=self._clock(), details={"segments_written": segments_written}
+                )
+                self.log.info("journal_head", id=entry.id, hash=entry.hash)
+            finally:
+                index.close()
+
+        try:
+            await self._call(work)
+        finally:
+            self._executor.shutdown(wait=True)

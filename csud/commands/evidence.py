@@ -1,0 +1,243 @@
+"""Subcommands ``csud extract``, ``csud verify`` and ``csud keygen`` (docs/evidence.md).
+
+Thin: parse arguments, load what is needed, call :mod:`csud.evidence`, print. ``csud verify
+PATH`` reads no configuration at all (an OPJ has none); ``--archive`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from csud.errors import CsudError, EvidenceError, UsageError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+PROGRESS_INTERVAL_SECONDS = 0.25
+MIB = 1 << 20
+
+
+def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
+    ext = with_config(
+        sub.add_parser(
+            "extract",
+            help="extract clips for a judicial requisition (stream copy, manifest, signature)",
+            description="Cut [--from, --to) of each camera by stream copy, from the keyframe at or "
+            "before --from, into DIR/<REF>/ with a manifest (signed when evidence.signing_key is set).",
+        )
+    )
+    ext.add_argument("--camera", action="append", required=True, metavar="ID", help="repeat for several")
+    ext.add_argument("--from", dest="from_", required=True, metavar="T", help="ISO 8601 time with offset")
+    ext.add_argument("--to", required=True, metavar="T", help="ISO 8601 time with offset (excluded)")
+    ext.add_argument("--requisition", required=True, metavar="REF", help="reference of the requisition")
+    ext.add_argument("--officer", required=True, metavar="NAME", help="the requesting OPJ")
+    ext.add_argument("--service", metavar="TEXT", help="the OPJ's service or unit")
+    ext.add_argument("--out", required=True, metavar="DIR", help="the requisition folder goes in DIR/<REF>/")
+    ext.add_argument("--force", action="store_true", help="replace an existing DIR/<REF>/")
+    ext.set_defaults(handler=cmd_extract)
+
+    ver = sub.add_parser(
+        "verify",
+        help="check an extraction offline, or (--archive) the stored segments",
+        description="PATH: an extraction folder or its manifest.json; needs nothing but its files. "
+        "--archive: re-hash stored segments against the index (reads the configuration).",
+    )
+    ver.add_argument("path", nargs="?", metavar="PATH")
+    ver.add_argument("--public-key", metavar="FILE", help="the site's public key, received separately")
+    ver.add_argument("--archive", action="store_true", help="check the store against the index instead")
+    ver.add_argument("--camera", metavar="ID", help="with --archive: only this camera")
+    ver.add_argument(
+        "--config", help="with --archive: config file (default: $CSUD_CONFIG, then /etc/csud/csud.toml)"
+    )
+    ver.set_defaults(handler=cmd_verify)
+
+    key = sub.add_parser("keygen", help="make the site's Ed25519 signing key pair")
+    key.add_argument(
+        "--out", required=True, metavar="DIR", help="writes DIR/signing_key.pem and DIR/public_key.pem"
+    )
+    key.set_defaults(handler=cmd_keygen)
+
+
+class ProgressLine:
+    """``\\r``-rewritten percentage on a terminal; silent when ``stream`` is not a TTY."""
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+        self.label = label
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < PROGRESS_INTERVAL_SECONDS and done < total:
+            return
+        self._last = now
+        percent = 100 * done // total if total else 100
+        self.stream.write(f"\r{self.label}: {percent:3d}% ({done // MIB}/{total // MIB} MiB)")
+        self.stream.flush()
+        self._shown = True
+
+    def finish(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from csud.aio.index import Index
+    from csud.cli import parse_time
+    from csud.config import load_config
+    from csud.daemon import INDEX_FILENAME
+    from csud.evidence.extract import Request, cameras_from, extract
+    from csud.evidence.manifest import CameraRef
+    from csud.evidence.signing import load_private_key
+
+    from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
+    if to_ns <= from_ns:
+        raise UsageError("--to must be after --from")
+    for text, name in ((args.requisition, "--requisition"), (args.officer, "--officer")):
+        if not text.strip():
+            raise UsageError(f"{name} must not be empty")
+    loaded = load_config(args.config)
+    settings = loaded.settings
+    refs = []
+    for camera_id in args.camera:
+        try:
+            camera = settings.camera(camera_id)
+        except KeyError:
+            raise UsageError(f"unknown camera {camera_id!r} (not in {loaded.path})") from None
+        commune = settings.commune(camera.commune)
+        refs.append(CameraRef(camera.id, camera.name, commune.id, commune.name))
+    signing_key = None
+    if settings.evidence.signing_key is not None:
+        signing_key = load_private_key(settings.evidence.signing_key)
+    root = settings.storage.root
+    index_path = root / INDEX_FILENAME
+    if not index_path.exists():
+        raise CsudError(f"no index at {index_path}: nothing recorded yet")
+    request = Request(
+        cameras=cameras_from(refs),
+        from_ns=from_ns,
+        to_ns=to_ns,
+        requisition=args.requisition,
+        officer=args.officer,
+        service=args.service,
+        out_dir=Path(args.out),
+        force=args.force,
+    )
+    progress = ProgressLine(f"csud extract {args.requisition}")
+    index = Index.open(index_path)
+    try:
+        result = extract(
+            request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key, progress=progress
+        )
+    finally:
+        progress.finish()
+        index.close()
+    for clip in result.manifest["clips"]:
+        out = clip["output"]
+        gaps = f", {len(clip['gaps'])} gap(s)" if clip["gaps"] else ""
+        print(
+            f"{out['file']}: {clip['actual']['from']} -> {clip['actual']['to']}, {out['frames']} frames, "
+            f"{out['bytes']} B{gaps}, sha256 {out['sha256']}"
+        )
+    signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
+    print(f"extraction {result.folder}: manifest.json {signed}; journaled")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.archive:
+        if args.path or args.public_key:
+            raise UsageError("--archive takes no PATH nor --public-key")
+        return _verify_archive(args)
+    if args.camera or args.config:
+        raise UsageError("--camera and --config go with --archive")
+    if not args.path:
+        raise UsageError("give PATH (an extraction folder or its manifest.json), or --archive")
+    from csud.evidence.verify import verify_extraction
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    report = verify_extraction(path, Path(args.public_key) if args.public_key else None)
+    for line in report.lines:
+        print(line)
+    if report.key_source:
+        print(f"signature {report.signature}, key {report.key_source}")
+    else:
+        print(f"signature: {report.signature}")
+    if not report.ok:
+        raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
+    print(f"verification OK: {report.folder}")
+    return EXIT_OK
+
+
+def _verify_archive(args: argparse.Namespace) -> int:
+    from csud.aio.index import Index
+    from csud.aio.journal import INTEGRITY_FAILURE, os_actor
+    from csud.config import load_config
+    from csud.daemon import INDEX_FILENAME
+    from csud.evidence.verify import verify_archive
+
+    loaded = load_config(args.config)
+    root = loaded.settings.storage.root
+    index_path = root / INDEX_FILENAME
+    if not index_path.exists():
+        raise CsudError(f"no index at {index_path}: nothing recorded yet")
+    progress = ProgressLine("csud verify --archive")
+    index = Index.open(index_path, readonly=True)
+    try:
+        report = verify_archive(root, index, args.camera, progress)
+    finally:
+        progress.finish()
+        index.close()
+    for row, why in report.mismatched:
+        print(f"MISMATCH  {row.path}: {why}")
+    for row in report.missing:
+        print(f"MISSING   {row.path}")
+    for path in report.unindexed:
+        print(f"UNINDEXED {path}")
+    print(
+        f"checked {report.checked} segment(s), {report.bytes} B: {len(report.mismatched)} mismatched, "
+        f"{len(report.missing)} missing, {len(report.unindexed)} unindexed"
+    )
+    if report.ok:
+        return EXIT_OK
+    if report.mismatched or report.missing:
+        # Journal what the register must show; the scan itself only read the index.
+        index = Index.open(index_path)
+        try:
+            now_ns, actor = time.time_ns(), os_actor()
+            failures = [(row, f"hash mismatch: {why}") for row, why in report.mismatched]
+            failures += [(row, "file missing") for row in report.missing]
+            for row, reason in failures:
+                index.append_journal(
+                    INTEGRITY_FAILURE, now_ns=now_ns, actor=actor, camera=row.camera, commune=row.commune,
+                    from_ns=row.start_ns, to_ns=row.end_ns, reason=reason,
+                    details={"path": row.path, "recorded_sha256": row.sha256, "during": "verify --archive"},
+                )  # fmt: skip
+        finally:
+            index.close()
+    names = (
+        [row.path for row, _ in report.mismatched] + [row.path for row in report.missing] + report.unindexed
+    )
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise EvidenceError(f"archive check FAILED: {shown}")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from csud.evidence.signing import generate_keypair
+
+    private_path, public_path, print_ = generate_keypair(Path(args.out))
+    print(f"private key {private_path} (mode 0600): set evidence.signing_key to it; keep it on this server")
+    print(f"public key  {public_path}: hand it to OPJs separately from extractions")
+    print(f"fingerprint {print_}")
+    return EXIT_OK

@@ -1,0 +1,487 @@
+"""``csud extract``: clips for a judicial requisition, by stream copy, with a manifest, signed.
+
+Synchronous on purpose: this runs in the CLI process, not in the daemon's event loop (the
+daemon keeps recording meanwhile; SQLite WAL lets both use the index).
+
+Steps, in order; any failure leaves nothing in the output directory:
+
+1. Plan every camera (:func:`csud.store.clip.plan_clip`) from the index. A reversed interval, an
+   unknown camera or an interval without footage is refused before anything is written.
+2. Create a hidden temporary folder next to ``DIR/<REF>`` (same filesystem, so step 6 is a
+   rename).
+3. For each source segment, in order: re-hash the whole file (SHA-256, streamed) and compare its
+   size and hash with the index. A mismatch journals an ``integrity_failure`` and aborts
+   (:class:`IntegrityError`, exit 1, naming the segment). Then demux its packets with PyAV and
+   mux them, never decoded, into the camera's output MP4 (``+faststart``, ``creation_time`` =
+   the actual start).
+4. Hash each output file; write ``manifest.json`` (:mod:`csud.evidence.manifest`); with a
+   signing key, ``manifest.json.sig`` and a copy of the public key (``public_key.pem``).
+5. fsync every file and the folder, then journal the ``extraction`` (with the output hashes).
+   The journal entry comes first so that no extraction is ever handed over unjournaled.
+6. Rename the folder to ``DIR/<REF>`` (with ``--force``, the old folder is moved aside first
+   and removed after), fsync ``DIR``.
+
+Timeline of a clip (real time is kept): the output's time 0 is the actual start (the keyframe
+at or before ``from``) and every frame sits at its recorded time minus that start, across
+segment boundaries *and* gaps. A gap therefore stays a gap: players hold the last frame before
+it on screen for its duration. Output timestamps are 1/90000 s and strictly increase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import tzinfo
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from csud import __version__
+from csud.aio.index import Index
+from csud.aio.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
+from csud.aio.writer import MP4_TIMESCALE, ns_to_ticks
+from csud.errors import CsudError, EvidenceError, UsageError
+from csud.evidence import manifest as mf
+from csud.evidence.signing import public_pem, sign
+from csud.store.clip import ClipPlan, ClipPlanError, EmptyIntervalError, FragmentSpan, SegmentSpan, plan_clip
+
+HASH_CHUNK_BYTES = 4 << 20
+NS_PER_SECOND = 1_000_000_000
+_TICK = Fraction(1, MP4_TIMESCALE)
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FOLDER_NAME = 128
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: units are source bytes, each counted twice (hashed, then copied)."""
+
+
+class IntegrityError(EvidenceError):
+    """A stored segment is not the file that was recorded (size or SHA-256 differs, or gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One extraction. ``cameras`` are :class:`csud.evidence.manifest.CameraRef` (from the config)."""
+
+    cameras: tuple[mf.CameraRef, ...]
+    from_ns: int
+    to_ns: int
+    requisition: str
+    officer: str
+    service: str | None
+    out_dir: Path
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    folder: Path
+    manifest: dict[str, Any]
+    signed: bool
+
+
+def folder_name(requisition: str) -> str:
+    """The folder of a requisition: its reference with anything but ``[A-Za-z0-9._-]`` (and a
+    leading ``.``) as ``_``.
+
+    The manifest keeps the reference exactly as given (``PV 2026/001234`` is a usual form).
+    """
+    name = _UNSAFE_CHARS.sub("_", requisition.strip())
+    if name.startswith("."):
+        name = "_" + name[1:]  # never a hidden folder
+    if not name.strip("._") or len(name) > MAX_FOLDER_NAME:
+        raise UsageError(f"requisition reference {requisition!r} cannot name a folder")
+    return name
+
+
+def segment_spans(index: Index, camera: str, from_ns: int, to_ns: int) -> list[SegmentSpan]:
+    """The index rows of ``camera`` overlapping the interval, as the clip plan takes them."""
+    spans = []
+    for row in index.segments(camera, from_ns, to_ns):
+        fragments = tuple(FragmentSpan(f.start_ns, f.offset, f.frames) for f in index.fragments(row.id))
+        spans.append(
+            SegmentSpan(
+                row.id, row.path, row.start_ns, row.end_ns, row.frames, row.bytes, row.sha256, fragments
+            )
+        )
+    return spans
+
+
+def plan_all(index: Index, request: Request) -> list[ClipPlan]:
+    """Step 1. ``UsageError`` for an empty interval; ``EvidenceError`` for a camera without footage."""
+    plans = []
+    for camera in request.cameras:
+        spans = segment_spans(index, camera.id, request.from_ns, request.to_ns)
+        try:
+            plans.append(plan_clip(spans, request.from_ns, request.to_ns))
+        except EmptyIntervalError as e:
+            raise UsageError(str(e)) from None
+        except ClipPlanError as e:
+            raise EvidenceError(f"camera {camera.id}: {e}") from None
+    return plans
+
+
+def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a whole file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(HASH_CHUNK_BYTES)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+            size += n
+            if on_bytes is not None:
+                on_bytes(n)
+    return size, digest.hexdigest()
+
+
+def check_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Step 3's check: the file at ``segment.path`` is exactly what was indexed."""
+    path = root / segment.path
+    try:
+        size, digest = hash_file(path, on_bytes)
+    except FileNotFoundError:
+        raise IntegrityError(f"segment {segment.path} is missing from the store") from None
+    except OSError as e:
+        raise IntegrityError(f"segment {segment.path} cannot be read: {e.strerror or e}") from None
+    if size != segment.bytes or digest != segment.sha256:
+        raise IntegrityError(
+            f"segment {segment.path} does not match its recorded hash "
+            f"(recorded {segment.sha256[:16]}…, {segment.bytes} B; now {digest[:16]}…, {size} B)"
+        )
+
+
+@dataclass
+class _CopyState:
+    out: Any
+    stream: Any = None
+    template: tuple[str, int, int, bytes] | None = None  # codec, width, height, extradata
+    last_dts: int = -1
+    frames: int = 0
+    first_ns: int | None = None
+    end_ns: int = 0
+
+
+def _open_output(path: Path, actual_from_ns: int) -> Any:
+    out = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
+    # MP4 keeps whole seconds; the manifest has the exact time.
+    out.metadata["creation_time"] = mf.utc_iso(actual_from_ns)
+    return out
+
+
+def _copy_source(
+    state: _CopyState,
+    root: Path,
+    segment: SegmentSpan,
+    copy_from_ns: int,
+    plan: ClipPlan,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Mux the packets of ``segment`` from its keyframe at ``copy_from_ns`` up to ``plan.to_ns``."""
+    with av.open(str(root / segment.path)) as source:
+        in_stream = source.streams.video[0]
+        ctx = in_stream.codec_context
+        template = (ctx.name, ctx.width, ctx.height, bytes(ctx.extradata or b""))
+        if state.stream is None:
+            state.stream = state.out.add_stream_from_template(in_stream)
+            state.stream.time_base = _TICK
+            state.template = template
+        elif template != state.template:
+            raise EvidenceError(
+                f"segment {segment.path}: codec parameters change inside the interval "
+                f"({state.template[:3] if state.template else None} -> {template[:3]}); "
+                "extract the parts before and after separately"
+            )
+        time_base = in_stream.time_base or _TICK
+        # Packet times are relative to the segment start (docs/storage.md, "File format").
+        offset_ticks = ns_to_ticks(segment.start_ns - plan.actual_from_ns)
+        first = True
+        counted = 0
+        for packet in source.demux(in_stream):
+            if packet.dts is None or packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            dts_ticks = int(packet.dts * time_base / _TICK)
+            pts_ticks = int((packet.pts if packet.pts is not None else packet.dts) * time_base / _TICK)
+            pts_ns = segment.start_ns + round(pts_ticks * _TICK * NS_PER_SECOND)
+            duration_ticks = int((packet.duration or 0) * time_base / _TICK)
+            if pts_ns < copy_from_ns:
+                continue
+            if pts_ns >= plan.to_ns:
+                break
+            if first and not packet.is_keyframe:
+                raise EvidenceError(f"segment {segment.path}: no keyframe where the index has one")
+            first = False
+            dts = max(dts_ticks + offset_ticks, state.last_dts + 1)
+            packet.dts = dts
+            packet.pts = max(pts_ticks + offset_ticks, dts)
+            packet.time_base = _TICK
+            packet.stream = state.stream
+            size = packet.size
+            state.out.mux(packet)
+            state.last_dts = dts
+            state.frames += 1
+            if state.first_ns is None:
+                state.first_ns = pts_ns
+            state.end_ns = pts_ns + round(duration_ticks * _TICK * NS_PER_SECOND)
+            on_bytes(size)
+            counted += size
+        on_bytes(max(segment.bytes - counted, 0))  # the rest of the file (headers, skipped GOPs)
+
+
+def output_name(camera: str, actual_from_ns: int) -> str:
+    """``<camera>_<YYYYMMDDTHHMMSS.mmm>Z.mp4``: the camera and the clip's actual start, UTC."""
+    stamp = mf.utc_iso(actual_from_ns)  # 2026-09-21T14:13:20.040000Z
+    compact = stamp[:23].replace("-", "").replace(":", "")
+    return f"{camera}_{compact}Z.mp4"
+
+
+def write_clip(
+    root: Path,
+    plan: ClipPlan,
+    camera: mf.CameraRef,
+    out_path: Path,
+    on_bytes: Callable[[int], None],
+    on_integrity_failure: Callable[[SegmentSpan, str], None],
+) -> tuple[int, int, mf.OutputFile]:
+    """Steps 3-4 for one camera: check and copy every source; return (actual from, actual to, file)."""
+    out = _open_output(out_path, plan.actual_from_ns)
+    state = _CopyState(out)
+    try:
+        for source in plan.sources:
+            try:
+                check_segment(root, source.segment, on_bytes)
+            except IntegrityError as e:
+                on_integrity_failure(source.segment, str(e))
+                raise
+            _copy_source(state, root, source.segment, source.copy_from_ns, plan, on_bytes)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out.close()
+        raise
+    try:
+        out.close()
+    except av.FFmpegError as e:
+        raise EvidenceError(f"camera {camera.id}: writing the clip failed: {e}") from e
+    if state.frames == 0 or state.first_ns is None or state.template is None:
+        raise EvidenceError(f"camera {camera.id}: no frame recorded in the interval")
+    size, digest = hash_file(out_path)
+    codec, width, height, _ = state.template
+    output = mf.OutputFile(
+        name=out_path.name,
+        bytes=size,
+        sha256=digest,
+        duration_ns=state.end_ns - state.first_ns,
+        frames=state.frames,
+        codec=codec,
+        width=width,
+        height=height,
+    )
+    return state.first_ns, state.end_ns, output
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("xb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path, name: str) -> Iterator[Path]:
+    """A hidden folder next to ``out_dir/name``, removed unless the caller renamed it away."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_dir))
+    except OSError as e:
+        raise CsudError(f"cannot create the output folder in {out_dir}: {e.strerror or e}") from None
+    try:
+        # mkdtemp makes it 0700; the published folder gets the usual mode (umask applies).
+        umask = os.umask(0o22)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, final: Path, force: bool) -> None:
+    """Step 6: rename ``staging`` to ``final`` (replacing it with ``force``), then fsync the parent."""
+    old: Path | None = None
+    if final.exists() or final.is_symlink():
+        if not force:
+            raise UsageError(f"{final} exists (use --force to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.rename(final, old / final.name)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if old is not None:
+            os.rename(old / final.name, final)  # put the previous extraction back
+        raise
+    _fsync_path(final.parent, directory=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def local_zone() -> tuple[tzinfo, str]:
+    """The site's time zone and its name: ``$TZ``, else ``/etc/localtime``'s IANA name, else the
+    C library's abbreviation (then the offsets are still right, only the name is vague)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    candidates = []
+    if os.environ.get("TZ"):
+        candidates.append(os.environ["TZ"].removeprefix(":"))
+    with contextlib.suppress(OSError):
+        target = os.path.realpath("/etc/localtime")
+        marker = "/zoneinfo/"
+        if marker in target:
+            candidates.append(target.split(marker, 1)[1])
+    with contextlib.suppress(OSError):
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    for name in candidates:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo(name), name
+    here = datetime.now().astimezone().tzinfo
+    assert here is not None
+    return here, str(here.tzname(None) or "local")
+
+
+def extract(
+    request: Request,
+    *,
+    root: Path,
+    index: Index,
+    now_ns: int,
+    signing_key: Ed25519PrivateKey | None = None,
+    progress: Progress | None = None,
+    zone: tuple[tzinfo, str] | None = None,
+    operator: str | None = None,
+) -> Result:
+    """Run the extraction described by ``request`` (module doc, steps 1-6)."""
+    name = folder_name(request.requisition)
+    final = request.out_dir.absolute() / name
+    if (final.exists() or final.is_symlink()) and not request.force:
+        raise UsageError(f"{final} exists (use --force to replace it)")
+    plans = plan_all(index, request)
+    tz, tz_name = zone or local_zone()
+    operator = operator or os_actor()
+    total = 2 * sum(p.total_bytes for p in plans)
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(min(done, total), total)
+
+    def on_integrity_failure(camera: mf.CameraRef) -> Callable[[SegmentSpan, str], None]:
+        def record(segment: SegmentSpan, message: str) -> None:
+            index.append_journal(
+                INTEGRITY_FAILURE, now_ns=now_ns, actor=operator, camera=camera.id,
+                commune=camera.commune_id, from_ns=segment.start_ns, to_ns=segment.end_ns,
+                requisition=request.requisition, reason=message,
+                details={"path": segment.path, "recorded_sha256": segment.sha256, "during": "extract"},
+            )  # fmt: skip
+
+        return record
+
+    with _staging(final.parent, name) as staging:
+        clips = []
+        for camera, plan in zip(request.cameras, plans, strict=True):
+            out_path = staging / output_name(camera.id, plan.actual_from_ns)
+            actual_from, actual_to, output = write_clip(
+                root, plan, camera, out_path, on_bytes, on_integrity_failure(camera)
+            )
+            clips.append(mf.ClipRecord(camera, plan, actual_from, actual_to, output))
+        header = mf.Header(
+            requisition=request.requisition,
+            officer=request.officer,
+            service=request.service,
+            operator=operator,
+            host=socket.gethostname(),
+            csud_version=__version__,
+            created_ns=now_ns,
+            timezone=tz_name,
+        )
+        manifest = mf.build_manifest(header, clips, tz)
+        data = mf.manifest_bytes(manifest)
+        _write_file(staging / mf.MANIFEST_NAME, data)
+        if signing_key is not None:
+            _write_file(staging / mf.SIGNATURE_NAME, sign(signing_key, data))
+            _write_file(staging / mf.PUBLIC_KEY_NAME, public_pem(signing_key.public_key()))
+        for path in staging.iterdir():
+            _fsync_path(path)
+        _fsync_path(staging, directory=True)
+        _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
+        try:
+            _publish(staging, final, request.force)
+        except OSError as e:
+            raise CsudError(f"cannot move the extraction to {final}: {e.strerror or e}") from None
+    return Result(final, manifest, signing_key is not None)
+
+
+def _journal_extraction(
+    index: Index,
+    request: Request,
+    clips: Sequence[mf.ClipRecord],
+    folder: Path,
+    manifest_data: bytes,
+    signed: bool,
+    now_ns: int,
+    operator: str,
+) -> None:
+    """One ``extraction`` entry per camera (so each commune's register lists its own), each
+    naming the whole requisition's cameras and the manifest's hash."""
+    manifest_sha256 = hashlib.sha256(manifest_data).hexdigest()
+    for clip in clips:
+        index.append_journal(
+            EXTRACTION,
+            now_ns=now_ns,
+            actor=operator,
+            camera=clip.camera.id,
+            commune=clip.camera.commune_id,
+            from_ns=request.from_ns,
+            to_ns=request.to_ns,
+            requisition=request.requisition,
+            details={
+                "officer": request.officer,
+                "service": request.service,
+                "cameras": [c.id for c in request.cameras],
+                "actual_from_ns": clip.actual_from_ns,
+                "actual_to_ns": clip.actual_to_ns,
+                "gaps": len(clip.plan.gaps),
+                "folder": str(folder),
+                "file": clip.output.name,
+                "bytes": clip.output.bytes,
+                "sha256": clip.output.sha256,
+                "frames": clip.output.frames,
+                "manifest_sha256": manifest_sha256,
+                "signed": signed,
+            },
+        )
+
+
+def cameras_from(refs: Sequence[mf.CameraRef]) -> tuple[mf.CameraRef, ...]:
+    """``refs`` without repeats, first occurrence kept."""
+    seen: dict[str, mf.CameraRef] = {}
+    for ref in refs:
+        seen.setdefault(ref.id, ref)
+    return tuple(seen.values())

@@ -1,0 +1,195 @@
+"""``csud verify``: an extraction folder offline, or the whole archive against the index.
+
+:func:`verify_extraction` needs nothing but the folder's files (and optionally a public key the
+OPJ received separately): no configuration, no store, no index. It never stops at the first
+problem: every file is checked and every problem named.
+
+:func:`verify_archive` re-hashes stored segments against the index and walks the store for files
+the index does not know. It reads the index only; the caller journals what it finds.
+
+Races with a running daemon are taken into account: the disk is walked *before* the index is
+read (a segment renamed just before its row is inserted is then found in the index), and a row
+whose file is missing is read again at the end (retention may have destroyed it meanwhile).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from csud.aio.index import Index, SegmentRow
+from csud.errors import EvidenceError, UsageError
+from csud.evidence import manifest as mf
+from csud.evidence.extract import hash_file
+from csud.evidence.signing import fingerprint, load_public_key, signature_valid
+from csud.store.layout import PARTIAL_SUFFIX, SEGMENT_SUFFIX
+
+
+@dataclass
+class ExtractionReport:
+    """What ``csud verify PATH`` found. ``ok`` iff ``problems`` is empty."""
+
+    folder: Path
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    signature: str = "not signed"  # "valid", "invalid", "not signed"
+    key_source: str = ""  # which public key was used, and its fingerprint
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _resolve(path: Path) -> tuple[Path, Path]:
+    """(folder, manifest path) from a folder or a manifest path."""
+    if path.is_dir():
+        return path, path / mf.MANIFEST_NAME
+    return path.parent, path
+
+
+def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionReport:
+    """Check the manifest's signature and every clip's size and SHA-256 (module doc).
+
+    The signature is checked with ``public_key`` when given (the key the OPJ received
+    separately), else with ``public_key.pem`` beside the manifest; a folder without
+    ``manifest.json.sig`` is reported "not signed", which is a problem only if a key was given.
+    """
+    folder, manifest_path = _resolve(path)
+    report = ExtractionReport(folder)
+    try:
+        data = manifest_path.read_bytes()
+    except OSError as e:
+        raise EvidenceError(f"cannot read {manifest_path}: {e.strerror or e}") from None
+    key_data: bytes | None = None
+    if public_key is not None:
+        try:
+            key_data = public_key.read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read --public-key {public_key}: {e.strerror or e}") from None
+        key_label = f"{public_key} (given with --public-key)"
+    else:
+        beside = folder / mf.PUBLIC_KEY_NAME
+        key_data = beside.read_bytes() if beside.is_file() else None
+        key_label = f"{beside} (beside the manifest: compare its fingerprint with the site's)"
+
+    signature_path = folder / mf.SIGNATURE_NAME
+    if signature_path.is_file():
+        if key_data is None:
+            report.problems.append(f"{mf.SIGNATURE_NAME} present but no public key to check it")
+            report.signature = "unchecked"
+        else:
+            key = load_public_key(key_data, key_label.split(" ")[0])
+            report.key_source = f"{key_label}, {fingerprint(key)}"
+            if signature_valid(key, data, signature_path.read_bytes()):
+                report.signature = "valid"
+            else:
+                report.signature = "invalid"
+                report.problems.append("signature invalid (manifest.json altered, or another key)")
+    elif public_key is not None:
+        report.signature = "missing"
+        report.problems.append(f"{mf.SIGNATURE_NAME} missing: the manifest is not signed")
+
+    try:
+        summary = mf.read_manifest(data)
+    except ValueError as e:
+        report.problems.append(str(e))
+        return report
+    report.lines.append(
+        f"requisition {summary.requisition}: {len(summary.files)} clip(s), created {summary.created_at} "
+        f"by {summary.operator} on {summary.host} for {summary.officer}"
+    )
+    for expected in summary.files:
+        clip = folder / expected.name
+        try:
+            size, digest = hash_file(clip)
+        except FileNotFoundError:
+            report.problems.append(f"{expected.name}: missing")
+            report.lines.append(f"MISSING   {expected.name}")
+            continue
+        except OSError as e:
+            report.problems.append(f"{expected.name}: unreadable ({e.strerror or e})")
+            report.lines.append(f"UNREADABLE {expected.name}")
+            continue
+        if size != expected.bytes or digest != expected.sha256:
+            what = "size and sha256 differ" if size != expected.bytes else "sha256 differs"
+            report.problems.append(f"{expected.name}: {what} from the manifest")
+            report.lines.append(f"MISMATCH  {expected.name}  ({what})")
+        else:
+            report.lines.append(f"OK        {expected.name}  {size} B  sha256 {digest}")
+    known = {mf.MANIFEST_NAME, mf.SIGNATURE_NAME, mf.PUBLIC_KEY_NAME, *(f.name for f in summary.files)}
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in known)
+    if extra:
+        report.lines.append(f"note: files not in the manifest (not vouched for): {', '.join(extra)}")
+    return report
+
+
+@dataclass
+class ArchiveReport:
+    checked: int = 0
+    bytes: int = 0
+    mismatched: list[tuple[SegmentRow, str]] = field(default_factory=list)
+    missing: list[SegmentRow] = field(default_factory=list)
+    unindexed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatched or self.missing or self.unindexed)
+
+
+def _walk_segments(root: Path, camera: str | None) -> set[str]:
+    """Relative paths of closed segment files (``*.mp4``; ``.partial`` files and the index are not)."""
+    found: set[str] = set()
+    bases = [root] if camera is None else [p / camera for p in root.iterdir() if (p / camera).is_dir()]
+    for base in bases:
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.endswith(SEGMENT_SUFFIX) and not name.endswith(PARTIAL_SUFFIX):
+                    found.add(Path(dirpath, name).relative_to(root).as_posix())
+    return found
+
+
+def verify_archive(
+    root: Path,
+    index: Index,
+    camera: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArchiveReport:
+    """Re-hash every indexed segment (of ``camera``, or all) and find unindexed files."""
+    report = ArchiveReport()
+    on_disk = _walk_segments(root, camera) if root.is_dir() else set()
+    cameras = [camera] if camera is not None else index.cameras()
+    rows = [row for cam in cameras for row in index.segments(cam)]
+    being_deleted = {ref.path for ref, _ in index.deleting()}
+    total = sum(r.bytes for r in rows)
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(min(done, total), total)
+
+    for row in rows:
+        try:
+            size, digest = hash_file(root / row.path, on_bytes)
+        except FileNotFoundError:
+            if index.segment(row.id) is not None:  # still indexed: not destroyed meanwhile
+                report.missing.append(row)
+            continue
+        except OSError as e:
+            report.mismatched.append((row, f"unreadable ({e.strerror or e})"))
+            continue
+        report.checked += 1
+        report.bytes += size
+        if size != row.bytes or digest != row.sha256:
+            report.mismatched.append(
+                (row, f"sha256 {digest} ({size} B), recorded {row.sha256} ({row.bytes} B)")
+            )
+    indexed = {row.path for row in rows} | being_deleted
+    if camera is not None:
+        on_disk = {p for p in on_disk if p.split("/")[1:2] == [camera]}
+    report.unindexed = sorted(on_disk - indexed)
+    return report

@@ -1,0 +1,173 @@
+"""Which recorded bytes make up a clip ``[from_ns, to_ns)`` of one camera: the pure clip plan.
+
+Pure: no I/O, no clock, no PyAV. The index's rows of one camera (segments with their fragments,
+one fragment per GOP, each starting on a keyframe) go in; a :class:`ClipPlan` comes out, which
+:mod:`csud.evidence.extract` carries out by stream copy.
+
+Invariants of a plan (tested, table-driven):
+
+- ``sources`` are the segments overlapping ``[from_ns, to_ns)``, by start; each is copied from
+  its ``copy_from_ns`` (a fragment start, i.e. a keyframe) up to, excluding, ``to_ns``.
+- The first source starts at the last keyframe at or before ``from_ns`` when the recording covers
+  ``from_ns``; otherwise at the first keyframe recorded after it. ``actual_from_ns`` is that
+  keyframe, so ``actual_from_ns <= from_ns`` whenever ``from_ns`` was recorded.
+- Segments of one camera may overlap after a clock step (docs/storage.md): a source never goes
+  back in time; it is copied from its first keyframe at or after the previous source's end, and
+  a segment entirely covered by the previous ones is left out. Output timestamps therefore only
+  increase.
+- ``gaps`` are the parts of ``[from_ns, to_ns)`` with no recording longer than one frame
+  duration (the frame duration of the segment before the hole, estimated as its length over its
+  frame count): between non-contiguous segments, before the first one and after the last one.
+  The reason is :data:`REASON_NOT_RECORDED` (the index does not say why yet), or
+  :data:`REASON_CLOCK_STEP` for the part of an overlapping segment skipped up to its keyframe.
+- ``actual_to_ns`` is the end of the recording that ``to_ns`` cuts, at most ``to_ns``: the exact
+  end of the last frame copied is only known from the packets, and the extractor reports that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+REASON_NOT_RECORDED = "not recorded"
+# Frames recorded twice over after the server clock stepped back: the later segment's frames up
+# to its next keyframe cannot be copied without going back in time.
+REASON_CLOCK_STEP = "overlapping recording after a clock step"
+
+
+class ClipPlanError(ValueError):
+    """The request cannot give a clip (the message says why, in one line)."""
+
+
+class EmptyIntervalError(ClipPlanError):
+    """``to_ns`` is not after ``from_ns``."""
+
+
+class NoFootageError(ClipPlanError):
+    """Nothing of the camera was recorded in the interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentSpan:
+    """One fragment (GOP) of a segment: its keyframe's time and its ``moof``'s byte offset."""
+
+    start_ns: int
+    byte_offset: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpan:
+    """One indexed segment, as the plan needs it. ``fragments`` by start; the first at ``start_ns``."""
+
+    id: int
+    path: str
+    start_ns: int
+    end_ns: int
+    frames: int
+    bytes: int
+    sha256: str
+    fragments: tuple[FragmentSpan, ...]
+
+    @property
+    def frame_ns(self) -> int:
+        """Mean frame duration (at least 1 ns): the tolerance below which a hole is no gap."""
+        return max((self.end_ns - self.start_ns) // max(self.frames, 1), 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSource:
+    """Copy ``segment`` from the keyframe at ``copy_from_ns`` (``moof`` at ``byte_offset``)."""
+
+    segment: SegmentSpan
+    copy_from_ns: int
+    byte_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """No recording in ``[start_ns, end_ns)``, because of ``reason``."""
+
+    start_ns: int
+    end_ns: int
+    reason: str = REASON_NOT_RECORDED
+
+
+@dataclass(frozen=True, slots=True)
+class ClipPlan:
+    from_ns: int
+    to_ns: int
+    sources: tuple[ClipSource, ...]
+    gaps: tuple[Gap, ...]
+    actual_from_ns: int
+    actual_to_ns: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the source segments (all of them are re-hashed before use)."""
+        return sum(s.segment.bytes for s in self.sources)
+
+
+def _keyframe_at_or_before(segment: SegmentSpan, t_ns: int) -> FragmentSpan | None:
+    best = None
+    for fragment in segment.fragments:
+        if fragment.start_ns <= t_ns:
+            best = fragment
+        else:
+            break
+    return best
+
+
+def _keyframe_at_or_after(segment: SegmentSpan, t_ns: int) -> FragmentSpan | None:
+    for fragment in segment.fragments:
+        if fragment.start_ns >= t_ns:
+            return fragment
+    return None
+
+
+def plan_clip(segments: Sequence[SegmentSpan], from_ns: int, to_ns: int) -> ClipPlan:
+    """The plan for ``[from_ns, to_ns)`` over one camera's ``segments`` (any order, any extent)."""
+    if to_ns <= from_ns:
+        raise EmptyIntervalError("the interval is empty or reversed (--to must be after --from)")
+    overlapping = sorted(
+        (s for s in segments if s.start_ns < to_ns and s.end_ns > from_ns and s.fragments),
+        key=lambda s: (s.start_ns, s.id),
+    )
+    sources: list[ClipSource] = []
+    gaps: list[Gap] = []
+    covered_to_ns = from_ns  # recording is known (or reported missing) up to here
+    previous: SegmentSpan | None = None
+    for segment in overlapping:
+        key: FragmentSpan | None
+        reason = REASON_NOT_RECORDED
+        if not sources:
+            key = _keyframe_at_or_before(segment, from_ns) or segment.fragments[0]
+            if key.start_ns >= to_ns:
+                continue
+        else:
+            if segment.start_ns < covered_to_ns:
+                key = _keyframe_at_or_after(segment, covered_to_ns)
+                reason = REASON_CLOCK_STEP
+            else:
+                key = segment.fragments[0]
+            if key is None or key.start_ns >= to_ns:
+                continue  # wholly covered by what is already planned (overlap after a clock step)
+        tolerance_ns = (previous or segment).frame_ns
+        if key.start_ns - covered_to_ns > tolerance_ns:
+            gaps.append(Gap(covered_to_ns, key.start_ns, reason))
+        sources.append(ClipSource(segment, key.start_ns, key.byte_offset))
+        covered_to_ns = max(covered_to_ns, min(segment.end_ns, to_ns))
+        previous = segment
+    if not sources:
+        raise NoFootageError("no footage recorded in the interval")
+    assert previous is not None
+    if to_ns - covered_to_ns > previous.frame_ns:
+        gaps.append(Gap(covered_to_ns, to_ns))
+    return ClipPlan(
+        from_ns=from_ns,
+        to_ns=to_ns,
+        sources=tuple(sources),
+        gaps=tuple(gaps),
+        actual_from_ns=sources[0].copy_from_ns,
+        actual_to_ns=covered_to_ns,
+    )

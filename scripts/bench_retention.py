@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Benchmark: one retention pass on an index of 14 million segment rows.
+
+330 cameras x 30 days x 1,440 one-minute segments (the Metz CSU at the end of 2023), in 11
+communes with a 30-day window. The rows are bulk-inserted (executemany, big transactions,
+``synchronous=OFF`` while loading only); only the segments that the measured passes destroy
+get a file (and 30 fragment rows each, so that the ON DELETE CASCADE is real). Then each pass
+advances the clock by one minute, so it destroys exactly one segment per camera (330 rows,
+330 files, 330 journal entries) through :meth:`csud.aio.retention.Retention.run_pass`, the code
+the daemon runs. Also timed: the due query alone (a dry run) and a recorder's segment insert at
+this size. The database lives in a temporary directory (``--dir``) deleted at the end.
+
+    .venv/bin/python scripts/bench_retention.py                 # the full 14 M rows
+    .venv/bin/python scripts/bench_retention.py --days 3        # 1.4 M rows, quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from csud.aio.index import Index
+from csud.aio.retention import Retention
+from csud.aio.writer import FragmentInfo, SegmentInfo
+from csud.config import Settings, parse_settings
+from csud.daemon import INDEX_FILENAME
+from csud.store.layout import segment_relpath
+
+S = 1_000_000_000
+DAY = 86_400 * S
+T_BEGIN = 1_790_000_000 * S - (1_790_000_000 * S) % DAY  # a UTC midnight in 2026
+CAMERAS_PER_COMMUNE = 30
+FRAGMENTS_PER_SEGMENT = 30
+
+
+def settings_for(root: Path, cameras: int, days: int) -> Settings:
+    communes = (cameras + CAMERAS_PER_COMMUNE - 1) // CAMERAS_PER_COMMUNE
+    return parse_settings(
+        {
+            "storage": {"root": str(root), "min_free_percent": 0},
+            "communes": [
+                {"id": f"commune{k:02d}", "name": f"C{k}", "service": "storage", "retention_days": days}
+                for k in range(communes)
+            ],
+            "cameras": [
+                {"id": cam_id(c), "commune": commune_of(c), "url": f"rtsp://10.0.{c // 250}.{c % 250}/s"}
+                for c in range(cameras)
+            ],
+        }
+    )
+
+
+def cam_id(c: int) -> str:
+    return f"cam{c:04d}"
+
+
+def commune_of(c: int) -> str:
+    return f"commune{c // CAMERAS_PER_COMMUNE:02d}"
+
+
+def phase_ns(c: int, cameras: int) -> int:
+    return (60 * S * c) // cameras  # staggered rotation, like the recorder
+
+
+def build(index: Index, root: Path, cameras: int, days: int, with_files: int) -> int:
+    """Insert cameras x days x 1440 rows; the first ``with_files`` minutes of each camera get a
+    file and fragments. Returns the row count."""
+    conn: sqlite3.Connection = index._conn  # bulk load: bypass the one-row-per-transaction API
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-4000000")  # 4 GB while loading: random index inserts
+    per_camera = days * 1440
+    sql = (
+        "INSERT INTO segments (camera, commune, start_ns, end_ns, path, bytes, frames, sha256, created_ns)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    rows = 0
+    sha = "0" * 64
+    for minute0 in range(0, per_camera, 1440):  # one transaction per day of all cameras
+        batch = []
+        for c in range(cameras):
+            cam, commune, phase = cam_id(c), commune_of(c), phase_ns(c, cameras)
+            for i in range(minute0, min(minute0 + 1440, per_camera)):
+                start = T_BEGIN + i * 60 * S + phase
+                batch.append(
+                    (cam, commune, start, start + 60 * S, segment_relpath(commune, cam, start), 30_000_000,
+                     1500, sha, start + 61 * S)
+                )  # fmt: skip
+        conn.execute("BEGIN")
+        conn.executemany(sql, batch)
+        conn.execute("COMMIT")
+        rows += len(batch)
+        print(f"\r  {rows:,} rows", end="", flush=True)
+    print()
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-2000")  # back to SQLite's default for the measured passes
+    # Files and fragments for the segments the passes will destroy.
+    conn.execute("BEGIN")
+    for c in range(cameras):
+        for seg in index.segments(cam_id(c), None, T_BEGIN + with_files * 60 * S):
+            path = root / seg.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * 4096)
+            conn.executemany(
+                "INSERT INTO fragments (segment_id, start_ns, byte_offset, size, frames)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (seg.id, seg.start_ns + k * 2 * S, k * 1000, 1000, 50)
+                    for k in range(FRAGMENTS_PER_SEGMENT)
+                ],
+            )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cameras", type=int, default=330)
+    ap.add_argument("--days", type=int, default=30, help="days of footage, also the retention window")
+    ap.add_argument("--passes", type=int, default=7, help="measured passes (after one warm-up)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a new dir in /tmp)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="csud-bench-retention-", dir=args.dir))
+    root = work / "store"
+    root.mkdir()
+    try:
+        settings = settings_for(root, args.cameras, args.days)
+        index = Index.open(root / INDEX_FILENAME)
+        t0 = time.perf_counter()
+        rows = build(index, root, args.cameras, args.days, with_files=args.passes + 3)
+        build_s = time.perf_counter() - t0
+        page_count, page_size = (
+            index._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size")
+        )
+        db_bytes = int(page_count) * int(page_size)
+        retention = Retention(index, root, settings, actor="bench")
+
+        # Pass k at now_k: the segments ending at or before now_k - window are due. The first
+        # (warm-up) pass takes what is due at minute 1; each later pass one more minute.
+        def now_at(minute: int) -> int:
+            return T_BEGIN + args.days * DAY + minute * 60 * S + 60 * S - 1
+
+        warm = retention.run_pass(now_at(0))
+        dry, real, per_pass = [], [], []
+        for k in range(1, args.passes + 1):
+            t = time.perf_counter()
+            dry_report = retention.run_pass(now_at(k), dry_run=True)
+            dry.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            report = retention.run_pass(now_at(k))
+            real.append(time.perf_counter() - t)
+            per_pass.append(report.count)
+            assert dry_report.count == report.count
+        # A recorder's insert at this size (one row + 30 fragments, one transaction).
+        inserts = []
+        for c in range(min(args.cameras, 100)):
+            start = T_BEGIN + args.days * DAY + 3600 * S + c * S
+            info = SegmentInfo(
+                segment_relpath(commune_of(c), cam_id(c), start), start, start + 60 * S, 1, 1, "0" * 64,
+                tuple(FragmentInfo(start + k * 2 * S, k, 1, 1) for k in range(FRAGMENTS_PER_SEGMENT)),
+            )  # fmt: skip
+            t = time.perf_counter()
+            index.add_segment(cam_id(c), commune_of(c), info, start + 61 * S)
+            inserts.append(time.perf_counter() - t)
+        journal_ok = index.verify_journal()
+        index.close()
+
+        print(f"host: {platform.node()} {platform.machine()}, Python {platform.python_version()}, "
+              f"SQLite {sqlite3.sqlite_version}")  # fmt: skip
+        print(f"rows: {rows:,} ({args.cameras} cameras x {args.days} days x 1440); built in {build_s:.0f} s; "
+              f"index file {db_bytes / 1e9:.2f} GB")  # fmt: skip
+        print(f"warm-up pass: {warm.count} segments destroyed")
+        print(f"segments destroyed per measured pass: {sorted(set(per_pass))}")
+        print(f"due query only (dry run, all cameras): median {statistics.median(dry) * 1e3:.1f} ms, "
+              f"max {max(dry) * 1e3:.1f} ms")  # fmt: skip
+        print(f"retention pass (query + mark + unlink + fsync dirs + delete rows/fragments + journal): "
+              f"median {statistics.median(real) * 1e3:.1f} ms, min {min(real) * 1e3:.1f} ms, "
+              f"max {max(real) * 1e3:.1f} ms over {len(real)} passes")  # fmt: skip
+        print(f"recorder insert (1 row + {FRAGMENTS_PER_SEGMENT} fragments): median "
+              f"{statistics.median(inserts) * 1e3:.2f} ms, max {max(inserts) * 1e3:.2f} ms")  # fmt: skip
+        print(f"journal: {journal_ok.entries} entries, verify ok={journal_ok.ok}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,434 @@
+"""``csud extract``, ``csud verify`` and ``csud keygen`` end to end, through the CLI in subprocesses.
+
+The store is real: libx264 frames -> Segmenter -> SegmentWriter -> Index (tests/media.py).
+Camera ``cam-1`` (commune metz) records 8 s of frames in 2-s segments with a 3-s hole after the
+4th second (a discontinuity at a keyframe); ``cam-2`` (commune woippy) records the same 8 s with no
+hole. Times below are seconds from T0 (2026-09-21T14:13:20Z).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from csud.aio.index import Index
+from csud.cli import format_time
+from tests.integration.helpers import CSUD
+from tests.media import FRAME_NS, NS_PER_SECOND, T0_NS, Recording, encode, record_store, timed_frames
+
+pytestmark = pytest.mark.integration
+
+GAP_AT_FRAME = 100  # a keyframe (GOP 25): cam-1's recording jumps 3 s forward here
+GAP_NS = 3 * NS_PER_SECOND
+FFPROBE = shutil.which("ffprobe")
+
+
+@dataclass(frozen=True)
+class Site:
+    root: Path
+    config: Path
+    keys: Path
+    recordings: dict[str, Recording]
+
+
+def t(seconds: float) -> str:
+    """T0 + seconds as ISO 8601 with an offset, as an operator types it (here in +02:00)."""
+    ns = T0_NS + round(seconds * NS_PER_SECOND)
+    from datetime import UTC, datetime, timedelta, timezone
+
+    moment = datetime.fromtimestamp(ns / NS_PER_SECOND, UTC).astimezone(timezone(timedelta(hours=2)))
+    return moment.isoformat(timespec="milliseconds")
+
+
+def run(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CSUD, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False
+    )
+
+
+def write_config(path: Path, root: Path, signing_key: Path | None) -> Path:
+    lines = [
+        "[storage]", f'root = "{root}"', "[metrics]", 'listen = ""',
+        "[[communes]]", 'id = "metz"', 'name = "Metz"', 'service = "live"', "retention_days = 15",
+        "[[communes]]", 'id = "woippy"', 'name = "Woippy"', 'service = "storage"', "retention_days = 30",
+        "[[cameras]]", 'id = "cam-1"', 'commune = "metz"', 'name = "Gare, parvis nord"', 'url = "rtsp://127.0.0.1/1"',
+        "[[cameras]]", 'id = "cam-2"', 'commune = "woippy"', 'url = "rtsp://127.0.0.1/2"',
+        "[[cameras]]", 'id = "cam-3"', 'commune = "woippy"', 'url = "rtsp://127.0.0.1/3"',
+    ]  # fmt: skip
+    if signing_key is not None:
+        lines += ["[evidence]", f'signing_key = "{signing_key}"']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def _record(root: Path) -> dict[str, Recording]:
+    aus = encode(200)
+    index = Index.open(root / "index.sqlite3")
+    try:
+        cam1 = await record_store(
+            root, index, timed_frames(aus, jumps={GAP_AT_FRAME: GAP_NS}), camera="cam-1"
+        )
+        cam2 = await record_store(root, index, timed_frames(aus), camera="cam-2", commune="woippy")
+    finally:
+        index.close()
+    return {"cam-1": cam1, "cam-2": cam2}
+
+
+def make_site(base: Path) -> Site:
+    root = base / "store"
+    root.mkdir(parents=True)
+    recordings = asyncio.run(_record(root))
+    keys = base / "keys"
+    done = run("keygen", "--out", keys)
+    assert done.returncode == 0, done.stderr
+    config = write_config(base / "csud.toml", root, keys / "signing_key.pem")
+    return Site(root, config, keys, recordings)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return make_site(tmp_path_factory.mktemp("site"))
+
+
+def extract(site: Site, out: Path, *cameras: str, start: float, end: float, ref: str = "PV-2026-0042",
+            extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    camera_args = [a for c in cameras for a in ("--camera", c)]
+    return run(
+        "extract", "--config", site.config, *camera_args, "--from", t(start), "--to", t(end),
+        "--requisition", ref, "--officer", "Lt. Marie Dupont", "--service", "SR Metz", "--out", out, *extra,
+    )  # fmt: skip
+
+
+def decode_pts(path: Path) -> list[int]:
+    """Decode every frame (raises on a damaged stream); frame times in ns from the file's start."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert stream.time_base is not None
+        return [round((f.pts or 0) * stream.time_base * NS_PER_SECOND) for f in c.decode(stream)]
+
+
+def ffprobe_clean(path: Path) -> dict[str, str]:
+    """ffprobe reads (and decodes) the whole file with nothing on stderr; return its stream fields."""
+    assert FFPROBE is not None, "ffprobe (Debian ffmpeg) is required"
+    done = subprocess.run(
+        [FFPROBE, "-v", "error", "-count_frames", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames:format_tags=creation_time", "-of", "json", str(path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    doc = json.loads(done.stdout)
+    return {**doc["streams"][0], **doc["format"]["tags"]}
+
+
+def check_clip(site: Site, folder: Path, camera: str, start: float, end: float) -> dict[str, Any]:
+    """Every property the issue asks of one clip; returns its manifest entry."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    (clip,) = [c for c in manifest["clips"] if c["camera"]["id"] == camera]
+    requested_from, requested_to = T0_NS + round(start * NS_PER_SECOND), T0_NS + round(end * NS_PER_SECOND)
+    actual_from, actual_to = clip["actual"]["from_ns"], clip["actual"]["to_ns"]
+    assert (clip["requested"]["from_ns"], clip["requested"]["to_ns"]) == (requested_from, requested_to)
+    assert actual_from <= requested_from and actual_to >= requested_to  # covers the request
+    assert (actual_from - T0_NS) % (25 * FRAME_NS) == 0  # a keyframe (GOP of 25 frames from T0)
+    recorded = [p for p in site.recordings[camera].frame_pts_ns if actual_from <= p < requested_to]
+    path = folder / clip["output"]["file"]
+    pts = decode_pts(path)
+    assert len(pts) == len(recorded) == clip["output"]["frames"]
+    assert pts == [p - actual_from for p in recorded]  # real time kept, gaps included
+    probe = ffprobe_clean(path)
+    assert probe["codec_name"] == clip["output"]["codec"] == "h264"
+    assert (
+        (probe["width"], probe["height"]) == (clip["output"]["width"], clip["output"]["height"]) == (320, 240)
+    )
+    assert int(probe["nb_read_frames"]) == len(recorded)
+    assert probe["creation_time"] == format_time(actual_from)[:19] + ".000000Z"
+    with path.open("rb") as f:  # +faststart: moov before mdat
+        head = f.read(64)
+    assert head[4:8] == b"ftyp" and b"moov" in head
+    return clip
+
+
+def test_clip_across_a_segment_boundary(site: Site, tmp_path: Path) -> None:
+    done = extract(site, tmp_path, "cam-1", start=1.5, end=3.3)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no progress bar on a pipe
+    folder = tmp_path / "PV-2026-0042"
+    clip = check_clip(site, folder, "cam-1", 1.5, 3.3)
+    assert clip["gaps"] == []
+    assert [s["path"].rsplit("/", 1)[1] for s in clip["sources"]] == [
+        "20260921T141320.000Z.mp4",
+        "20260921T141322.000Z.mp4",
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [clip["output"]["file"], "manifest.json", "manifest.json.sig", "public_key.pem"]
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_clip_across_a_gap_keeps_real_time(site: Site, tmp_path: Path) -> None:
+    done = extract(site, tmp_path, "cam-1", start=2.5, end=8.5)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "PV-2026-0042"
+    clip = check_clip(site, folder, "cam-1", 2.5, 8.5)
+    (gap,) = clip["gaps"]
+    assert (gap["from_ns"], gap["to_ns"], gap["reason"]) == (
+        T0_NS + 4 * NS_PER_SECOND,
+        T0_NS + 7 * NS_PER_SECOND,
+        "not recorded",
+    )
+    assert gap["from_local"].endswith("+00:00") or "+" in gap["from_local"] or "-" in gap["from_local"][19:]
+
+
+def test_manifest_fields_and_journal(site: Site, tmp_path: Path) -> None:
+    done = extract(site, tmp_path, "cam-1", "cam-2", start=0.9, end=7.5, ref="PV 2026/0042")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "PV_2026_0042"  # the reference is kept as is in the manifest
+    raw = (folder / "manifest.json").read_bytes()
+    manifest = json.loads(raw)
+    assert raw == (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode()
+    assert list(manifest)[:2] == ["schema", "requisition"]
+    assert manifest["schema"] == "csud-extraction/1"
+    assert (manifest["requisition"], manifest["officer"], manifest["service"]) == (
+        "PV 2026/0042", "Lt. Marie Dupont", "SR Metz",
+    )  # fmt: skip
+    assert manifest["operator"] and manifest["host"] and manifest["csud_version"]
+    assert manifest["created_at"].endswith("Z") and manifest["timezone"]
+    cam1 = check_clip(site, folder, "cam-1", 0.9, 7.5)
+    cam2 = check_clip(site, folder, "cam-2", 0.9, 7.5)
+    assert cam1["camera"] == {
+        "id": "cam-1",
+        "name": "Gare, parvis nord",
+        "commune": {"id": "metz", "name": "Metz"},
+    }
+    assert cam2["camera"]["commune"]["id"] == "woippy"
+    assert len(cam1["gaps"]) == 1 and cam2["gaps"] == []
+    for clip in (cam1, cam2):
+        for source in clip["sources"]:
+            assert set(source) >= {"path", "interval", "sha256", "bytes"}
+            assert len(source["sha256"]) == 64
+        out = clip["output"]
+        assert out["sha256"] == hashlib.sha256((folder / out["file"]).read_bytes()).hexdigest()
+        assert out["bytes"] == (folder / out["file"]).stat().st_size
+    conn = sqlite3.connect(site.root / "index.sqlite3")
+    rows = conn.execute(
+        "SELECT camera, commune, requisition, details FROM journal"
+        " WHERE kind = 'extraction' AND requisition = ?",
+        ("PV 2026/0042",),
+    ).fetchall()
+    conn.close()
+    assert sorted((r[0], r[1]) for r in rows) == [("cam-1", "metz"), ("cam-2", "woippy")]
+    details = {r[0]: json.loads(r[3]) for r in rows}
+    assert details["cam-1"]["sha256"] == cam1["output"]["sha256"]
+    assert details["cam-1"]["officer"] == "Lt. Marie Dupont"
+    assert details["cam-1"]["cameras"] == ["cam-1", "cam-2"]
+
+
+def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
+    assert extract(site, tmp_path / "out", "cam-1", start=1, end=5).returncode == 0
+    # The OPJ's machine: a copy of the folder, no config, no store, another working directory.
+    opj = tmp_path / "opj"
+    shutil.copytree(tmp_path / "out" / "PV-2026-0042", opj / "PV-2026-0042")
+    shutil.copy(site.keys / "public_key.pem", opj / "site-key.pem")  # received separately
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSUD_")}
+    env["CSUD_CONFIG"] = str(tmp_path / "does-not-exist.toml")  # must not even be read
+    folder = opj / "PV-2026-0042"
+
+    def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run("verify", *args, cwd=opj, env=env)
+
+    ok = verify("PV-2026-0042")
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        "signature valid" in ok.stdout
+        and "beside the manifest" in ok.stdout
+        and "verification OK" in ok.stdout
+    )
+    ok = verify(folder / "manifest.json", "--public-key", opj / "site-key.pem")
+    assert ok.returncode == 0, ok.stderr
+    assert "given with --public-key" in ok.stdout
+
+    # Another key (a forged signature would need the site's private key).
+    other = tmp_path / "other"
+    assert run("keygen", "--out", other).returncode == 0
+    bad = verify(folder, "--public-key", other / "public_key.pem")
+    assert bad.returncode == 1
+    assert "signature invalid" in bad.stderr and bad.stderr.count("\n") == 1
+
+    # One byte of the clip.
+    (clip,) = folder.glob("*.mp4")
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    clip.write_bytes(bytes(data))
+    bad = verify(folder, "--public-key", opj / "site-key.pem")
+    assert bad.returncode == 1
+    assert f"{clip.name}: sha256 differs" in bad.stderr and "signature invalid" not in bad.stderr
+    data[len(data) // 2] ^= 0x01
+    clip.write_bytes(bytes(data))
+    assert verify(folder, "--public-key", opj / "site-key.pem").returncode == 0
+
+    # One byte of the manifest (a digit of the officer's... anything: the signature breaks).
+    manifest = folder / "manifest.json"
+    raw = bytearray(manifest.read_bytes())
+    i = raw.index(b"Dupont")
+    raw[i] = ord("d")
+    manifest.write_bytes(bytes(raw))
+    bad = verify(folder, "--public-key", opj / "site-key.pem")
+    assert bad.returncode == 1 and "signature invalid" in bad.stderr
+
+    # A missing clip.
+    clip.unlink()
+    bad = verify(folder)
+    assert bad.returncode == 1 and f"{clip.name}: missing" in bad.stderr
+
+
+def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "unsigned.toml", site.root, None)
+    done = run(
+        "extract", "--config", config, "--camera", "cam-2", "--from", t(1), "--to", t(2),
+        "--requisition", "R1", "--officer", "X", "--out", tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "NOT signed" in done.stdout
+    assert not (tmp_path / "R1" / "manifest.json.sig").exists()
+    ok = run("verify", tmp_path / "R1")
+    assert ok.returncode == 0 and "not signed" in ok.stdout
+    bad = run("verify", tmp_path / "R1", "--public-key", site.keys / "public_key.pem")
+    assert bad.returncode == 1 and "manifest.json.sig missing" in bad.stderr
+
+
+def test_altered_segment_is_refused_and_named(tmp_path: Path) -> None:
+    site = make_site(tmp_path)  # its own store: this test damages it
+    rows = Index.open(site.root / "index.sqlite3", readonly=True)
+    try:
+        segments = rows.segments("cam-1")
+    finally:
+        rows.close()
+    victim = segments[1]  # [2 s, 4 s)
+    path = site.root / victim.path
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    (site.root / "metz" / "cam-1" / "stray.mp4").write_bytes(b"not indexed")
+    (site.root / "metz" / "cam-1" / "open.mp4.partial").write_bytes(b"being written")
+
+    out = tmp_path / "out"
+    done = extract(site, out, "cam-1", start=1, end=5)
+    assert done.returncode == 1
+    assert victim.path in done.stderr and "does not match its recorded hash" in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert not out.exists() or list(out.iterdir()) == []  # nothing written, not even half
+    conn = sqlite3.connect(site.root / "index.sqlite3")
+    (entry,) = conn.execute(
+        "SELECT camera, requisition, details FROM journal WHERE kind = 'integrity_failure'"
+    ).fetchall()
+    conn.close()
+    assert entry[:2] == ("cam-1", "PV-2026-0042") and json.loads(entry[2])["path"] == victim.path
+
+    # An interval that does not touch the damaged segment still extracts.
+    assert extract(site, out, "cam-1", start=0, end=1.5).returncode == 0
+
+    check = run("verify", "--archive", "--config", site.config)
+    assert check.returncode == 1
+    assert f"MISMATCH  {victim.path}" in check.stdout
+    assert "UNINDEXED metz/cam-1/stray.mp4" in check.stdout
+    assert "partial" not in check.stdout and "index.sqlite3" not in check.stdout
+    assert victim.path in check.stderr
+    only_cam2 = run("verify", "--archive", "--camera", "cam-2", "--config", site.config)
+    assert only_cam2.returncode == 0, only_cam2.stdout + only_cam2.stderr
+    assert "0 mismatched, 0 missing, 0 unindexed" in only_cam2.stdout
+
+    path.unlink()
+    check = run("verify", "--archive", "--camera", "cam-1", "--config", site.config)
+    assert check.returncode == 1 and f"MISSING   {victim.path}" in check.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--from", "2026-09-21T14:13:21", "--to", "2026-09-21T14:13:25Z"), 2, "has no UTC offset"),
+        (("--from", "2026-09-21T14:13:25Z", "--to", "2026-09-21T14:13:21Z"), 2, "--to must be after --from"),
+        (("--from", "2026-09-21T14:13:21Z", "--to", "2026-09-21T14:13:21Z"), 2, "--to must be after --from"),
+        (("--from", "yesterday", "--to", "2026-09-21T14:13:21Z"), 2, "not an ISO 8601 time"),
+        (
+            ("--camera", "nope", "--from", "2026-09-21T14:13:21Z", "--to", "2026-09-21T14:13:25Z"),
+            2,
+            "unknown camera 'nope'",
+        ),
+        (
+            ("--camera", "cam-3", "--from", "2026-09-21T14:13:21Z", "--to", "2026-09-21T14:13:25Z"),
+            1,
+            "camera cam-3: no footage",
+        ),
+        (
+            ("--from", "2026-09-21T14:13:24.5Z", "--to", "2026-09-21T14:13:26.5Z"),
+            1,
+            "camera cam-1: no footage",
+        ),
+    ],
+    ids=[
+        "naive",
+        "reversed",
+        "empty",
+        "not-a-time",
+        "unknown-camera",
+        "camera-without-footage",
+        "interval-in-a-gap",
+    ],
+)
+def test_refusals(site: Site, tmp_path: Path, args: tuple[str, ...], code: int, message: str) -> None:
+    camera = () if "--camera" in args else ("--camera", "cam-1")
+    done = run(
+        "extract",
+        "--config",
+        site.config,
+        *camera,
+        *args,
+        "--requisition",
+        "R",
+        "--officer",
+        "O",
+        "--out",
+        tmp_path,
+    )
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_refused_unless_force(site: Site, tmp_path: Path) -> None:
+    (tmp_path / "PV-2026-0042").mkdir()
+    (tmp_path / "PV-2026-0042" / "old.txt").write_text("previous extraction")
+    done = extract(site, tmp_path, "cam-2", start=1, end=2)
+    assert done.returncode == 2 and "exists (use --force" in done.stderr
+    assert (tmp_path / "PV-2026-0042" / "old.txt").exists()
+    done = extract(site, tmp_path, "cam-2", start=1, end=2, extra=("--force",))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PV-2026-0042" / "old.txt").exists()
+    assert run("verify", tmp_path / "PV-2026-0042").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["PV-2026-0042"]  # nothing aside left
+
+
+def test_keygen_refuses_to_overwrite(site: Site) -> None:
+    assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
+    before = (site.keys / "signing_key.pem").read_bytes()
+    done = run("keygen", "--out", site.keys)
+    assert done.returncode == 1 and "refusing to overwrite" in done.stderr
+    assert (site.keys / "signing_key.pem").read_bytes() == before
+
+
+def test_verify_usage_errors(tmp_path: Path) -> None:
+    assert run("verify").returncode == 2
+    assert run("verify", tmp_path / "nothing-here").returncode == 2
+    assert run("verify", "--archive", tmp_path).returncode == 2

@@ -1,0 +1,133 @@
+"""Shared media fixtures: small real H.264 clips (libx264 through PyAV) recorded into a real store.
+
+``encode`` makes access units; ``record_store`` drives the pure segmenter over them at given
+server-clock times and carries out its actions with the real writer and index, as the recorder
+does. Used by the extraction tests and the extraction benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from csud.aio.index import Index
+from csud.aio.writer import SegmentInfo, SegmentWriter
+from csud.proto.h264 import split_annexb
+from csud.proto.media import AccessUnit
+from csud.store.layout import segment_relpath
+from csud.store.segmenter import Close, Frame, Mux, Open, Segmenter
+
+WIDTH, HEIGHT, FPS, GOP = 320, 240, 25, 25
+NS_PER_SECOND = 1_000_000_000
+FRAME_NS = NS_PER_SECOND // FPS
+T0_NS = 1_790_000_000 * NS_PER_SECOND  # 2026-09-21T...Z, on a whole second
+RTP_TICKS_PER_FRAME = 90000 // FPS
+
+
+def encode(frames: int, width: int = WIDTH, height: int = HEIGHT, gop: int = GOP) -> list[AccessUnit]:
+    """A synthetic clip as access units: fixed GOP, no B-frames, SPS/PPS repeated in-band."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base = Fraction(1, FPS)
+    enc.framerate = Fraction(FPS)
+    enc.gop_size = gop
+    enc.max_b_frames = 0
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes=0"
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": params}
+    rng = np.random.default_rng(1)
+    out: list[AccessUnit] = []
+    for i in range(frames + 1):
+        if i < frames:
+            img = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+            img = np.kron(img, np.ones((8, 8, 1), dtype=np.uint8))
+            frame = av.VideoFrame.from_ndarray(np.roll(img, i * 3, axis=1), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            packets = enc.encode(frame)
+        else:
+            packets = enc.encode(None)
+        for p in packets:
+            nals = split_annexb(bytes(p))
+            out.append(AccessUnit(len(out) * RTP_TICKS_PER_FRAME, nals, p.is_keyframe, sum(map(len, nals))))
+    assert len(out) == frames
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """What ``record_store`` wrote: the segments (in order) and every recorded frame's pts."""
+
+    segments: tuple[SegmentInfo, ...]
+    frame_pts_ns: tuple[int, ...]
+    frame_end_ns: tuple[int, ...]  # pts + duration as muxed (the last one per segment is nominal)
+
+
+async def record_store(
+    root: Path,
+    index: Index,
+    timed: Sequence[tuple[AccessUnit, int]],
+    *,
+    camera: str = "cam-1",
+    commune: str = "metz",
+    segment_ns: int = 2 * NS_PER_SECOND,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+) -> Recording:
+    """Record ``(access unit, pts_ns)`` pairs into ``root`` and ``index``.
+
+    A pts jump of more than 1.5 frames is passed as a discontinuity (put jumps on keyframes: the
+    segmenter then closes the segment and opens the next one at the new time, leaving a gap).
+    """
+    seg = Segmenter(segment_ns, 0, default_frame_ns=FRAME_NS)
+    writer: SegmentWriter | None = None
+    infos: list[SegmentInfo] = []
+    pts: list[int] = []
+    ends: list[int] = []
+    previous: int | None = None
+
+    async def run(actions: list[object]) -> None:
+        nonlocal writer
+        for a in actions:
+            if isinstance(a, Open):
+                relpath = segment_relpath(commune, camera, a.start_ns)
+                writer = await SegmentWriter.open(root, relpath, a.start_ns, width, height)
+            elif isinstance(a, Mux):
+                assert writer is not None
+                await writer.write(a.frames)
+                for f in a.frames:
+                    assert isinstance(f, Frame)
+                    pts.append(f.pts_ns)
+                    ends.append(f.pts_ns + f.duration_ns)
+            elif isinstance(a, Close):
+                assert writer is not None and not a.drop_tail
+                info = await writer.close(a.end_ns, a.drop_tail)
+                writer = None
+                assert info is not None
+                index.add_segment(camera, commune, info, created_ns=time.time_ns())
+                infos.append(info)
+
+    for au, pts_ns in timed:
+        jump = previous is not None and pts_ns - previous > FRAME_NS * 3 // 2
+        await run(list(seg.push(au, pts_ns, jump)))
+        previous = pts_ns
+    await run(list(seg.stop()))
+    order = sorted(range(len(pts)), key=lambda i: pts[i])
+    return Recording(tuple(infos), tuple(pts[i] for i in order), tuple(ends[i] for i in order))
+
+
+def timed_frames(
+    aus: Sequence[AccessUnit], start_ns: int = T0_NS, jumps: dict[int, int] | None = None
+) -> list[tuple[AccessUnit, int]]:
+    """Frame i at ``start_ns + i * FRAME_NS``, plus ``jumps[i]`` ns added from frame i onwards."""
+    out: list[tuple[AccessUnit, int]] = []
+    shift = 0
+    for i, au in enumerate(aus):
+        shift += (jumps or {}).get(i, 0)
+        out.append((au, start_ns + i * FRAME_NS + shift))
+    return out

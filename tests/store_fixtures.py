@@ -1,0 +1,103 @@
+"""A small store for retention tests: a config file, an index, and segment files of given sizes.
+
+The files are not video (retention never reads them); the ENOSPC test makes real ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from csud.aio.index import Index
+from csud.aio.writer import FragmentInfo, SegmentInfo
+from csud.cli import format_time
+from csud.config import Settings, load_config
+from csud.daemon import INDEX_FILENAME
+from csud.store.layout import segment_relpath
+
+S = 1_000_000_000
+DAY = 86_400 * S
+T0 = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp()) * S
+
+CONFIG = """
+[storage]
+root = "{root}"
+min_free_percent = {min_free}
+[retention]
+interval_seconds = 60
+[[communes]]
+id = "metz"
+name = "Metz"
+service = "live"
+retention_days = 15
+authorisation = "arrêté 2023-042"
+[[communes]]
+id = "woippy"
+name = "Woippy"
+service = "storage"
+retention_days = 30
+[[cameras]]
+id = "metz-gare-01"
+commune = "metz"
+url = "rtsp://10.20.0.11/s"
+[[cameras]]
+id = "metz-gare-02"
+commune = "metz"
+url = "rtsp://10.20.0.12/s"
+retention_days = 7
+[[cameras]]
+id = "woippy-mairie-01"
+commune = "woippy"
+url = "rtsp://10.20.1.21/s"
+"""
+
+
+def write_config(tmp: Path, root: Path, min_free: float = 0) -> Path:
+    path = tmp / "csud.toml"
+    path.write_text(
+        CONFIG.replace("{root}", str(root)).replace("{min_free}", str(min_free)), encoding="utf-8"
+    )
+    return path
+
+
+def settings_of(path: Path) -> Settings:
+    return load_config(path).settings
+
+
+def open_index(root: Path) -> Index:
+    root.mkdir(parents=True, exist_ok=True)
+    return Index.open(root / INDEX_FILENAME)
+
+
+def add_segment(
+    index: Index, root: Path, camera: str, commune: str, start_ns: int, seconds: int = 60, size: int = 1000
+) -> tuple[int, str]:
+    """A segment file of ``size`` bytes and its row; returns (id, relpath)."""
+    relpath = segment_relpath(commune, camera, start_ns)
+    path = root / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (relpath.encode() * (size // len(relpath) + 1))[:size]
+    path.write_bytes(data)
+    info = SegmentInfo(
+        relpath=relpath,
+        start_ns=start_ns,
+        end_ns=start_ns + seconds * S,
+        bytes=size,
+        frames=seconds * 25,
+        sha256=hashlib.sha256(data).hexdigest(),
+        fragments=(FragmentInfo(start_ns, 0, size, seconds * 25),),
+    )
+    return index.add_segment(camera, commune, info, created_ns=start_ns + seconds * S), relpath
+
+
+def iso(ns: int) -> str:
+    return format_time(ns)
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*.mp4*") if p.is_file()}
+
+
+def indexed_paths(index: Index) -> set[str]:
+    return {row.path for cam in index.cameras() for row in index.segments(cam)}

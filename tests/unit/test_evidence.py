@@ -1,0 +1,141 @@
+"""Evidence pieces without a store: manifest bytes and parsing, folder names, keys, progress line."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from csud.errors import CsudError, UsageError
+from csud.evidence import manifest as mf
+from csud.evidence.extract import folder_name, output_name
+from csud.evidence.signing import generate_keypair, load_public_key, sign, signature_valid
+from csud.store.clip import ClipPlan, ClipSource, FragmentSpan, Gap, SegmentSpan
+
+S = 1_000_000_000
+T0 = 1_790_000_000 * S  # 2026-09-21T14:13:20Z
+PARIS_SUMMER = timezone(timedelta(hours=2), "CEST")
+
+
+def sample_manifest() -> dict[str, object]:
+    segment = SegmentSpan(
+        7, "metz/cam/x.mp4", T0, T0 + 60 * S, 1500, 123, "ab" * 32, (FragmentSpan(T0, 900, 25),)
+    )
+    plan = ClipPlan(
+        T0 + S,
+        T0 + 70 * S,
+        (ClipSource(segment, T0, 900),),
+        (Gap(T0 + 60 * S, T0 + 70 * S),),
+        T0,
+        T0 + 60 * S,
+    )
+    header = mf.Header(
+        "PV 2026/1", "Lt. Élodie Müller", None, "op", "csu-1", "0.1.0", T0 + 3600 * S, "Europe/Paris"
+    )
+    output = mf.OutputFile("cam_x.mp4", 1000, "cd" * 32, 59 * S, 1475, "h264", 1280, 720)
+    clip = mf.ClipRecord(mf.CameraRef("cam", "Gare", "metz", "Metz"), plan, T0, T0 + 60 * S, output)
+    return mf.build_manifest(header, [clip], PARIS_SUMMER)
+
+
+def test_manifest_bytes_are_deterministic_utf8_and_read_back() -> None:
+    data = mf.manifest_bytes(sample_manifest())
+    assert data == mf.manifest_bytes(sample_manifest())
+    assert data.endswith(b"}\n") and "Élodie Müller".encode() in data  # no \u escapes
+    doc = json.loads(data)
+    assert list(doc) == [
+        "schema", "requisition", "officer", "service", "operator", "host", "csud_version",
+        "created_at", "created_at_local", "timezone", "clips",
+    ]  # fmt: skip
+    clip = doc["clips"][0]
+    assert clip["requested"]["from"] == "2026-09-21T14:13:21.000000Z"
+    assert clip["requested"]["from_local"] == "2026-09-21T16:13:21.000000+02:00"
+    assert clip["gaps"][0]["reason"] == "not recorded" and clip["gaps"][0]["seconds"] == 10.0
+    assert clip["sources"][0]["sha256"] == "ab" * 32
+    summary = mf.read_manifest(data)
+    assert summary.requisition == "PV 2026/1"
+    assert summary.files == (mf.ExpectedFile("cam_x.mp4", 1000, "cd" * 32, "cam"),)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(schema="other/2"), "unknown schema"),
+        (lambda d: d.update(clips=[]), "no clips"),
+        (lambda d: d["clips"][0]["output"].update(file="../etc/passwd"), "not a plain file name"),
+        (lambda d: d["clips"][0]["output"].update(file=".hidden"), "not a plain file name"),
+        (lambda d: d["clips"][0]["output"].update(sha256="xyz"), "not a SHA-256"),
+        (lambda d: d["clips"][0]["output"].update(bytes=-1), "not a size"),
+        (lambda d: d["clips"][0].pop("output"), "lacks"),
+        (lambda d: d["clips"].append(d["clips"][0]), "listed twice"),
+    ],
+)
+def test_read_manifest_refuses_malformed(mutate: object, message: str) -> None:
+    doc = json.loads(mf.manifest_bytes(sample_manifest()))
+    mutate(doc)  # type: ignore[operator]
+    with pytest.raises(ValueError, match=message):
+        mf.read_manifest(json.dumps(doc).encode())
+    with pytest.raises(ValueError, match="not valid UTF-8 JSON"):
+        mf.read_manifest(b"{not json")
+
+
+@pytest.mark.parametrize(
+    ("ref", "name"),
+    [
+        ("PV-2026-0042", "PV-2026-0042"),
+        ("PV 2026/0042", "PV_2026_0042"),
+        ("réq n°5", "r_q_n_5"),
+        ("../x", "_._x"),
+    ],
+)
+def test_folder_name(ref: str, name: str) -> None:
+    assert folder_name(ref) == name
+
+
+@pytest.mark.parametrize("ref", ["", "..", "///", "x" * 200])
+def test_folder_name_refused(ref: str) -> None:
+    with pytest.raises(UsageError):
+        folder_name(ref)
+
+
+def test_output_name() -> None:
+    assert output_name("cam-1", T0 + 40_000_000) == "cam-1_20260921T141320.040Z.mp4"
+
+
+def test_keys_sign_and_verify(tmp_path: Path) -> None:
+    private, public, fp = generate_keypair(tmp_path / "k")
+    assert private.stat().st_mode & 0o777 == 0o600 and fp.startswith("SHA256:")
+    from csud.evidence.signing import load_private_key
+
+    key = load_private_key(private)
+    signature = sign(key, b"manifest")
+    assert len(signature) == 64
+    pub = load_public_key(public.read_bytes(), "k")
+    assert signature_valid(pub, b"manifest", signature)
+    assert not signature_valid(pub, b"manifest!", signature)
+    assert not signature_valid(pub, b"manifest", signature[:-1])
+    with pytest.raises(CsudError, match="refusing to overwrite"):
+        generate_keypair(tmp_path / "k")
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_only_on_a_terminal() -> None:
+    from csud.commands.evidence import ProgressLine
+
+    pipe = io.StringIO()
+    line = ProgressLine("x", pipe)
+    line(5, 10)
+    line.finish()
+    assert pipe.getvalue() == ""
+    tty = _Tty()
+    line = ProgressLine("x", tty)
+    line(5 << 20, 10 << 20)
+    line(10 << 20, 10 << 20)
+    line.finish()
+    assert tty.getvalue() == "\rx:  50% (5/10 MiB)\rx: 100% (10/10 MiB)\n"
