@@ -69,6 +69,23 @@ class LegalConfig(_Strict):
     max_retention_days: int = Field(LEGAL_MAX_RETENTION_DAYS, ge=1, le=LEGAL_MAX_RETENTION_DAYS)
 
 
+class NetworkConfig(_Strict):
+    # Address the RTP/RTCP sockets of transport="udp" cameras bind to (the camera network's
+    # interface; 0.0.0.0: all). Datagrams from any host but the camera's are dropped anyway.
+    udp_bind: str = "0.0.0.0"
+
+    @field_validator("udp_bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+        return value
+
+
 class RetentionConfig(_Strict):
     interval_seconds: int = Field(60, ge=1, le=86400)  # between two retention passes
 
@@ -191,6 +208,7 @@ class Settings(BaseSettings):
     legal: LegalConfig = LegalConfig()
     retention: RetentionConfig = RetentionConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    network: NetworkConfig = NetworkConfig()
     communes: list[CommuneConfig] = []
     cameras: list[CameraConfig] = []
 

@@ -54,7 +54,9 @@ class PacketizedFrame:
         return len(self.packet_offsets)
 
 
-def packetize_clip(clip: Clip, mtu_payload: int = DEFAULT_MTU_PAYLOAD) -> tuple[PacketizedFrame, ...]:
+def packetize_clip(
+    clip: Clip, mtu_payload: int = DEFAULT_MTU_PAYLOAD, payload_type: int = PAYLOAD_TYPE
+) -> tuple[PacketizedFrame, ...]:
     out = []
     for index, frame in enumerate(clip.frames):
         payloads = packetize_au(list(frame.nals), mtu_payload=mtu_payload)
@@ -64,7 +66,7 @@ def packetize_clip(clip: Clip, mtu_payload: int = DEFAULT_MTU_PAYLOAD) -> tuple[
         offsets = []
         last = len(payloads) - 1
         for i, payload in enumerate(payloads):
-            packet = build_rtp(PAYLOAD_TYPE, 0, 0, 0, i == last, payload)
+            packet = build_rtp(payload_type, 0, 0, 0, i == last, payload)
             offsets.append(len(blob))
             blob += INTERLEAVED_MAGIC + b"\x00" + len(packet).to_bytes(2, "big") + packet
         out.append(

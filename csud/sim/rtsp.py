@@ -126,7 +126,11 @@ def _parse_head(head: bytes) -> Request:
         raise MalformedRequest("request headers are not UTF-8") from None
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1] or not parts[2].startswith("RTSP/"):
+    if parts[0].startswith("RTSP/") and len(parts) >= 3 and parts[1].isdigit():  # reason may hold spaces
+        # A client's response to a request of ours: kept as a Request whose "method" is the
+        # version, for the server to count and otherwise ignore.
+        pass
+    elif len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1] or not parts[2].startswith("RTSP/"):
         raise MalformedRequest(f"bad request line {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -248,8 +252,10 @@ def parse_auth_params(value: str) -> dict[str, str]:
     }
 
 
-def digest_challenge(nonce: str, qop: bool) -> str:
+def digest_challenge(nonce: str, qop: bool, stale: bool = False) -> str:
     challenge = f'Digest realm="{REALM}", nonce="{nonce}"'
+    if stale:  # RFC 2617: the answer was right but the nonce expired; retry with the new one
+        challenge += ", stale=TRUE"
     return challenge + ', qop="auth"' if qop else challenge
 
 

@@ -153,6 +153,12 @@ class SimOptions:
     clip_cache_dir: Path | None = None
     use_clip_cache: bool = True
     frame_hook: FrameHook | None = field(default=None, repr=False)
+    # Camera quirks, for the recorder's tests:
+    payload_type: int = PAYLOAD_TYPE  # dynamic payload type in the SDP and the RTP headers
+    control: Literal["relative", "absolute", "star"] = "relative"  # the media's a=control
+    content_base: bool = True  # send Content-Base with DESCRIBE
+    nonce_lifetime: float | None = None  # Digest nonces expire (401 stale=TRUE) after this
+    server_request_interval: float | None = None  # send GET_PARAMETER to playing clients
 
     @property
     def auth_enabled(self) -> bool:
@@ -419,6 +425,9 @@ class RtspConnection(asyncio.Protocol):
                 return
 
     def _on_request(self, request: Request) -> None:
+        if request.method.startswith("RTSP/"):  # a client's answer to our own request
+            self.server.client_responses += 1
+            return
         cseq = request.header("cseq")
         status: int
         headers: list[tuple[str, str]]
@@ -446,8 +455,10 @@ class RtspConnection(asyncio.Protocol):
         # Any request keeps the sessions of this connection alive.
         for own in self.sessions.values():
             own.last_activity = now
-        if method != "OPTIONS" and not server._authorized(request):
-            return 401, [("WWW-Authenticate", server._challenge())], b""
+        if method != "OPTIONS":
+            authorized = server._authorized(request)
+            if not authorized:
+                return 401, [("WWW-Authenticate", server._challenge(stale=authorized is None))], b""
         session: Session | None = None
         session_header = request.header("session")
         if session_header is not None:
@@ -478,11 +489,10 @@ class RtspConnection(asyncio.Protocol):
         if camera is None:
             return 404, [], b""
         body = self.server.sdp(camera).encode()
-        return (
-            200,
-            [("Content-Base", self.server.camera_url(camera) + "/"), ("Content-Type", "application/sdp")],
-            body,
-        )
+        headers = [("Content-Type", "application/sdp")]
+        if self.server.options.content_base:
+            headers.insert(0, ("Content-Base", self.server.camera_url(camera) + "/"))
+        return 200, headers, body
 
     def _setup(self, request: Request, session: Session | None) -> Reply:
         camera, rest = self._camera_for(request)
@@ -634,7 +644,10 @@ class SimServer:
         self._teardowns = 0  # sessions ended by the client's TEARDOWN
         self._ticks = 0
         self._clock_resets = 0
-        self._nonces: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._nonces: collections.OrderedDict[str, float] = collections.OrderedDict()  # nonce: issued
+        self.stale_nonces = 0  # right answers to expired nonces, refused with stale=TRUE
+        self.client_responses = 0  # answers to our own requests (server_request_interval)
+        self.server_requests_sent = 0
         self._listener: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -685,6 +698,8 @@ class SimServer:
             self._udp_rtcp.get_extra_info("sockname")[1],
         )
         self._tasks.append(asyncio.create_task(self._ticker(), name="csud-sim-ticker"))
+        if self.options.server_request_interval:
+            self._tasks.append(asyncio.create_task(self._server_requests(), name="csud-sim-requests"))
         if self.options.stats_file is not None:
             self._tasks.append(asyncio.create_task(self._stats_writer(), name="csud-sim-stats"))
         log.info("sim.listening", port=self.port, cameras=len(self.cameras), first=self.urls()[0])
@@ -723,6 +738,21 @@ class SimServer:
         await self.close()
 
     # --- the clock -------------------------------------------------------------------------
+
+    async def _server_requests(self) -> None:
+        """Some cameras send requests to the client on the interleaved connection."""
+        interval = self.options.server_request_interval or 1.0
+        cseq = 0
+        while True:
+            await asyncio.sleep(interval)
+            for session in list(self._sessions.values()):
+                if session.state != "playing" or session.udp_rtp_dest is not None:
+                    continue
+                cseq += 1
+                url = self.camera_url(session.camera)
+                request = f"GET_PARAMETER {url} RTSP/1.0\r\nCSeq: {cseq}\r\nSession: {session.id}\r\n\r\n"
+                session.connection._write(request.encode())
+                self.server_requests_sent += 1
 
     async def _ticker(self) -> None:
         """Send frame n of every camera at ``t0 + n / fps``; check session timeouts each second."""
@@ -791,26 +821,35 @@ class SimServer:
 
     # --- auth ------------------------------------------------------------------------------
 
-    def _challenge(self) -> str:
+    def _challenge(self, stale: bool = False) -> str:
         if self.options.auth == "basic":
             return basic_challenge()
         nonce = secrets.token_hex(16)
-        self._nonces[nonce] = None
+        self._nonces[nonce] = self.loop_time()
         while len(self._nonces) > MAX_NONCES:
             self._nonces.popitem(last=False)
-        return digest_challenge(nonce, self.options.digest_qop)
+        return digest_challenge(nonce, self.options.digest_qop, stale)
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorized(self, request: Request) -> bool | None:
+        """True: authorized; False: refused; None: right answer to an expired nonce (stale)."""
         options = self.options
         if options.username is None or options.password is None:
             return True
         header = request.header("authorization")
-        ok = header is not None and (
-            check_basic(header, options.username, options.password)
-            if options.auth == "basic"
-            else check_digest(header, request.method, options.username, options.password, self._nonces)
-        )
-        if not ok and header is not None:
+        if header is None:
+            return False
+        if options.auth == "basic":
+            ok = check_basic(header, options.username, options.password)
+        else:
+            lifetime, now = options.nonce_lifetime, self.loop_time()
+            live = {n for n, t in self._nonces.items() if lifetime is None or now - t < lifetime}
+            ok = check_digest(header, request.method, options.username, options.password, live)
+            if not ok and check_digest(
+                header, request.method, options.username, options.password, self._nonces
+            ):
+                self.stale_nonces += 1
+                return None
+        if not ok:
             self._auth_failures += 1
         return ok
 
@@ -828,6 +867,12 @@ class SimServer:
         clip = self.clip
         sprop = ",".join(base64.b64encode(ps).decode() for ps in (clip.sps, clip.pps))
         fmtp = f"packetization-mode=1;profile-level-id={clip.profile_level_id};sprop-parameter-sets={sprop}"
+        pt = self.options.payload_type
+        control = {
+            "relative": TRACK_CONTROL,
+            "absolute": f"{self.camera_url(camera)}/{TRACK_CONTROL}",
+            "star": "*",
+        }[self.options.control]
         lines = [
             "v=0",
             f"o=- {self._sdp_session_id} 1 IN IP4 {self.options.host}",
@@ -837,11 +882,11 @@ class SimServer:
             "a=tool:csud-sim",
             "a=range:npt=0-",
             "a=control:*",
-            f"m=video 0 RTP/AVP {PAYLOAD_TYPE}",
-            f"a=rtpmap:{PAYLOAD_TYPE} H264/{RTP_CLOCK_RATE}",
-            f"a=fmtp:{PAYLOAD_TYPE} {fmtp}",
+            f"m=video 0 RTP/AVP {pt}",
+            f"a=rtpmap:{pt} H264/{RTP_CLOCK_RATE}",
+            f"a=fmtp:{pt} {fmtp}",
             f"a=framerate:{self.fps}",
-            f"a=control:{TRACK_CONTROL}",
+            f"a=control:{control}",
         ]
         return "\r\n".join(lines) + "\r\n"
 
@@ -879,6 +924,9 @@ class SimServer:
             "auth_failures": self._auth_failures,
             "sessions_timed_out": self._sessions_timed_out,
             "teardowns": self._teardowns,
+            "stale_nonces": self.stale_nonces,
+            "server_requests_sent": self.server_requests_sent,
+            "client_responses": self.client_responses,
             "udp_rtcp_received": self.udp_rtcp_received,
             "ticks": self._ticks,
             "clock_resets": self._clock_resets,
@@ -928,7 +976,7 @@ async def serve(options: SimOptions) -> SimServer:
         cache_dir=options.clip_cache_dir,
         use_cache=options.use_clip_cache,
     )
-    frames = packetize_clip(clip, options.mtu_payload)
+    frames = packetize_clip(clip, options.mtu_payload, options.payload_type)
     server = SimServer(options, clip, frames)
     try:
         await server._start()

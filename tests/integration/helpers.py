@@ -82,6 +82,8 @@ def write_config(
         "[storage]",
         f'root = "{root}"',
         f"segment_seconds = {segment_seconds}",
+        "[network]",
+        'udp_bind = "127.0.0.1"',
         "[metrics]",
         'listen = ""',
         "[[communes]]",
