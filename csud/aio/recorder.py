@@ -386,14 +386,17 @@ class CameraRecorder:
             udp_bind=self.udp_bind,
         )
         try:
-            description = await session.start()
-            self._new_pipeline(description)
-            self._payload_type = description.payload_type
+            description = await session.start(self._prepare)
             self.stats.up = True
             self.log.info("session_started", url=cam.url, payload_type=description.payload_type)
             await self._supervise(session, stop, description.session_timeout_seconds)
         finally:
             await session.close()
+
+    def _prepare(self, description: StreamDescription) -> None:
+        """Ready the pipeline for the described stream, before PLAY (see RtspSession.start)."""
+        self._new_pipeline(description)
+        self._payload_type = description.payload_type
 
     async def _supervise(self, session: RtspSession, stop: asyncio.Event, timeout_seconds: int) -> None:
         """Keep-alive within the session timeout; fail on stall; return when asked to stop."""

@@ -192,8 +192,15 @@ class RtspSession:
     def garbage_bytes(self) -> int:
         return self._conn.demux.garbage_bytes if self._conn else 0
 
-    async def start(self) -> StreamDescription:
-        """OPTIONS, DESCRIBE, SETUP, PLAY. Raises :class:`StreamError` (or :class:`AuthError`)."""
+    async def start(
+        self, on_described: Callable[[StreamDescription], None] | None = None
+    ) -> StreamDescription:
+        """OPTIONS, DESCRIBE, SETUP, PLAY. Raises :class:`StreamError` (or :class:`AuthError`).
+
+        ``on_described`` runs after SETUP and before PLAY is sent: whatever must be ready to
+        take packets (the depacketizer for the described codec and payload type) is set up
+        there, since media may follow PLAY's answer in the same TCP read.
+        """
         conn = _LeanConnection(
             self.host,
             self.port,
@@ -214,6 +221,8 @@ class RtspSession:
             await session.setup()
             description = _describe(session)
             self.description = description
+            if on_described is not None:
+                on_described(description)
             await session.play()
         return description
 

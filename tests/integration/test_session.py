@@ -185,3 +185,25 @@ async def test_lost_packets_are_counted_and_damaged_gops_dropped(tmp_path: Path)
     for row in Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1"):
         with av.open(str(tmp_path / "store" / row.path)) as container:
             assert sum(1 for _ in container.decode(video=0)) == row.frames
+
+
+async def test_media_right_after_play_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Media may arrive in the same read as PLAY's answer, before the recorder's task resumes
+    (under load, 100 sessions starting at once: up to a second later). The pipeline is ready
+    before PLAY is sent, so the camera's first keyframe and its GOP are recorded."""
+    from csud.aio import session as session_module
+
+    original = session_module.RtspSession.start
+
+    async def slow_to_resume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        description = await original(self, *args, **kwargs)
+        await asyncio.sleep(1.0)  # the loop is busy elsewhere; packets keep arriving meanwhile
+        return description
+
+    monkeypatch.setattr(session_module.RtspSession, "start", slow_to_resume)
+    async with simulator(play_from_keyframe=True) as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        async with running(recorder):
+            await wait_for(lambda: recorder.stats.frames_received >= 50, 10, "two GOPs")
+    assert recorder.stats.foreign_packets == 0
+    assert recorder.stats.dropped_frames.get("wait_keyframe", 0) == 0

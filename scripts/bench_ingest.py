@@ -1,0 +1,802 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: CPU, memory and frame loss of ``csud run`` recording N simulated cameras,
+and optionally of K ``ffmpeg -c copy`` processes recording K cameras, run one after the other.
+
+What one run does (every process on 127.0.0.1, every process stopped in a ``finally``):
+
+1. Idle baseline: ``csud run`` with one camera that never answers, pinned to ``--core``; its
+   RSS after start-up is subtracted for the "RSS per camera" figure (the raw one is shown too).
+2. ``csud simulate --cameras N`` (pinned to ``--sim-core``, by default the other core), then
+   ``csud run`` (pinned to ``--core`` with ``taskset``) recording ``/cam1``..``/camN`` into a
+   temporary storage root. Once every camera is playing and has been sent a keyframe, a
+   ``--warmup`` pause, then ``--seconds`` of measurement cut into ``--window`` windows: CPU
+   time (utime + stime of all threads, from ``/proc/<pid>/stat``) over wall time, per window.
+   The median window is reported, with the whole-interval mean and its split into user time,
+   system time and the main thread (the event loop, which no second core can help).
+3. The simulator is stopped first (SIGTERM: it writes its final stats), then, ``--settle``
+   seconds later, the recorder (SIGTERM; it must exit 0 within 30 s). Frames sent (the
+   simulator's ``frames_sent_from_first_keyframe``: a recorder can only start at a keyframe)
+   are compared with frames recorded (``frames`` of the index's segment rows). The script exits
+   1 if the recorder does not exit 0 within 30 s of SIGTERM; a missed target is only reported.
+4. With ``--ffmpeg K``: a fresh simulator with K cameras and K ``ffmpeg -rtsp_transport tcp
+   -i rtsp://... -c copy -f segment`` processes, all pinned to ``--core``, measured the same
+   way (their CPU summed). Run after csud, never beside it, so the two never compete.
+
+CPU is process CPU time, not wall-clock load, so other work on the machine disturbs the
+figures less than it would a ``top`` reading; it still costs cache and frequency, and a
+busy pinned core can make the recorder fall behind (then the simulator drops frames, which
+this script reports). Run it on a quiet machine for figures worth publishing.
+
+    .venv/bin/python scripts/bench_ingest.py --cameras 100 --seconds 60 --ffmpeg 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+CSUD = str(BIN / "csud")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+INDEX_FILENAME = "index.sqlite3"  # csud.daemon.INDEX_FILENAME (not imported: keep this script light)
+SIM_START_TIMEOUT_SECONDS = 300.0  # the first run at a new size encodes the clip
+READY_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 30.0
+IDLE_BASELINE_SECONDS = 4.0
+POLL_SECONDS = 0.5
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
+    user, system = cpu_user_sys(pid)
+    return user + system
+
+
+def cpu_user_sys(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(utime, stime) in seconds of process ``pid``, or of its thread ``tid`` only."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_split(pids: Sequence[int]) -> tuple[float, float, float]:
+    """(user, system, main thread) CPU seconds summed over ``pids``: where the time goes."""
+    user = system = main = 0.0
+    for pid in pids:
+        u, s = cpu_user_sys(pid)
+        mu, ms = cpu_user_sys(pid, pid)  # the main thread's tid is the pid
+        user, system, main = user + u, system + s, main + mu + ms
+    return user, system, main
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def total_cpu(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(core: int | None, argv: list[str]) -> list[str]:
+    # taskset execs the command: the child's pid is the measured process itself.
+    return argv if core is None else ["taskset", "-c", str(core), *argv]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> tuple[int, float]:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns (exit status, seconds to exit)."""
+    started = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode), time.monotonic() - started
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process with stdout+stderr to ``log``; killed on the way out if still alive."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                stop_process(proc, timeout=10)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: the simulator exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"bench: nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def wait_playing(
+    stats_file: Path, cameras: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float
+) -> None:
+    """Until every camera has a playing session that has been sent a keyframe."""
+    deadline = time.monotonic() + timeout
+    ready = 0
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: {proc.args!r} exited with status {proc.returncode}")
+        stats = read_stats(stats_file)
+        if stats is not None:
+            ready = sum(
+                1
+                for cam in stats["cameras"].values()
+                if any(
+                    s["state"] == "playing" and s["frames_before_first_keyframe"] is not None
+                    for s in cam["sessions"]
+                )
+            )
+            if ready >= cameras:
+                return
+        time.sleep(POLL_SECONDS)
+    raise SystemExit(f"bench: only {ready} of {cameras} cameras playing after {timeout:.0f} s")
+
+
+def simulator_argv(args: argparse.Namespace, cameras: int, port: int, stats_file: Path) -> list[str]:
+    return pinned(
+        args.sim_core,
+        [
+            CSUD,
+            "simulate",
+            "--cameras",
+            str(cameras),
+            "--port",
+            str(port),
+            "--bitrate",
+            str(args.bitrate),
+            "--width",
+            str(args.width),
+            "--height",
+            str(args.height),
+            "--fps",
+            str(args.fps),
+            "--stats-file",
+            str(stats_file),
+        ],
+    )
+
+
+def write_config(
+    path: Path, root: Path, port: int, cameras: int, segment_seconds: int, metrics_port: int = 0
+) -> Path:
+    lines = [
+        "[storage]",
+        f'root = "{root}"',
+        f"segment_seconds = {segment_seconds}",
+        "[metrics]",
+        f'listen = "127.0.0.1:{metrics_port}"' if metrics_port else 'listen = ""',
+        "[[communes]]",
+        'id = "bench"',
+        'name = "Bench"',
+        'service = "storage"',
+        "retention_days = 1",
+    ]
+    for k in range(1, cameras + 1):
+        lines += [
+            "[[cameras]]",
+            f'id = "cam{k}"',
+            'commune = "bench"',
+            f'url = "rtsp://127.0.0.1:{port}/cam{k}"',
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def recorder_env(extra: Sequence[str] = ()) -> dict[str, str]:
+    """The recorder's environment: ours without CSUD_* overrides, plus ``extra`` KEY=VALUE items."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSUD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bench: --recorder-env wants KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+# --- measurement ---------------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    """CPU % of one core per window, for the measured processes and the simulator."""
+
+    seconds: float = 0.0
+    measured: list[float] = field(default_factory=list)
+    simulator: list[float] = field(default_factory=list)
+    measured_mean: float = 0.0
+    simulator_mean: float = 0.0
+    user_mean: float = 0.0  # whole interval: user time, system time, main thread (event loop)
+    system_mean: float = 0.0
+    main_thread_mean: float = 0.0
+
+    @property
+    def measured_median(self) -> float:
+        return statistics.median(self.measured) if self.measured else 0.0
+
+    @property
+    def simulator_median(self) -> float:
+        return statistics.median(self.simulator) if self.simulator else 0.0
+
+
+def measure(pids: Sequence[int], sim_pid: int, seconds: float, window: float) -> Windows:
+    out = Windows()
+    n = max(1, round(seconds / window))
+    t_first = t0 = time.monotonic()
+    c_first = c0 = total_cpu(pids)
+    s_first = s0 = cpu_seconds(sim_pid)
+    split0 = cpu_split(pids)
+    for i in range(n):
+        time.sleep(max(0.0, t_first + (i + 1) * seconds / n - time.monotonic()))
+        t1, c1, s1 = time.monotonic(), total_cpu(pids), cpu_seconds(sim_pid)
+        out.measured.append(100 * (c1 - c0) / (t1 - t0))
+        out.simulator.append(100 * (s1 - s0) / (t1 - t0))
+        t0, c0, s0 = t1, c1, s1
+    out.seconds = t0 - t_first
+    out.measured_mean = 100 * (c0 - c_first) / out.seconds
+    out.simulator_mean = 100 * (s0 - s_first) / out.seconds
+    split1 = cpu_split(pids)
+    elapsed = time.monotonic() - t_first
+    out.user_mean, out.system_mean, out.main_thread_mean = (
+        100 * (b - a) / elapsed for a, b in zip(split0, split1, strict=True)
+    )
+    return out
+
+
+@dataclass
+class Result:
+    name: str
+    cameras: int
+    cpu: Windows
+    rss_mib: float
+    rss_max_mib: float
+    pss_mib: float
+    frames_sent: int = 0
+    frames_recorded: int = 0
+    sim_frames_dropped: int = 0
+    sim_sessions_total: int = 0
+    worst_camera: str = ""
+    worst_camera_lost: int = 0
+    exit_status: int = 0
+    stop_seconds: float = 0.0
+    idle_rss_mib: float = 0.0
+    idle_cpu_percent: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_events: dict[str, int] = field(default_factory=dict)
+    after_stop_events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def frames_lost(self) -> int:
+        return self.frames_sent - self.frames_recorded
+
+    @property
+    def lost_percent(self) -> float:
+        return 100 * self.frames_lost / self.frames_sent if self.frames_sent else 0.0
+
+    @property
+    def cpu_per_camera(self) -> float:
+        return self.cpu.measured_median / self.cameras
+
+
+def frames_sent(stats: dict[str, Any], cameras: int) -> tuple[dict[str, int], int, int]:
+    per_camera = {
+        f"cam{k}": int(stats["cameras"][f"cam{k}"]["frames_sent_from_first_keyframe"])
+        for k in range(1, cameras + 1)
+    }
+    return per_camera, int(stats["totals"]["frames_dropped"]), int(stats["totals"]["sessions_total"])
+
+
+def frames_recorded(root: Path) -> dict[str, int]:
+    index = root / INDEX_FILENAME
+    if not index.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT camera, SUM(frames) FROM segments GROUP BY camera").fetchall()
+    finally:
+        conn.close()
+    return {str(camera): int(frames) for camera, frames in rows}
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Counters of the recorder's Prometheus endpoint, summed over cameras (``reason`` kept)."""
+    totals: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        m = re.match(r"^(csud_camera_\w+_total)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
+        if not m:
+            continue
+        reason = re.search(r'reason="([^"]*)"', m.group(2) or "")
+        key = m.group(1) + (f"{{{reason.group(1)}}}" if reason else "")
+        totals[key] = totals.get(key, 0.0) + float(m.group(3))
+    return totals
+
+
+def log_events(log: Path, start: int = 0, end: int | None = None) -> dict[str, int]:
+    """``level:event`` counts of the recorder's warnings and errors in ``log[start:end]``."""
+    counts: Counter[str] = Counter()
+    with log.open("rb") as f:
+        f.seek(start)
+        data = f.read() if end is None else f.read(end - start)
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if line.strip():  # a traceback or a stray print: show the first ones verbatim
+                counts["non-json"] += 1
+                if counts["non-json"] <= 3:
+                    counts[f"non-json: {line.strip()[:160]}"] += 1
+            continue
+        level = entry.get("level", "")
+        if level not in ("debug", "info"):
+            counts[f"{level}:{entry.get('event', '?')}"] += 1
+    return dict(counts)
+
+
+def idle_baseline(args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
+    """RSS (MiB) and CPU % of a recorder with nothing to record, after start-up.
+
+    Its one camera points at a port nobody listens on, so it only retries with backoff: the
+    baseline holds every import, the index, the metrics task and one idle camera task.
+    """
+    config = write_config(tmp / "idle.toml", tmp / "idle-store", free_port(), 1, args.segment_seconds)
+    log = tmp / "idle.log"
+    with running(
+        pinned(args.core, [CSUD, "run", "--config", str(config)]), log, recorder_env(args.recorder_env)
+    ) as proc:
+        time.sleep(IDLE_BASELINE_SECONDS / 2)
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: idle recorder exited with {proc.returncode}; see {log}")
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(IDLE_BASELINE_SECONDS / 2)
+        cpu = 100 * (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+        rss = status_kib(proc.pid, "VmRSS") / 1024
+        status, _ = stop_process(proc)
+    if status != 0:
+        print(f"bench: the idle recorder exited with status {status}; see {log}", file=sys.stderr)
+    return rss, cpu
+
+
+def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
+    idle_rss, idle_cpu = idle_baseline(args, tmp)
+    port = free_port()
+    stats_file = tmp / "sim-csud.json"
+    root = tmp / "store"
+    metrics_port = free_port() if args.scrape_metrics else 0
+    config = write_config(tmp / "csud.toml", root, port, args.cameras, args.segment_seconds, metrics_port)
+    log = tmp / "csud.log"
+    with running(simulator_argv(args, args.cameras, port, stats_file), tmp / "sim-csud.log") as sim:
+        wait_port(port, sim, SIM_START_TIMEOUT_SECONDS)
+        with running(
+            pinned(args.core, [CSUD, "run", "--config", str(config)]), log, recorder_env(args.recorder_env)
+        ) as rec:
+            wait_playing(stats_file, args.cameras, (sim, rec), READY_TIMEOUT_SECONDS)
+            time.sleep(args.warmup)
+            cpu = measure([rec.pid], sim.pid, args.seconds, args.window)
+            rss = status_kib(rec.pid, "VmRSS") / 1024
+            rss_max = status_kib(rec.pid, "VmHWM") / 1024
+            pss = pss_kib(rec.pid) / 1024
+            sim_status, _ = stop_process(sim)
+            log_mark = log.stat().st_size
+            time.sleep(args.settle)
+            metrics: dict[str, float] = {}
+            if metrics_port:  # the daemon exports its counters every 2 s
+                time.sleep(max(0.0, 2.5 - args.settle))
+                try:
+                    metrics = scrape_metrics(metrics_port)
+                except OSError as exc:
+                    print(f"bench: cannot scrape the recorder's metrics: {exc}", file=sys.stderr)
+            status, stop_seconds = stop_process(rec)
+    if sim_status != 0:
+        print(f"bench: the simulator exited with status {sim_status}", file=sys.stderr)
+    stats = read_stats(stats_file)
+    if stats is None:
+        raise SystemExit(f"bench: no final simulator stats in {stats_file}")
+    sent, dropped, sessions = frames_sent(stats, args.cameras)
+    recorded = frames_recorded(root)
+    lost = {cam: n - recorded.get(cam, 0) for cam, n in sent.items()}
+    worst = max(lost, key=lambda cam: lost[cam])
+    return Result(
+        name="csud",
+        cameras=args.cameras,
+        cpu=cpu,
+        rss_mib=rss,
+        rss_max_mib=rss_max,
+        pss_mib=pss,
+        frames_sent=sum(sent.values()),
+        frames_recorded=sum(recorded.get(cam, 0) for cam in sent),
+        sim_frames_dropped=dropped,
+        sim_sessions_total=sessions,
+        worst_camera=worst,
+        worst_camera_lost=lost[worst],
+        exit_status=status,
+        stop_seconds=stop_seconds,
+        idle_rss_mib=idle_rss,
+        idle_cpu_percent=idle_cpu,
+        metrics=metrics,
+        log_events=log_events(log, 0, log_mark),
+        after_stop_events=log_events(log, log_mark),
+    )
+
+
+def ffmpeg_frames(progress: Path) -> int:
+    """The last ``frame=`` that ``ffmpeg -progress`` wrote (packets muxed, for stream copy)."""
+    frames = 0
+    with contextlib.suppress(OSError):
+        for line in progress.read_text().splitlines():
+            if line.startswith("frame="):
+                with contextlib.suppress(ValueError):
+                    frames = int(line.split("=", 1)[1])
+    return frames
+
+
+def run_ffmpeg(args: argparse.Namespace, tmp: Path) -> Result:
+    k_cameras = args.ffmpeg
+    port = free_port()
+    stats_file = tmp / "sim-ffmpeg.json"
+    out_dir = tmp / "ffmpeg"
+    out_dir.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    statuses: list[int] = []
+    with running(simulator_argv(args, k_cameras, port, stats_file), tmp / "sim-ffmpeg.log") as sim:
+        wait_port(port, sim, SIM_START_TIMEOUT_SECONDS)
+        with contextlib.ExitStack() as stack:
+            for k in range(1, k_cameras + 1):
+                cam_dir = out_dir / f"cam{k}"
+                cam_dir.mkdir()
+                argv = [
+                    args.ffmpeg_bin,
+                    "-nostdin",
+                    "-hide_banner",
+                    "-loglevel",
+                    "warning",
+                    "-nostats",
+                    "-progress",
+                    str(cam_dir / "progress.txt"),
+                    "-rtsp_transport",
+                    "tcp",
+                    "-i",
+                    f"rtsp://127.0.0.1:{port}/cam{k}",
+                    "-map",
+                    "0:v",
+                    "-c",
+                    "copy",
+                    "-f",
+                    "segment",
+                    "-segment_time",
+                    str(args.segment_seconds),
+                    "-segment_format",
+                    "mp4",
+                    "-reset_timestamps",
+                    "1",
+                    str(cam_dir / "%05d.mp4"),
+                ]
+                procs.append(stack.enter_context(running(pinned(args.core, argv), cam_dir / "ffmpeg.log")))
+            wait_playing(stats_file, k_cameras, [sim, *procs], READY_TIMEOUT_SECONDS)
+            time.sleep(args.warmup)
+            pids = [p.pid for p in procs]
+            cpu = measure(pids, sim.pid, args.seconds, args.window)
+            rss = sum(status_kib(p, "VmRSS") for p in pids) / 1024
+            rss_max = sum(status_kib(p, "VmHWM") for p in pids) / 1024
+            pss = sum(pss_kib(p) for p in pids) / 1024
+            stop_process(sim)
+            # ffmpeg ends by itself at the end of the stream; give it --settle seconds.
+            deadline = time.monotonic() + args.settle + 5
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(0.2)
+            statuses = [stop_process(p)[0] for p in procs]
+    stats = read_stats(stats_file)
+    if stats is None:
+        raise SystemExit(f"bench: no final simulator stats in {stats_file}")
+    # ffmpeg's segment muxer also starts at the first keyframe (checked with ffprobe).
+    sent, _, _ = frames_sent(stats, k_cameras)
+    recorded = {
+        f"cam{k}": ffmpeg_frames(out_dir / f"cam{k}" / "progress.txt") for k in range(1, k_cameras + 1)
+    }
+    lost = {cam: n - recorded[cam] for cam, n in sent.items()}
+    worst = max(lost, key=lambda cam: lost[cam])
+    return Result(
+        name="ffmpeg -c copy",
+        cameras=k_cameras,
+        cpu=cpu,
+        rss_mib=rss,
+        rss_max_mib=rss_max,
+        pss_mib=pss,
+        frames_sent=sum(sent.values()),
+        frames_recorded=sum(recorded.values()),
+        sim_frames_dropped=int(stats["totals"]["frames_dropped"]),
+        sim_sessions_total=int(stats["totals"]["sessions_total"]),
+        worst_camera=worst,
+        worst_camera_lost=lost[worst],
+        exit_status=max(statuses, default=0),
+    )
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def source_revision() -> str:
+    """The git revision the recorder runs from, ``+`` when the tree has local changes."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+" if dirty else "")
+
+
+def print_report(args: argparse.Namespace, results: list[Result]) -> None:
+    print(
+        f"\ningest benchmark: {args.width}x{args.height}@{args.fps}, {args.bitrate / 1e6:g} Mbit/s, "
+        f"segments of {args.segment_seconds} s, measured {args.seconds:g} s in {args.window:g} s windows "
+        f"after {args.warmup:g} s warm-up; measured processes on core {args.core}, "
+        f"simulator on {'any core' if args.sim_core is None else f'core {args.sim_core}'}"
+    )
+    print(
+        f"csud {source_revision()}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        + (f", recorder environment {' '.join(args.recorder_env)}" if args.recorder_env else "")
+        + (f", PYTHONPATH={os.environ['PYTHONPATH']}" if os.environ.get("PYTHONPATH") else "")
+    )
+    rows: list[tuple[str, ...]] = [
+        (
+            "recorder",
+            "cams",
+            "CPU % 1 core (median [min-max], mean)",
+            "CPU %/cam",
+            "RSS MiB (peak)",
+            "RSS MiB/cam",
+            "sent",
+            "recorded",
+            "lost",
+            "lost %",
+            "sim drops",
+            "sim CPU %",
+        )
+    ]
+    for r in results:
+        w = r.cpu
+        per_cam_rss = (
+            f"{(r.rss_mib - r.idle_rss_mib) / r.cameras:.2f} (raw {r.rss_mib / r.cameras:.2f})"
+            if r.idle_rss_mib
+            else f"{r.rss_mib / r.cameras:.2f} (PSS {r.pss_mib / r.cameras:.2f})"
+        )
+        rows.append(
+            (
+                r.name,
+                str(r.cameras),
+                f"{w.measured_median:.1f} [{min(w.measured):.1f}-{max(w.measured):.1f}], "
+                f"{w.measured_mean:.1f}",
+                f"{r.cpu_per_camera:.3f}",
+                f"{r.rss_mib:.0f} ({r.rss_max_mib:.0f})",
+                per_cam_rss,
+                str(r.frames_sent),
+                str(r.frames_recorded),
+                str(r.frames_lost),
+                f"{r.lost_percent:.3f}",
+                str(r.sim_frames_dropped),
+                f"{w.simulator_median:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in results:
+        print(f"\n{r.name}:")
+        print(f"  CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.measured)}")
+        print(
+            f"  CPU % over the interval: user {r.cpu.user_mean:.1f}, system {r.cpu.system_mean:.1f}; "
+            f"main thread(s) {r.cpu.main_thread_mean:.1f}, other threads "
+            f"{max(0.0, r.cpu.user_mean + r.cpu.system_mean - r.cpu.main_thread_mean):.1f}"
+        )
+        print(f"  simulator CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.simulator)}")
+        print(
+            f"  worst camera {r.worst_camera}: {r.worst_camera_lost} frames lost; "
+            f"sessions set up {r.sim_sessions_total} for {r.cameras} cameras"
+        )
+        if r.name == "csud":
+            print(
+                f"  idle recorder (one unreachable camera): RSS {r.idle_rss_mib:.0f} MiB, "
+                f"CPU {r.idle_cpu_percent:.1f} %; PSS at end {r.pss_mib:.0f} MiB"
+            )
+            print(f"  SIGTERM -> exit {r.exit_status} in {r.stop_seconds:.1f} s")
+            if r.metrics:
+                print(f"  recorder counters at the end: {r.metrics}")
+            print(f"  warnings/errors while recording: {r.log_events or 'none'}")
+            print(f"  after the simulator stopped (reconnects expected): {r.after_stop_events or 'none'}")
+        else:
+            print(f"  worst exit status {r.exit_status}; PSS {r.pss_mib:.0f} MiB in total")
+    csud = next((r for r in results if r.name == "csud"), None)
+    ff = next((r for r in results if r.name != "csud"), None)
+    if csud and ff and ff.cpu_per_camera > 0:
+        ratio = csud.cpu_per_camera / ff.cpu_per_camera
+        print(
+            f"\nper camera, csud ({csud.cameras} cams) costs {ratio:.2f}x the CPU of ffmpeg -c copy "
+            f"({ff.cameras} processes): {csud.cpu_per_camera:.3f} % vs {ff.cpu_per_camera:.3f} % of one core"
+        )
+        print(
+            f"per camera, RSS: csud {(csud.rss_mib - csud.idle_rss_mib) / csud.cameras:.2f} MiB above idle "
+            f"vs ffmpeg {ff.pss_mib / ff.cameras:.2f} MiB PSS ({ff.rss_mib / ff.cameras:.2f} MiB RSS)"
+        )
+    if csud:
+        ok = csud.cpu.measured_median < 50 and csud.frames_lost == 0 and csud.sim_frames_dropped == 0
+        print(
+            f"\ntarget (under 50 % of one core, no frame lost): {'met' if ok else 'NOT met'} "
+            f"at {csud.cameras} cameras"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cameras", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measurement (default 30)")
+    parser.add_argument("--bitrate", type=int, default=4_000_000)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--segment-seconds", type=int, default=60)
+    parser.add_argument("--ffmpeg", type=int, default=0, metavar="K", help="also run K ffmpeg -c copy")
+    parser.add_argument("--ffmpeg-bin", default="/usr/bin/ffmpeg")
+    parser.add_argument("--no-csud", action="store_true", help="only the ffmpeg side")
+    parser.add_argument("--core", type=int, default=1, help="core the recorder(s) are pinned to")
+    parser.add_argument(
+        "--sim-core", default="other", help="core for the simulator: a number, 'other' (default), 'none'"
+    )
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--window", type=float, default=5.0, help="CPU measurement window (default 5 s)")
+    parser.add_argument("--settle", type=float, default=2.0, help="from simulator stop to recorder stop")
+    parser.add_argument(
+        "--scrape-metrics",
+        action="store_true",
+        help="enable the recorder's metrics endpoint and read its counters after the run",
+    )
+    parser.add_argument(
+        "--recorder-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the recorder (and the idle baseline), e.g. MALLOC_TRIM_THRESHOLD_=...",
+    )
+    parser.add_argument("--tmp-dir", type=Path, help="parent of the temporary directory")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--keep-on-loss", action="store_true", help="keep it if frames were lost")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    ncpu = os.cpu_count() or 1
+    if args.sim_core == "none":
+        args.sim_core = None
+    elif args.sim_core == "other":
+        args.sim_core = next((c for c in sorted(os.sched_getaffinity(0)) if c != args.core), None)
+    else:
+        args.sim_core = int(args.sim_core)
+    if args.cameras < 1 or args.seconds <= 0 or args.ffmpeg < 0 or not 0 <= args.core < ncpu:
+        parser.error("--cameras >= 1, --seconds > 0, --ffmpeg >= 0, --core within the machine's cores")
+
+    tmp = Path(tempfile.mkdtemp(prefix="csud-bench-", dir=args.tmp_dir))
+    results: list[Result] = []
+    try:
+        if not args.no_csud:
+            results.append(run_csud(args, tmp))
+        if args.ffmpeg:
+            results.append(run_ffmpeg(args, tmp))
+    finally:
+        lost = any(r.frames_lost or r.sim_frames_dropped for r in results)
+        if args.keep or (lost and args.keep_on_loss):
+            print(f"bench: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print_report(args, results)
+    status = 0
+    for r in results:
+        if r.name == "csud" and r.exit_status != 0:
+            print(f"bench: the recorder exited with status {r.exit_status} after SIGTERM", file=sys.stderr)
+            status = 1
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "results": [
+                        {
+                            **asdict(r),
+                            "cpu_median": r.cpu.measured_median,
+                            "cpu_per_camera": r.cpu_per_camera,
+                            "simulator_cpu_median": r.cpu.simulator_median,
+                            "frames_lost": r.frames_lost,
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
