@@ -132,7 +132,10 @@ BAD = {
         "cameras[0].url: credentials both in the URL and in username/password",
     ),
     "invalid toml": ("[storage\n", "invalid TOML"),
-    "bad udp bind address": ("[network]\nudp_bind = 'eth0'\n" + BASE, "network.udp_bind: not an IP address: 'eth0'"),
+    "bad udp bind address": (
+        "[network]\nudp_bind = 'eth0'\n" + BASE,
+        "network.udp_bind: not an IP address: 'eth0'",
+    ),
     "retention interval zero": ("[retention]\ninterval_seconds = 0\n" + BASE, "retention.interval_seconds:"),
     "unknown retention key": ("[retention]\nintervall = 5\n" + BASE, "retention.intervall: unknown key"),
     "min free percent 100": (
