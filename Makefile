@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_SECONDS ?= 30
 
-.PHONY: install demo test check lint typecheck bench clean
+.PHONY: install install-service demo test check lint typecheck bench fuzz clean
 
 install: $(STAMP)
 
@@ -30,9 +30,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+## fuzz: 10^6 mutated inputs through every parser of camera bytes (scripts/fuzz.py; not in make test)
+fuzz: install
+	$(BIN)/python scripts/fuzz.py --inputs 1000000
+
 ## bench: ingest benchmark (50 cameras, 4 Mbit/s, 30 s)
 bench: install
 	$(BIN)/python scripts/bench_ingest.py --cameras 50 --seconds 30
+
+## install-service: as root, install csud as a systemd service (user, /etc/csud, /var/lib/csud, unit)
+install-service:
+	./scripts/install.sh
 
 clean:
 	rm -rf $(VENV) demo-store .pytest_cache .mypy_cache .ruff_cache

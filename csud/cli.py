@@ -21,7 +21,12 @@ from csud.errors import ConfigError, CsudError, UsageError
 
 # Each of these modules defines ``register(subparsers, with_config)``, which adds its
 # subcommands and sets ``handler`` (a function of the parsed arguments returning the exit code).
-COMMAND_MODULES: tuple[str, ...] = ("csud.commands.evidence", "csud.commands.retention")
+COMMAND_MODULES: tuple[str, ...] = (
+    "csud.commands.check",
+    "csud.commands.evidence",
+    "csud.commands.retention",
+    "csud.commands.service",
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

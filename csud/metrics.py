@@ -7,17 +7,32 @@ and :func:`export` copies them into the registry in aggregate, every few seconds
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from csud import __version__
 
 if TYPE_CHECKING:
     from csud.aio.recorder import CameraRecorder
 
+# No ``*_created`` series: they would double the series per camera for nothing we alert on.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_start_time_seconds (a watchdog restart shows as a change of it), CPU, RSS, open fds.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 _CAM = ("camera", "commune")
 
 camera_up = Gauge("csud_camera_up", "1 while the camera's session delivers media", _CAM, registry=REGISTRY)
@@ -46,6 +61,12 @@ camera_dropped_frames = Counter(
     "csud_camera_dropped_frames", "Frames not recorded, by reason", (*_CAM, "reason"), registry=REGISTRY
 )
 segments_written = Counter("csud_segments_written", "Segments closed and indexed", _CAM, registry=REGISTRY)
+camera_last_segment = Gauge(
+    "csud_camera_last_segment_timestamp_seconds",
+    "End of the last segment indexed (before the first: when the camera's recorder started)",
+    _CAM,
+    registry=REGISTRY,
+)
 segment_write_seconds = Histogram(
     "csud_segment_write_seconds",
     "Time to finish a segment: flush, fsync, rename, directory fsync, index row",
@@ -57,6 +78,7 @@ storage_used = Gauge(
     "csud_storage_used_bytes", "Bytes of footage in the store", ("commune",), registry=REGISTRY
 )
 storage_free = Gauge("csud_storage_free_bytes", "Free bytes on the store's filesystem", registry=REGISTRY)
+storage_size = Gauge("csud_storage_size_bytes", "Size of the store's filesystem", registry=REGISTRY)
 retention_deleted = Counter(
     "csud_retention_deleted_segments",
     "Segments destroyed, by reason (retention, disk_pressure)",
@@ -81,16 +103,49 @@ storage_write_errors = Counter(
     _CAM,
     registry=REGISTRY,
 )
+extractions = Counter(
+    "csud_extractions",
+    "Judicial extractions journaled (one per camera of a requisition), read from the journal",
+    _CAM,
+    registry=REGISTRY,
+)
+event_loop_lag = Gauge(
+    "csud_event_loop_lag_seconds",
+    "Largest event-loop lag since the previous export (overshoot of a 0.5 s sleep)",
+    registry=REGISTRY,
+)
+config_reload_failures = Counter(
+    "csud_config_reload_failures",
+    "Configuration reloads (SIGHUP) refused: invalid file, or a change that needs a restart",
+    registry=REGISTRY,
+)
+config_reloads = Counter("csud_config_reloads", "Configuration reloads (SIGHUP) applied", registry=REGISTRY)
 build_info = Info("csud_build", "csud version", registry=REGISTRY)
 build_info.info({"version": __version__})
 
 _last: dict[tuple[str, str], dict[str, int]] = {}
+_extractions_seen: dict[tuple[str, str], dict[str, int]] = {}
+# Every series labelled exactly (camera, commune); forget() removes a camera's from each.
+_PER_CAMERA = (
+    camera_up,
+    camera_last_frame,
+    camera_received_bytes,
+    camera_frames,
+    camera_lost,
+    camera_reconnects,
+    camera_clock_offset,
+    segments_written,
+    camera_last_segment,
+    segment_write_seconds,
+    storage_write_errors,
+)
 
 
 def _inc(counter: Counter, labels: tuple[str, ...], key: str, value: int, seen: dict[str, int]) -> None:
+    child = counter.labels(*labels)  # exists from the first export, at 0: increase() needs it
     delta = value - seen.get(key, 0)
     if delta > 0:
-        counter.labels(*labels).inc(delta)
+        child.inc(delta)
     seen[key] = value
 
 
@@ -109,8 +164,37 @@ def export(recorders: Iterable[CameraRecorder]) -> None:
         _inc(camera_lost, labels, "lost", stats.lost_packets, seen)
         _inc(camera_reconnects, labels, "reconnects", stats.reconnects, seen)
         _inc(segments_written, labels, "segments", stats.segments_written, seen)
+        camera_last_segment.labels(*labels).set((stats.last_segment_end_ns or stats.created_ns) / 1e9)
         for reason, count in stats.dropped_frames.items():
             _inc(camera_dropped_frames, (*labels, reason), f"drop:{reason}", count, seen)
         durations, stats.segment_write_seconds = stats.segment_write_seconds, []
         for seconds in durations:
             segment_write_seconds.labels(*labels).observe(seconds)
+
+
+def restarted(camera: str, commune: str) -> None:
+    """A camera's recorder was replaced (reload): its new counters start at 0, count from there."""
+    _last.pop((camera, commune), None)
+
+
+def forget(camera: str, commune: str) -> None:
+    """Remove a camera's series (removed by a reload, or moved to another commune)."""
+    labels = (camera, commune)
+    seen = _last.pop(labels, {})
+    for metric in _PER_CAMERA:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
+    for key in seen:
+        if key.startswith("drop:"):
+            with contextlib.suppress(KeyError):
+                camera_dropped_frames.remove(*labels, key.removeprefix("drop:"))
+
+
+def export_extractions(counts: dict[tuple[str, str], int]) -> None:
+    """Journal counts of ``extraction`` entries per (camera, commune) -> ``csud_extractions_total``.
+
+    The journal is append-only, so its counts only grow: the counter advances by their delta
+    (from 0 at daemon start, like every counter here).
+    """
+    for labels, count in counts.items():
+        _inc(extractions, labels, "n", count, _extractions_seen.setdefault(labels, {}))

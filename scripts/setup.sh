@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # ffmpeg: ffprobe checks recorded segments in the tests. python3-venv: the virtualenv.
-APT_PACKAGES=(ffmpeg python3-venv gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools)
+# prometheus: promtool checks the metrics and alert rules. systemd: systemd-analyze verify.
+APT_PACKAGES=(ffmpeg python3-venv prometheus systemd gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -13,6 +13,8 @@ version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, th
 (:mod:`csud.aio.journal`), the deletion intent (``segments.deleting_ns``: docs/storage.md,
 "Destroying segments") and a per-camera usage table kept by triggers, so that retention never
 scans the 14-million-row segments table to learn which cameras exist or how much they hold.
+Version 3 adds ``segments.missing_ns``: startup recovery marks a row whose file is gone
+(:mod:`csud.aio.recovery`).
 
 Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer returns them.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +144,23 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     _run_script(conn, JOURNAL_SCHEMA)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+_SCHEMA_V3 = """
+ALTER TABLE segments ADD COLUMN missing_ns INTEGER;
+CREATE INDEX segments_missing ON segments (missing_ns) WHERE missing_ns IS NOT NULL;
+"""
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3: ``segments.missing_ns``, set by startup recovery when a row's file is gone
+    (docs/storage.md, "Startup"); cleared if the file comes back."""
+    _run_script(conn, _SCHEMA_V3)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -297,8 +315,18 @@ class Index:
             raise
         conn.execute("COMMIT")
 
-    def add_segment(self, camera: str, commune: str, info: SegmentInfo, created_ns: int) -> int:
-        """Insert a durable segment and its fragments in one transaction; return its id."""
+    def add_segment(
+        self,
+        camera: str,
+        commune: str,
+        info: SegmentInfo,
+        created_ns: int,
+        journal: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Insert a durable segment and its fragments in one transaction; return its id.
+
+        ``journal``: keyword arguments of :meth:`Journal.append`, appended in the same
+        transaction (startup recovery journals each segment it publishes with its row)."""
         try:
             with self._lock, self._transaction() as conn:
                 cur = conn.execute(
@@ -323,6 +351,8 @@ class Index:
                     " VALUES (?, ?, ?, ?, ?)",
                     [(segment_id, f.start_ns, f.offset, f.size, f.frames) for f in info.fragments],
                 )
+                if journal is not None:
+                    Journal(conn).append(**journal)
                 return segment_id
         except sqlite3.Error as e:
             raise StorageError(f"index segment {info.relpath}: {e}") from e
@@ -361,6 +391,50 @@ class Index:
                 return conn.execute("DELETE FROM segments WHERE id = ?", (segment_id,)).rowcount > 0
         except sqlite3.Error as e:
             raise StorageError(f"index delete segment {segment_id}: {e}") from e
+
+    # -- startup recovery and ``csud check`` (docs/storage.md, "Startup") ---------------------
+
+    def camera_files(self, commune: str, camera: str) -> list[tuple[int, str, int, str, int | None]]:
+        """``(id, path, bytes, sha256, missing_ns)`` of the live rows of one camera directory
+        (rows marked ``deleting`` are left out: their file may rightly be gone)."""
+        rows = self._query(
+            "SELECT id, path, bytes, sha256, missing_ns FROM segments INDEXED BY segments_camera_start"
+            " WHERE camera = ? AND commune = ? AND deleting_ns IS NULL",
+            [camera, commune],
+        )
+        return [(int(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4]) for r in rows]
+
+    def camera_dirs(self) -> list[tuple[str, str]]:
+        """``(commune, camera)`` pairs that have rows (from the usage table: no scan)."""
+        return [(u.commune, u.camera) for u in self.usage()]
+
+    def has_path(self, path: str) -> bool:
+        return bool(self._query("SELECT 1 FROM segments WHERE path = ?", [path]))
+
+    def set_missing(
+        self, ids: Sequence[int], now_ns: int | None, entries: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """Mark rows whose file is gone (``now_ns``), or clear the mark (``None``), and append
+        the journal ``entries`` in the same transaction."""
+        try:
+            with self._lock, self._transaction() as conn:
+                conn.execute(
+                    "UPDATE segments SET missing_ns = ? WHERE id IN (SELECT value FROM json_each(?))",
+                    (now_ns, json.dumps(list(ids))),
+                )
+                journal = Journal(conn)
+                for entry in entries:
+                    journal.append(**entry)
+        except sqlite3.Error as e:
+            raise StorageError(f"index set missing: {e}") from e
+
+    def missing(self) -> list[SegmentRow]:
+        """Rows marked missing (their file was gone at a startup), by camera and start."""
+        rows = self._query(
+            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE missing_ns IS NOT NULL ORDER BY camera, start_ns",
+            [],
+        )
+        return [SegmentRow(*row) for row in rows]
 
     # -- retention (docs/storage.md, "Destroying segments") ---------------------------------
 
@@ -596,6 +670,32 @@ class Index:
     def verify_journal(self) -> JournalCheck:
         with self._lock:
             return Journal(self._conn).verify()
+
+    def journal_counts(self, kind: str) -> dict[tuple[str, str], int]:
+        """Entries of ``kind`` per (camera, commune); entries without a camera are left out."""
+        rows = self._query(
+            "SELECT camera, commune, COUNT(*) FROM journal WHERE kind = ? AND camera IS NOT NULL"
+            " GROUP BY camera, commune",
+            [kind],
+        )
+        return {(str(camera), str(commune or "")): int(n) for camera, commune, n in rows}
+
+    def check_writable(self) -> None:
+        """Take the write lock and update one row in place, then roll back; ``StorageError`` if not.
+
+        Cheap (nothing reaches the disk) and proves the database accepts a writer now: not
+        opened or mounted read-only, not locked by another process beyond ``busy_timeout``.
+        """
+        try:
+            with self._lock:
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("UPDATE journal_head SET entries = entries WHERE singleton = 1")
+                finally:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise StorageError(f"index not writable: {e}") from e
 
     def cameras(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT camera FROM segments ORDER BY camera", [])]

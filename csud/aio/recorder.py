@@ -64,7 +64,12 @@ class CameraStats:
     last_error: str = ""
     clock_offset_seconds: float = 0.0
     dropped_frames: dict[str, int] = field(default_factory=dict)
+    storage_errors: int = 0  # failed opens, writes, syncs (csud_storage_write_errors_total)
     segment_write_seconds: list[float] = field(default_factory=list)  # drained by metrics
+    # For `csud status` and the last-segment gauge; set by the writer task, once per segment.
+    last_segment_relpath: str = ""
+    last_segment_end_ns: int = 0
+    created_ns: int = field(default_factory=time.time_ns)  # when this recorder was built
 
 
 class Backoff:
@@ -266,13 +271,21 @@ class CameraRecorder:
     # -- writer task ---------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        """Carry out Open/Mux/Close in order. Ends on a ``None`` sentinel."""
+        """Carry out Open/Mux/Close in order. Ends on a ``None`` sentinel.
+
+        Storage errors come in episodes (a full disk fails every open and write until space
+        returns): each error is counted, but only the first of an episode is logged, and
+        ``storage_recovered`` when a write or close succeeds again ends it.
+        """
         writer: SegmentWriter | None = None
         frames = 0
+        episode_errors = 0  # storage errors since the last successful write
+        episode_started = 0.0
         while True:
             item = await self._queue.get()
             if item is None:
                 break
+            wrote = False  # a write or close reached the disk: ends a storage-error episode
             try:
                 if isinstance(item, tuple):
                     opened, (width, height), codec = item
@@ -286,13 +299,19 @@ class CameraRecorder:
                     if writer is not None:
                         await writer.write(item.frames)
                         frames += len(item.frames)
+                        wrote = True
+                    else:  # the segment failed to open or was closed by a storage error
+                        self._count_drop("storage_error", len(item.frames))
                 elif isinstance(item, Close) and writer is not None:
                     started = time.perf_counter()
                     info = await writer.close(item.end_ns, item.drop_tail)
                     writer = None
+                    wrote = True
                     if info is not None:
                         await self.index.add_segment(self.camera.id, self.commune.id, info)
                         self.stats.segments_written += 1
+                        self.stats.last_segment_relpath = info.relpath
+                        self.stats.last_segment_end_ns = info.end_ns
                         self.stats.bytes_written += info.bytes
                         self.stats.frames_recorded += info.frames
                         self.stats.segment_write_seconds.append(time.perf_counter() - started)
@@ -304,7 +323,11 @@ class CameraRecorder:
                             seconds=round((info.end_ns - info.start_ns) / NS_PER_SECOND, 3),
                         )
             except StorageError as exc:
-                self.log.error("storage_error", error=str(exc))
+                episode_errors += 1
+                if episode_errors == 1:
+                    episode_started = time.monotonic()
+                    self.log.error("storage_error", error=str(exc))
+                self.stats.storage_errors += 1
                 self.stats.last_error = str(exc)
                 from csud import metrics  # not the hot path: one increment per failed segment
 
@@ -318,6 +341,8 @@ class CameraRecorder:
                         if salvaged is not None:
                             await self.index.add_segment(self.camera.id, self.commune.id, salvaged)
                             self.stats.segments_written += 1
+                            self.stats.last_segment_relpath = salvaged.relpath
+                            self.stats.last_segment_end_ns = salvaged.end_ns
                             self.stats.bytes_written += salvaged.bytes
                             self.stats.frames_recorded += salvaged.frames
                             self.log.warning(
@@ -327,9 +352,18 @@ class CameraRecorder:
                             )
                         self._count_drop("storage_error", frames - (salvaged.frames if salvaged else 0))
                     except StorageError as salvage_exc:  # the .partial stays for startup recovery
-                        self.log.error("segment_salvage_failed", error=str(salvage_exc))
+                        if episode_errors == 1:
+                            self.log.error("segment_salvage_failed", error=str(salvage_exc))
                         await failed.abort()
                 self._writer_failed = True
+                continue
+            if episode_errors and wrote:
+                self.log.warning(
+                    "storage_recovered",
+                    errors=episode_errors,
+                    seconds=round(time.monotonic() - episode_started, 3),
+                )
+                episode_errors = 0
         if writer is not None:  # the pipeline always closes before the sentinel; be safe anyway
             await writer.abort()
 
@@ -449,6 +483,14 @@ class IndexService:
             self._executor, self.index.add_segment, camera, commune, info, time.time_ns()
         )
         return row_id
+
+    async def check_writable(self) -> None:
+        """Raise ``StorageError`` unless the index takes its write lock now (``/healthz``).
+
+        Runs on the index thread, behind any queued segment inserts: a thread that is stuck
+        shows as a timeout in the caller, which is what the health check wants to see.
+        """
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.index.check_writable)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

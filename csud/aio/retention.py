@@ -32,7 +32,14 @@ from typing import Any, NamedTuple
 
 from csud import __version__, metrics
 from csud.aio.index import Index
-from csud.aio.journal import CONFIG_LOADED, DAEMON_STARTED, DAEMON_STOPPED, RECOVERED, SEGMENTS_DESTROYED
+from csud.aio.journal import (
+    CONFIG_LOADED,
+    DAEMON_STARTED,
+    DAEMON_STOPPED,
+    EXTRACTION,
+    RECOVERED,
+    SEGMENTS_DESTROYED,
+)
 from csud.config import LoadedConfig, Settings
 from csud.errors import CsudError
 from csud.log import get_logger
@@ -366,6 +373,8 @@ class Retention:
         for u_commune, used in self._usage_by_commune().items():
             metrics.storage_used.labels(u_commune).set(used)
         metrics.holds_active.set(len(self._holds(now_ns)))
+        # Extractions are made by the CLI, in another process: the journal is where they show.
+        metrics.export_extractions(self.index.journal_counts(EXTRACTION))
         if report is not None:
             communes = {c.id for c in self.settings.communes} | set(report.overdue)
             for commune in communes:
@@ -425,14 +434,34 @@ class RetentionService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass (retention, then disk pressure) every ``retention.interval_seconds``."""
-        interval = self.settings.retention.interval_seconds
         while not stop.is_set():
             try:
                 await self._call(self.run_once)
             except (CsudError, OSError) as exc:  # the next pass retries; the gauge shows it
                 self.log.error("retention_pass_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            with contextlib.suppress(TimeoutError):  # read each time: a reload may change it
+                await asyncio.wait_for(stop.wait(), self.settings.retention.interval_seconds)
+
+    async def reload(self, loaded: LoadedConfig, details: dict[str, Any]) -> None:
+        """Adopt a reloaded configuration and journal ``config_loaded`` for it.
+
+        Runs on the retention thread, so a pass in progress finishes with the policies it
+        started with and the next one uses the new ones (a shortened window applies at once).
+        """
+
+        def work() -> None:
+            self.settings = loaded.settings
+            if self.retention is None:
+                return
+            self.retention.settings = loaded.settings
+            self.retention.policies = policies_from(loaded.settings)
+            self.retention.index.append_journal(
+                CONFIG_LOADED,
+                now_ns=self._clock(),
+                details={"path": str(loaded.path), "sha256": loaded.sha256, "reload": True, **details},
+            )
+
+        await self._call(work)
 
     def run_once(self) -> PassReport:
         assert self.retention is not None

@@ -14,7 +14,9 @@ exceeds ``max_write_buffer`` bytes loses that frame (counted in ``frames_dropped
 sequence numbers still advance so the client sees the loss), so a slow client never grows the
 simulator's memory. The per-session send path has one hook, ``SimOptions.frame_hook``
 (``(session, frame, wire_bytes) -> bytes | None``; ``None`` drops the frame), where faults
-are meant to plug in.
+plug in, with ``request_hook`` and ``response_hook`` for the RTSP ones: ``SimOptions.faults``
+(``csud simulate --fault [CAMERAS=]KIND[:ARG][@START[+DURATION]]``, e.g. ``cam2=loss:5``)
+installs all three; the kinds and the syntax are documented in :mod:`csud.sim.faults`.
 
 RTSP: OPTIONS, DESCRIBE, SETUP (``RTP/AVP/TCP``; the client's interleaved channels, or the
 first free pair), PLAY (``RTP-Info`` gives the first packet's seq and rtptime), GET_PARAMETER
@@ -88,6 +90,7 @@ import structlog
 
 from csud.proto.rtp import build_sender_report, unix_ns_to_ntp
 from csud.sim.clip import Clip, ClipParams, load_clip
+from csud.sim.faults import FaultInjector
 from csud.sim.packets import (
     DEFAULT_MTU_PAYLOAD,
     PAYLOAD_TYPE,
@@ -124,6 +127,9 @@ _CAMERA_PATH = re.compile(r"^/cam([1-9][0-9]{0,5})(?:/(.*))?$")
 
 Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 FrameHook = Callable[["Session", PacketizedFrame, bytearray], "bytes | bytearray | None"]
+# Fault hooks (csud.sim.faults): answer a request instead of the server; send a response otherwise.
+RequestHook = Callable[["RtspConnection", Request], "Reply | None"]
+ResponseHook = Callable[["RtspConnection", Request, bytes], bool]  # True: the hook sent it
 
 
 @dataclass(slots=True)
@@ -153,6 +159,9 @@ class SimOptions:
     clip_cache_dir: Path | None = None
     use_clip_cache: bool = True
     frame_hook: FrameHook | None = field(default=None, repr=False)
+    request_hook: RequestHook | None = field(default=None, repr=False)
+    response_hook: ResponseHook | None = field(default=None, repr=False)
+    faults: FaultInjector | None = field(default=None, repr=False)  # installs the three hooks
     # Camera quirks, for the recorder's tests:
     payload_type: int = PAYLOAD_TYPE  # dynamic payload type in the SDP and the RTP headers
     control: Literal["relative", "absolute", "star"] = "relative"  # the media's a=control
@@ -442,7 +451,10 @@ class RtspConnection(asyncio.Protocol):
         except Exception:  # one bad request must never take the simulator down
             log.exception("sim.request_failed", method=request.method)
             status, headers, body = 500, [], b""
-        self._write(format_response(status, cseq, headers, body))
+        response = format_response(status, cseq, headers, body)
+        response_hook = self.server.options.response_hook
+        if response_hook is None or not response_hook(self, request, response):
+            self._write(response)
         if request.method == "TEARDOWN" and status == 200 and not self.sessions:
             self.close()
 
@@ -451,6 +463,11 @@ class RtspConnection(asyncio.Protocol):
         method = request.method
         if method not in _HANDLERS:
             return 501, [("Public", PUBLIC_METHODS)], b""
+        request_hook = server.options.request_hook
+        if request_hook is not None:
+            reply = request_hook(self, request)
+            if reply is not None:
+                return reply
         now = server.loop_time()
         # Any request keeps the sessions of this connection alive.
         for own in self.sessions.values():
@@ -727,6 +744,8 @@ class SimServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 2.0)
         await asyncio.sleep(0)  # let connection_lost callbacks run
+        if self.options.faults is not None:
+            self.options.faults.close()
         if self.options.stats_file is not None:
             self._write_stats_file()
         log.info("sim.closed", port=self.port)
@@ -977,6 +996,8 @@ async def serve(options: SimOptions) -> SimServer:
         use_cache=options.use_clip_cache,
     )
     frames = packetize_clip(clip, options.mtu_payload, options.payload_type)
+    if options.faults is not None:
+        await options.faults.prepare(options)
     server = SimServer(options, clip, frames)
     try:
         await server._start()
@@ -1011,6 +1032,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--session-timeout", type=float, default=60.0)
     parser.add_argument("--stats-file", type=Path)
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="[CAMERAS=]KIND[:ARG][@START[+DURATION]]",
+        help="inject a fault (repeatable), e.g. cam2=loss:5, 3=stall:20@10, reboot@12; see csud.sim.faults",
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the faults' randomness")
     return parser
 
 
@@ -1032,6 +1061,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         inband_parameter_sets=not args.no_inband_parameter_sets,
         session_timeout=args.session_timeout,
         stats_file=args.stats_file,
+        faults=FaultInjector.from_text(args.fault, args.fault_seed) if args.fault else None,
     )
 
 

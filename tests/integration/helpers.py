@@ -71,11 +71,13 @@ def write_config(
     segment_seconds: int = 5,
     auth: str = "",
     camera_options: Sequence[Mapping[str, str | float | int]] = (),
+    metrics_listen: str = "",
 ) -> Path:
     """A config for ``cameras`` cameras ``cam1``.. at ``rtsp://127.0.0.1:port/camN``.
 
     ``camera_options[i]`` overrides camera ``i + 1``: ``path`` (URL path, default ``/camN``)
     and any camera key (``username``, ``password``, ``transport``, ``stall_seconds``...).
+    ``metrics_listen`` is ``metrics.listen`` (default ``""``: no HTTP endpoint).
     """
     root = tmp / "store"
     lines = [
@@ -85,7 +87,7 @@ def write_config(
         "[network]",
         'udp_bind = "127.0.0.1"',
         "[metrics]",
-        'listen = ""',
+        f"listen = {json.dumps(metrics_listen)}",
         "[[communes]]",
         'id = "metz"',
         'name = "Metz"',
@@ -109,10 +111,13 @@ def write_config(
 
 
 @contextmanager
-def daemon(config: Path, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(
+    config: Path, tmp: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     log = (tmp / "csud.log").open("ab")
     env = dict(os.environ)
     env.pop("CSUD_CONFIG", None)
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [CSUD, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
     )

@@ -388,7 +388,7 @@ def test_migration_from_version_1_keeps_data_and_fills_usage(tmp_path: Path) -> 
     conn.close()
     index = Index.open(path)
     try:
-        assert index.schema_version == 2
+        assert index.schema_version == 3
         assert [(u.camera, u.segments, u.bytes) for u in index.usage()] == [("c", 1, 42)]
         assert index.verify_journal().ok and index.journal_entries() == []
     finally:
