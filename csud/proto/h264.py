@@ -1,10 +1,12 @@
 """H.264 over RTP (RFC 6184) and the few H.264 bitstream facts csud needs.
 
-What belongs here: NAL unit type constants, the receive-side depacketizer (a sans-IO state
-machine, the hot path of the daemon: RTP packets in, :mod:`csud.proto.media` events out),
-the send-side packetizer used by the camera simulator, Annex B splitting and the SPS fields
-a recorder needs (picture size, profile, level). What does not: sockets, clocks, timestamps
-mapped to wall time (``timeline.py``), decoding, and any import of av/aiortsp/asyncio.
+What belongs here: NAL unit type constants, :data:`PAYLOAD_FORMAT` (what RFC 6184 is, for
+the machinery H.264 and H.265 share in :mod:`csud.proto.depacketizer`), the receive-side
+depacketizer built on it (a sans-IO state machine, the hot path of the daemon: RTP packets
+in, :mod:`csud.proto.media` events out), the send-side packetizer used by the camera
+simulator, Annex B splitting and the SPS fields a recorder needs (picture size, profile,
+level). What does not: sockets, clocks, timestamps mapped to wall time (``timeline.py``),
+decoding, and any import of av/aiortsp/asyncio.
 
 Supported packetization: single NAL unit packets, STAP-A and FU-A (packetization-mode 0
 and 1, which is what IP cameras send). STAP-B, MTAP and FU-B (interleaved mode) are
@@ -13,15 +15,29 @@ refused with ``ValueError``.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from csud.proto.bits import BitReader as _BitReader
 from csud.proto.bits import unescape_rbsp
-from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
-from csud.proto.rtp import RTP_HEADER_SIZE, RTP_SEQ_MOD, RTP_VERSION, Buffer, parse_header
+from csud.proto.depacketizer import (
+    DEFAULT_CLOCK_RATE,
+    FU_HEADER_SIZE,
+    NAL_SIZE_FIELD_SIZE,
+    PayloadFormat,
+    RtpDepacketizer,
+)
+
+# The memory bounds are part of this module's interface (explicit re-exports).
+from csud.proto.depacketizer import DEFAULT_MTU_PAYLOAD as DEFAULT_MTU_PAYLOAD
+from csud.proto.depacketizer import FU_END_BIT as FU_END_BIT
+from csud.proto.depacketizer import FU_START_BIT as FU_START_BIT
+from csud.proto.depacketizer import MAX_AU_NALS as MAX_AU_NALS
+from csud.proto.depacketizer import MAX_AU_SIZE as MAX_AU_SIZE
+from csud.proto.depacketizer import MAX_FU_FRAGMENTS as MAX_FU_FRAGMENTS
+from csud.proto.depacketizer import MAX_NAL_SIZE as MAX_NAL_SIZE
+from csud.proto.rtp import Buffer
 
 # --- NAL unit types (H.264 table 7-1, RFC 6184 table 1) --------------------------------
 NAL_SLICE = 1
@@ -61,61 +77,59 @@ NAL_NRI_MASK = 0x60
 NAL_FORBIDDEN_BIT = 0x80
 NAL_F_NRI_MASK = NAL_FORBIDDEN_BIT | NAL_NRI_MASK
 
-FU_HEADER_SIZE = 1  # S(1) E(1) R(1) type(5)
 FU_A_HEADER_SIZE = NAL_HEADER_SIZE + FU_HEADER_SIZE  # FU indicator + FU header
-FU_START_BIT = 0x80
-FU_END_BIT = 0x40
 
-STAP_LENGTH_SIZE = 2
+STAP_LENGTH_SIZE = NAL_SIZE_FIELD_SIZE
 STAP_A_HEADER_SIZE = NAL_HEADER_SIZE
 MAX_STAP_NAL_SIZE = (1 << (8 * STAP_LENGTH_SIZE)) - 1
-
-_SEQ_MASK = RTP_SEQ_MOD - 1
-_SEQ_HALF = RTP_SEQ_MOD // 2
-
-# The header every camera sends (version 2, no padding, extension or CSRC) is parsed inline in
-# ``feed``: a function call per packet is a measurable share of the hot path. Any other first
-# byte goes through ``parse_header``, which validates it and raises the exact error.
-_PLAIN_RTP_FIRST_BYTE = RTP_VERSION << 6
-_RTP_MARKER_BIT = 0x80
-_unpack_rtp_header = struct.Struct("!BBHII").unpack_from
-
-# --- Memory bounds: a hostile or broken camera can never make one stream grow past these --
-MAX_NAL_SIZE = 8 << 20
-MAX_AU_SIZE = 32 << 20
-MAX_AU_NALS = 4096  # far above any real slice count, bounds per-object overhead
-MAX_FU_FRAGMENTS = 1 << 16  # an 8 MiB NAL in 1400-byte fragments needs ~6,000
-
-DEFAULT_CLOCK_RATE = 90_000
-DEFAULT_MTU_PAYLOAD = 1400
 
 # NAL types that can only appear at the start of an access unit, before its first slice
 # (H.264 7.4.1.2.3). After a gap, decoding resumes at one of these or at a slice whose
 # first_mb_in_slice is 0, i.e. where no slice of the picture can have been lost.
 _AU_START_TYPES: Final = frozenset({NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD, 13, 14, 15, 16, 17, 18})
 _SLICE_HEADER_TYPES: Final = frozenset({NAL_SLICE, NAL_SLICE_DPA, NAL_IDR})
-_FIRST_MB_ZERO_BIT = 0x80  # first_mb_in_slice = ue(v) 0 is the single bit "1"
-
-_MALFORMED = Gap(lost_packets=0, reason="malformed")
 
 
-def _starts_picture(ntype: int, second_byte: int) -> bool:
-    """Whether a NAL unit of ``ntype`` (whose byte after the header is ``second_byte``, or
-    -1) begins a picture: no VCL NAL of its access unit can precede it."""
-    if ntype in _SLICE_HEADER_TYPES:
-        return second_byte >= 0 and bool(second_byte & _FIRST_MB_ZERO_BIT)
-    return ntype in _AU_START_TYPES
+def _stap_a_header(nals: Sequence[bytes]) -> bytes:
+    # RFC 6184 §5.7.1: F is the OR of the aggregated F bits, NRI their maximum.
+    f_nri = max(nal[0] & NAL_NRI_MASK for nal in nals) | (
+        NAL_FORBIDDEN_BIT if any(nal[0] & NAL_FORBIDDEN_BIT for nal in nals) else 0
+    )
+    return bytes((f_nri | STAP_A,))
 
 
-class H264Depacketizer:
+PAYLOAD_FORMAT: Final = PayloadFormat(
+    nal_header_size=NAL_HEADER_SIZE,
+    type_shift=0,
+    type_mask=NAL_TYPE_MASK,
+    min_single_type=NAL_SLICE,
+    max_single_type=MAX_SINGLE_NAL_TYPE,
+    fu_type=FU_A,
+    fu_name="FU-A",
+    max_fu_nal_type=NAL_TYPE_MASK,  # not checked: any type goes on to the decoder
+    aggregation_type=STAP_A,
+    aggregation_name="STAP-A",
+    aggregated_too_short="STAP-A NAL unit length {size}",
+    aggregation_header=_stap_a_header,
+    nal_too_short="empty NAL unit",
+    unsupported_types=UNSUPPORTED_NAL_TYPES,
+    key_types=frozenset({NAL_IDR}),
+    parameter_set_types=frozenset({NAL_SPS, NAL_PPS}),
+    slice_types=_SLICE_HEADER_TYPES,
+    picture_start_types=_AU_START_TYPES,
+)
+
+
+class H264Depacketizer(RtpDepacketizer):
     """RTP packets of one H.264 stream in, :class:`AccessUnit`/:class:`Gap`/:class:`StreamReset`
     events out (appended to ``self.events``; drain with :meth:`take_events`).
 
-    Invariants:
+    The invariants of :class:`csud.proto.depacketizer.RtpDepacketizer` hold, with H.264 terms:
 
     * An emitted :class:`AccessUnit` is complete as far as RTP can tell: no sequence gap, no
       malformed packet and no unfinished FU-A inside it, and it begins at a picture start.
-      Anything else is discarded and announced by a :class:`Gap` before the next unit.
+      Anything else is discarded and announced by a :class:`Gap` before the next unit. Its
+      ``keyframe`` is true when it holds an IDR slice.
     * After a :class:`Gap` (or at stream start, or after a :class:`StreamReset`) packets are
       dropped until one begins a picture (an SEI/SPS/PPS/AUD NAL unit, or a slice with
       ``first_mb_in_slice == 0``), so a unit that lost its first slices is never emitted.
@@ -123,338 +137,30 @@ class H264Depacketizer:
       and ``MAX_AU_NALS``; ``self.events`` grows only until the caller drains it.
     * Every ``ValueError`` from :meth:`feed` leaves the object usable and has already
       appended ``Gap(0, "malformed")``; the next packet is processed normally.
+
+    ``sps``/``pps``: the latest parameter sets seen, from ``sprop_nals`` (the SDP's
+    ``sprop-parameter-sets``) or in band; None until then.
     """
 
     def __init__(self, sprop_nals: Iterable[bytes] = (), clock_rate: int = DEFAULT_CLOCK_RATE) -> None:
-        self.clock_rate = clock_rate
-        self.events: list[MediaEvent] = []
         self.sps: bytes | None = None
         self.pps: bytes | None = None
-        for nal in sprop_nals:
-            if nal:
-                ntype = nal[0] & NAL_TYPE_MASK
-                if ntype == NAL_SPS:
-                    self.sps = bytes(nal)
-                elif ntype == NAL_PPS:
-                    self.pps = bytes(nal)
-        # Counters (plain ints, exported by the caller).
-        self.packets = 0
-        self.bytes = 0
-        self.lost_packets = 0
-        self.late_packets = 0
-        self.malformed_packets = 0
-        self.access_units = 0
-        # Stream state.
-        self._ssrc = -1
-        self._expected_seq = -1  # -1: not synchronised (first packet sets it)
-        self._resync = True  # dropping until a picture start
-        # Access unit in progress.
-        self._au_ts = -1
-        self._au_nals: list[bytes] = []
-        self._au_size = 0
-        self._au_key = False
-        # FU-A in progress (None: none). Parts are joined once, at the end fragment.
-        self._fu_parts: list[Buffer] | None = None
-        self._fu_size = 0
-        self._fu_type = 0
+        super().__init__(PAYLOAD_FORMAT, sprop_nals, clock_rate)
 
-    # -- public ---------------------------------------------------------------------------
-
-    def take_events(self) -> list[MediaEvent]:
-        """The events appended since the last call, handed over (the caller owns the list).
-
-        Cheapest when the caller tests ``if depacketizer.events:`` first, as most packets
-        (FU-A middles) produce none.
-        """
-        events = self.events
-        self.events = []
-        return events
-
-    @property
-    def ssrc(self) -> int | None:
-        """SSRC of the stream being received (None before the first packet)."""
-        return None if self._ssrc < 0 else self._ssrc
-
-    @property
-    def highest_seq(self) -> int | None:
-        """Highest sequence number received so far, 16-bit (for RTCP receiver reports)."""
-        return None if self._expected_seq < 0 else (self._expected_seq - 1) & _SEQ_MASK
-
-    def feed(self, buf: Buffer, start: int = 0, end: int | None = None) -> None:
-        """Process one whole RTP packet held in ``buf[start:end]`` (payload type not checked).
-
-        The buffer is not retained: every byte kept is copied out, so the caller may reuse it.
-        """
-        if end is None:
-            end = len(buf)
-        self.packets += 1
-        self.bytes += end - start
-        if start >= 0 and start + RTP_HEADER_SIZE <= end <= len(buf) and buf[start] == _PLAIN_RTP_FIRST_BYTE:
-            _b0, marker, seq, ts, ssrc = _unpack_rtp_header(buf, start)
-            marker &= _RTP_MARKER_BIT
-            pos = start + RTP_HEADER_SIZE
-            stop = end
-        else:
-            try:
-                _pt, seq, ts, ssrc, marker, pos, stop = parse_header(buf, start, end)
-            except ValueError:
-                self._malformed()
-                raise
-        if ssrc != self._ssrc:
-            self._new_ssrc(ssrc)
-        expected = self._expected_seq
-        if seq != expected and expected >= 0:
-            delta = (seq - expected) & _SEQ_MASK
-            if delta >= _SEQ_HALF:
-                self.late_packets += 1
-                return
-            self.lost_packets += delta
-            self._discard()
-            self.events.append(Gap(delta, "loss"))
-        self._expected_seq = (seq + 1) & _SEQ_MASK
-
-        if ts != self._au_ts:
-            if self._au_nals or self._fu_parts is not None:
-                self._close_au()
-            self._au_ts = ts
-        if pos >= stop:
-            self._fail("empty RTP payload")
-        indicator = buf[pos]
-        ntype = indicator & NAL_TYPE_MASK
-
-        if ntype == FU_A:
-            if stop - pos < FU_A_HEADER_SIZE:
-                self._fail(f"FU-A payload too short: {stop - pos} bytes")
-            fu = buf[pos + 1]
-            parts = self._fu_parts
-            if fu & FU_START_BIT:
-                if fu & FU_END_BIT:
-                    self._fail("FU-A fragment with both start and end bits")
-                if parts is not None:
-                    self._fail("FU-A start while a fragmented NAL unit is in progress")
-                ftype = fu & NAL_TYPE_MASK
-                if self._resync:
-                    second = buf[pos + 2] if stop - pos > FU_A_HEADER_SIZE else -1
-                    if not _starts_picture(ftype, second):
-                        return
-                    self._resync = False
-                self._fu_type = ftype
-                self._fu_parts = [
-                    bytes(((indicator & NAL_F_NRI_MASK) | ftype,)),
-                    self._copy(buf, pos + 2, stop),
-                ]
-                self._fu_size = NAL_HEADER_SIZE + stop - pos - FU_A_HEADER_SIZE
-                self._check_au(self._fu_size)
-            elif parts is None:
-                # Middle/end of a NAL whose start was lost (a Gap is out already) or skipped
-                # while resynchronising: part of a NAL unit that cannot be rebuilt.
-                pass
-            else:
-                if fu & NAL_TYPE_MASK != self._fu_type:
-                    self._fail(
-                        f"FU-A fragment type {fu & NAL_TYPE_MASK} does not match "
-                        f"fragmented NAL unit type {self._fu_type}"
-                    )
-                part = buf[pos + 2 : stop]
-                if type(part) is memoryview:  # a view would alias the caller's buffer
-                    part = bytes(part)
-                parts.append(part)
-                size = self._fu_size = self._fu_size + stop - pos - FU_A_HEADER_SIZE
-                if size > MAX_NAL_SIZE or self._au_size + size > MAX_AU_SIZE or len(parts) > MAX_FU_FRAGMENTS:
-                    if len(parts) > MAX_FU_FRAGMENTS:
-                        self._fail(f"FU-A NAL unit has more than {MAX_FU_FRAGMENTS} fragments")
-                    self._check_au(size)
-                if fu & FU_END_BIT:
-                    self._fu_parts = None
-                    self._push(b"".join(parts), self._fu_type)
-        elif 0 < ntype <= MAX_SINGLE_NAL_TYPE:
-            if self._fu_parts is not None:
-                self._fail(f"NAL unit type {ntype} while a fragmented NAL unit is in progress")
-            if self._resync:
-                if not _starts_picture(ntype, buf[pos + 1] if stop - pos > 1 else -1):
-                    return
-                self._resync = False
-            self._check_au(stop - pos)
-            self._push(bytes(buf[pos:stop]), ntype)
-        elif ntype == STAP_A:
-            self._stap_a(buf, pos, stop)
-        else:
-            self._fail(f"unsupported NAL unit type {ntype} ({UNSUPPORTED_NAL_TYPES[ntype]})")
-
-        if marker:
-            self._close_au()
-
-    # -- internals ------------------------------------------------------------------------
-
-    @staticmethod
-    def _copy(buf: Buffer, start: int, stop: int) -> Buffer:
-        # Slicing bytes/bytearray copies; a memoryview slice would alias the caller's buffer.
-        part = buf[start:stop]
-        return bytes(part) if type(part) is memoryview else part
-
-    def _stap_a(self, buf: Buffer, pos: int, stop: int) -> None:
-        if self._fu_parts is not None:
-            self._fail("STAP-A while a fragmented NAL unit is in progress")
-        pos += STAP_A_HEADER_SIZE
-        if pos >= stop:
-            self._fail("STAP-A payload has no NAL units")
-        spans: list[tuple[int, int]] = []
-        while pos < stop:
-            if stop - pos < STAP_LENGTH_SIZE:
-                self._fail(f"STAP-A length field truncated: {stop - pos} bytes left")
-            size = (buf[pos] << 8) | buf[pos + 1]
-            pos += STAP_LENGTH_SIZE
-            if size == 0:
-                self._fail("STAP-A NAL unit length 0")
-            if size > stop - pos:
-                self._fail(f"STAP-A NAL unit length {size} exceeds remaining {stop - pos} bytes")
-            ntype = buf[pos] & NAL_TYPE_MASK
-            if ntype == 0 or ntype > MAX_SINGLE_NAL_TYPE:
-                self._fail(f"STAP-A holds NAL unit type {ntype}")
-            spans.append((pos, pos + size))
-            pos += size
-        # Validated as a whole before anything is kept: a bad STAP-A adds nothing.
-        if self._resync:
-            first, first_end = spans[0]
-            second = buf[first + 1] if first_end - first > 1 else -1
-            if not _starts_picture(buf[first] & NAL_TYPE_MASK, second):
-                return
-            self._resync = False
-        for a, b in spans:
-            self._check_au(b - a)
-            self._push(bytes(buf[a:b]), buf[a] & NAL_TYPE_MASK)
-
-    def _push(self, nal: bytes, ntype: int) -> None:
-        """Append a complete NAL unit to the access unit in progress (bounds checked before)."""
-        self._au_nals.append(nal)
-        self._au_size += len(nal)
-        if ntype == NAL_IDR:
-            self._au_key = True
-        elif ntype == NAL_SPS:
+    def _learn(self, nal: bytes, ntype: int) -> None:
+        if ntype == NAL_SPS:
             self.sps = nal
         elif ntype == NAL_PPS:
             self.pps = nal
 
-    def _check_au(self, nal_size: int) -> None:
-        if nal_size > MAX_NAL_SIZE:
-            self._fail(f"NAL unit size {nal_size} exceeds limit {MAX_NAL_SIZE}")
-        if self._au_size + nal_size > MAX_AU_SIZE:
-            self._fail(f"access unit size {self._au_size + nal_size} exceeds limit {MAX_AU_SIZE}")
-        if len(self._au_nals) >= MAX_AU_NALS:
-            self._fail(f"access unit has more than {MAX_AU_NALS} NAL units")
-
-    def _close_au(self) -> None:
-        """End of the access unit in progress: emit it, or drop it if a NAL is unfinished."""
-        if self._fu_parts is not None:
-            # The picture ended (marker or new timestamp) inside a fragmented NAL unit.
-            self._malformed()
-            return
-        if self._au_nals:
-            self.events.append(AccessUnit(self._au_ts, self._au_nals, self._au_key, self._au_size))
-            self.access_units += 1
-            self._au_nals = []
-            self._au_size = 0
-            self._au_key = False
-
-    def _discard(self) -> None:
-        """Drop the access unit and the FU-A in progress; resume at the next picture start."""
-        if self._au_nals:
-            self._au_nals = []
-            self._au_size = 0
-            self._au_key = False
-        self._fu_parts = None
-        self._fu_size = 0
-        self._resync = True
-
-    def _malformed(self) -> None:
-        self.malformed_packets += 1
-        self._discard()
-        self.events.append(_MALFORMED)
-
-    def _fail(self, message: str) -> None:
-        self._malformed()
-        raise ValueError(message)
-
-    def _new_ssrc(self, ssrc: int) -> None:
-        if self._ssrc >= 0:
-            self._discard()
-            self.events.append(StreamReset("ssrc", {"old": self._ssrc, "new": ssrc}))
-        self._ssrc = ssrc
-        self._expected_seq = -1
-        self._au_ts = -1
-        self._resync = True
-
 
 # --- Packetizer (simulator side; not the hot path) -----------------------------------
 
-
-def packetize_nal(nal: bytes, mtu_payload: int = DEFAULT_MTU_PAYLOAD) -> list[bytes]:
-    """RTP payloads carrying one NAL unit: the NAL itself if it fits, else FU-A fragments."""
-    if not nal:
-        raise ValueError("empty NAL unit")
-    if mtu_payload <= FU_A_HEADER_SIZE:
-        raise ValueError(f"MTU payload {mtu_payload} too small for FU-A")
-    if len(nal) <= mtu_payload:
-        return [nal]
-    indicator = bytes(((nal[0] & NAL_F_NRI_MASK) | FU_A,))
-    ntype = nal[0] & NAL_TYPE_MASK
-    chunk = mtu_payload - FU_A_HEADER_SIZE
-    body = memoryview(nal)[NAL_HEADER_SIZE:]
-    out = []
-    for offset in range(0, len(body), chunk):
-        flags = 0
-        if offset == 0:
-            flags |= FU_START_BIT
-        if offset + chunk >= len(body):
-            flags |= FU_END_BIT
-        out.append(indicator + bytes((flags | ntype,)) + body[offset : offset + chunk])
-    return out
-
-
-def _stap_a(nals: Sequence[bytes]) -> bytes:
-    f_nri = max(nal[0] & NAL_NRI_MASK for nal in nals) | (
-        NAL_FORBIDDEN_BIT if any(nal[0] & NAL_FORBIDDEN_BIT for nal in nals) else 0
-    )
-    return bytes((f_nri | STAP_A,)) + b"".join(
-        len(nal).to_bytes(STAP_LENGTH_SIZE, "big") + nal for nal in nals
-    )
-
-
-def packetize_au(
-    nals: Sequence[bytes], mtu_payload: int = DEFAULT_MTU_PAYLOAD, aggregate: bool = True
-) -> list[bytes]:
-    """RTP payloads for one access unit, in order; the caller sets the marker on the last.
-
-    With ``aggregate``, runs of consecutive NAL units that fit together in ``mtu_payload``
-    (typically SPS+PPS+SEI) go into one STAP-A; a run of one is sent as a single NAL unit.
-    """
-    out: list[bytes] = []
-    run: list[bytes] = []
-    run_size = STAP_A_HEADER_SIZE
-
-    def flush() -> None:
-        nonlocal run_size
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(_stap_a(run))
-        run.clear()
-        run_size = STAP_A_HEADER_SIZE
-
-    for nal in nals:
-        if not nal:
-            raise ValueError("empty NAL unit")
-        entry = STAP_LENGTH_SIZE + len(nal)
-        if aggregate and STAP_A_HEADER_SIZE + entry <= mtu_payload:
-            if run_size + entry > mtu_payload:
-                flush()
-            run.append(nal)
-            run_size += entry
-            continue
-        flush()
-        out.extend(packetize_nal(nal, mtu_payload))
-    flush()
-    return out
+# ``packetize_nal(nal, mtu_payload)``: the NAL unit alone if it fits, else FU-A fragments.
+# ``packetize_au(nals, mtu_payload, aggregate)``: the payloads of one access unit, runs of
+# small NAL units (typically SPS+PPS+SEI) aggregated into STAP-A packets.
+packetize_nal = PAYLOAD_FORMAT.packetize_nal
+packetize_au = PAYLOAD_FORMAT.packetize_au
 
 
 # --- Annex B and bitstream helpers ---------------------------------------------------

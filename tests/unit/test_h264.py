@@ -6,17 +6,14 @@ with the events drained after each packet; both must give the same events and er
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
-from csud.proto import h264
 from csud.proto.h264 import (
     FU_A,
     MAX_AU_NALS,
@@ -624,15 +621,3 @@ def test_parse_sps_high_profile_fields(
 def test_parse_sps_rejects(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}$"):
         parse_sps(data)
-
-
-@pytest.mark.parametrize("module", ["rtp", "h264", "sdp", "media"])
-def test_protocol_core_imports_no_io(module: str) -> None:
-    path = Path(h264.__file__).with_name(f"{module}.py")
-    imported = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "av", "aiortsp", "time", "socket", "os", "aiofiles", "datetime"}
