@@ -148,7 +148,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 auth = f"user {cam.username!r} ({source})"
             state = "" if cam.enabled else " [disabled]"
             print(
-                f"  camera {cam.id}: {cam.url} via {cam.transport}, {auth}, "
+                f"  camera {cam.id}: {cam.display_url} via {cam.transport}, {auth}, "
                 f"retention {retention_days(s, cam)} days{state}"
             )
     return EXIT_OK

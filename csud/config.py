@@ -37,6 +37,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/csud/csud.toml")
 CONFIG_ENV = "CSUD_CONFIG"
 LEGAL_MAX_RETENTION_DAYS = 30  # CSI art. L252-5: "un mois" at most; a site may only lower it
 DEFAULT_RTSP_PORT = 554
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "pass", "passwd", "pwd", "psw", "user", "username", "token", "auth"}
+)
 
 
 class _Strict(BaseModel):
@@ -145,6 +148,13 @@ class CameraConfig(_Strict):
             raise ValueError(f"url: must be an rtsp:// URL, not {parts.scheme or 'a scheme-less'!r} one")
         if not parts.hostname:
             raise ValueError("url: no host in the URL")
+        if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+            # rtsp://user:pa/ss@host: the unencoded "/" ends the host part, so "user:pa" would
+            # be taken for host:port and the password would be printed as part of the URL.
+            raise ValueError(
+                "url: '@' after the host part: percent-encode special characters of the "
+                "password ('/' as %2F, '@' as %40), or use username and password_file"
+            )
         if parts.username is None and parts.password is None:
             return data
         if data.get("username") is not None or data.get("password") is not None:
@@ -163,6 +173,19 @@ class CameraConfig(_Strict):
         if self.password is not None and self.password_file is not None:
             raise ValueError("password: give password or password_file, not both")
         return self
+
+    @property
+    def display_url(self) -> str:
+        """The URL as logs, errors and check-config show it: query values that look like
+        credentials (some cameras take ``?user=...&password=...``) are masked."""
+        parts = urlsplit(self.url)
+        if not parts.query:
+            return self.url
+        masked = "&".join(
+            f"{key}=***" if key.lower() in _SECRET_QUERY_KEYS and sep else f"{key}{sep}{value}"
+            for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
+        )
+        return urlunsplit(parts._replace(query=masked))
 
     @property
     def host(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from csud.aio.index import Index
 from csud.aio.session import RTCP_CHANNEL, RTP_CHANNEL, RtspSession, StreamDescription
-from csud.aio.writer import SegmentWriter
+from csud.aio.writer import SegmentInfo, SegmentWriter
 from csud.config import CameraConfig, CommuneConfig
 from csud.errors import AuthError, StorageError, StreamError
 from csud.log import get_logger
@@ -41,6 +41,10 @@ HEALTHY_SESSION_SECONDS = 30.0  # a session that recorded this long resets the b
 WRITER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 KEEPALIVE_MIN_SECONDS = 1.0
 RTCP_REPORT_SECONDS = 5.0
+INDEX_RETRY_INITIAL_SECONDS = 0.5
+INDEX_RETRY_MAX_SECONDS = 5.0
+REORDER_STEPS_FATAL = 3  # timestamps stepping back this often...
+REORDER_WINDOW_FRAMES = 250  # ...within this many frames: B-frames
 
 
 @dataclass
@@ -152,6 +156,8 @@ class CameraRecorder:
         )
         self._payload_type = -1
         self._rtcp = RtcpReceiver(random.getrandbits(32))
+        self._reorder_since = self._reorder_steps = 0
+        self._fatal: StreamError | None = None  # set by the packet path, raised by _supervise
         self._sps: bytes | None = None
         self._pps: bytes | None = None
         self._size = (0, 0)
@@ -251,7 +257,23 @@ class CameraRecorder:
             self._count_drop("overload", 1)
             return
         pts_ns, discontinuity = self._timeline.map(au.rtp_timestamp, now_ns)
+        if discontinuity and self._timeline.last_reason == "reorder":
+            self._on_reordered_timestamps(stats.frames_received)
         self._apply(self._segmenter.push(au, pts_ns, discontinuity))
+
+    def _on_reordered_timestamps(self, frame_number: int) -> None:
+        """Timestamps stepping back within a second, again and again: B-frames, which csud does
+        not record (every step back would cut the GOP; ~90 % of the frames would be lost
+        silently). The camera is failed loudly instead: its reason shows in the log, in
+        ``csud status`` and as csud_camera_up 0, until it is configured without B-frames."""
+        if frame_number - self._reorder_since > REORDER_WINDOW_FRAMES:
+            self._reorder_since, self._reorder_steps = frame_number, 0
+        self._reorder_steps += 1
+        if self._reorder_steps >= REORDER_STEPS_FATAL and self._fatal is None:
+            self._fatal = StreamError(
+                "camera sends B-frames (RTP timestamps out of order), which csud does not "
+                "record: configure the stream without B-frames"
+            )
 
     def _apply(self, actions: list[Any]) -> None:
         for action in actions:
@@ -308,12 +330,7 @@ class CameraRecorder:
                     writer = None
                     wrote = True
                     if info is not None:
-                        await self.index.add_segment(self.camera.id, self.commune.id, info)
-                        self.stats.segments_written += 1
-                        self.stats.last_segment_relpath = info.relpath
-                        self.stats.last_segment_end_ns = info.end_ns
-                        self.stats.bytes_written += info.bytes
-                        self.stats.frames_recorded += info.frames
+                        await self._index_segment(info)
                         self.stats.segment_write_seconds.append(time.perf_counter() - started)
                         self.log.info(
                             "segment_closed",
@@ -322,7 +339,10 @@ class CameraRecorder:
                             bytes=info.bytes,
                             seconds=round((info.end_ns - info.start_ns) / NS_PER_SECOND, 3),
                         )
-            except StorageError as exc:
+            except Exception as exc:  # a storage episode, whatever raised it: the task must live on
+                if not isinstance(exc, StorageError):
+                    self.log.exception("writer_error")
+                    exc = StorageError(f"{type(exc).__name__}: {exc}")
                 episode_errors += 1
                 if episode_errors == 1:
                     episode_started = time.monotonic()
@@ -339,12 +359,7 @@ class CameraRecorder:
                     try:
                         salvaged = await failed.close_at_last_fragment()
                         if salvaged is not None:
-                            await self.index.add_segment(self.camera.id, self.commune.id, salvaged)
-                            self.stats.segments_written += 1
-                            self.stats.last_segment_relpath = salvaged.relpath
-                            self.stats.last_segment_end_ns = salvaged.end_ns
-                            self.stats.bytes_written += salvaged.bytes
-                            self.stats.frames_recorded += salvaged.frames
+                            await self._index_segment(salvaged)
                             self.log.warning(
                                 "segment_closed_at_last_fragment",
                                 path=salvaged.relpath,
@@ -366,6 +381,29 @@ class CameraRecorder:
                 episode_errors = 0
         if writer is not None:  # the pipeline always closes before the sentinel; be safe anyway
             await writer.abort()
+
+    async def _index_segment(self, info: SegmentInfo) -> None:
+        """Insert the row of a published segment, retrying until the index takes it.
+
+        The file is already durable under its final name: its row must never be abandoned (a
+        busy or briefly failing index only delays it; were the daemon killed meanwhile, startup
+        recovery indexes the file).
+        """
+        delay = INDEX_RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                await self.index.add_segment(self.camera.id, self.commune.id, info)
+                break
+            except Exception as exc:
+                self.log.error("index_insert_retry", path=info.relpath, error=str(exc), delay_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, INDEX_RETRY_MAX_SECONDS)
+        stats = self.stats
+        stats.segments_written += 1
+        stats.last_segment_relpath = info.relpath
+        stats.last_segment_end_ns = info.end_ns
+        stats.bytes_written += info.bytes
+        stats.frames_recorded += info.frames
 
     # -- session loop ----------------------------------------------------------------------------
 
@@ -422,7 +460,7 @@ class CameraRecorder:
         try:
             description = await session.start(self._prepare)
             self.stats.up = True
-            self.log.info("session_started", url=cam.url, payload_type=description.payload_type)
+            self.log.info("session_started", url=cam.display_url, payload_type=description.payload_type)
             await self._supervise(session, stop, description.session_timeout_seconds)
         finally:
             await session.close()
@@ -451,6 +489,8 @@ class CameraRecorder:
                 if closed in done:
                     closed.result()  # raises the connection's error, if any
                     raise StreamError("camera closed the connection")
+                if self._fatal is not None:
+                    raise self._fatal
                 self.stats.bytes_received = bytes_before + session.bytes_received
                 now = time.monotonic()
                 if self.stats.packets != packets_seen:

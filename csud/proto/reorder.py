@@ -21,7 +21,7 @@ Emit = Callable[[bytes], None]
 
 
 class ReorderBuffer:
-    __slots__ = ("_expected", "_held", "emit", "late_packets", "reordered_packets", "window")
+    __slots__ = ("_expected", "_held", "_ssrc", "emit", "late_packets", "reordered_packets", "window")
 
     def __init__(self, emit: Emit, window: int = DEFAULT_WINDOW) -> None:
         if window < 1:
@@ -29,6 +29,7 @@ class ReorderBuffer:
         self.emit = emit
         self.window = window
         self._expected = -1
+        self._ssrc = b""  # sequence numbers only compare within one source
         self._held: dict[int, bytes] = {}
         self.reordered_packets = 0  # packets released after waiting for a hole to fill
         self.late_packets = 0  # packets behind what was already released (duplicates, stragglers)
@@ -38,10 +39,17 @@ class ReorderBuffer:
         return len(self._held)
 
     def push(self, packet: bytes) -> None:
-        """One RTP packet (its first 4 bytes must be there; shorter ones go through untouched)."""
-        if len(packet) < 4:
+        """One RTP packet (shorter than an RTP header, it goes through untouched)."""
+        if len(packet) < 12:
             self.emit(packet)  # the depacketizer reports it as malformed
             return
+        ssrc = packet[8:12]
+        if ssrc != self._ssrc:
+            # A new source (camera reboot): its sequence numbers start anywhere. Release what the
+            # old one left, in order, and follow the new one from this packet.
+            self.flush()
+            self._ssrc = ssrc
+            self._expected = -1
         seq = packet[2] << 8 | packet[3]
         if seq == self._expected or self._expected < 0:
             self._expected = (seq + 1) % SEQ_MOD

@@ -68,7 +68,8 @@ class Timeline:
         self.discontinuities = 0
         """Re-anchors that reported a discontinuity (the first anchor is not one)."""
         self.last_reason: str | None = None
-        """Why the last call reported a discontinuity ("reset", "backwards", "jump", "drift")."""
+        """Why the last call reported a discontinuity: "reset", "reorder" (a step back of at most
+        one second: B-frames), "backwards", "jump", "drift"."""
 
     def reset(self) -> None:
         """Forget the anchor (SSRC change). The next ``map`` re-anchors and reports a discontinuity."""
@@ -90,7 +91,10 @@ class Timeline:
         if delta >= RTP_TIMESTAMP_HALF:
             delta -= RTP_TIMESTAMP_MODULO
         if delta < 0:
-            return self._anchor(self._last_ext + delta, now_ns, "backwards")
+            # A step back of up to a second is what B-frames look like in decode order; further
+            # back is a restarted source. Both re-anchor; the reason lets the caller tell them.
+            reason = "reorder" if -delta <= self.clock_rate else "backwards"
+            return self._anchor(self._last_ext + delta, now_ns, reason)
         if delta > self._max_jump_ticks:
             return self._anchor(self._last_ext + delta, now_ns, "jump")
 

@@ -207,3 +207,76 @@ async def test_media_right_after_play_is_recorded(tmp_path: Path, monkeypatch: p
             await wait_for(lambda: recorder.stats.frames_received >= 50, 10, "two GOPs")
     assert recorder.stats.foreign_packets == 0
     assert recorder.stats.dropped_frames.get("wait_keyframe", 0) == 0
+
+
+async def test_b_frames_fail_the_camera_loudly(tmp_path: Path) -> None:
+    """Timestamps that step back frame after frame (B-frames in decode order) are not recorded
+    piecemeal: the camera is reported failed, with the reason, and retried."""
+    import struct
+
+    def b_frame_order(session: Any, frame: Any, wire: bytes) -> bytes:
+        if frame.keyframe:
+            return wire
+        # Decode order I P B P B...: t0 t2 t1 t4 t3, i.e. a step back every other frame.
+        shift = 3600 if frame.index % 2 == 1 else -3600
+        blob, offset = bytearray(wire), 0
+        while offset + 4 <= len(blob):
+            length = blob[offset + 2] << 8 | blob[offset + 3]
+            ts = struct.unpack_from("!I", blob, offset + 8)[0]
+            struct.pack_into("!I", blob, offset + 8, (ts + shift) % 2**32)
+            offset += 4 + length
+        return bytes(blob)
+
+    async with simulator(frame_hook=b_frame_order) as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        async with running(recorder):
+            await wait_for(lambda: recorder.stats.failures >= 1, 10, "the camera to be failed")
+    assert "B-frames" in recorder.stats.last_error
+
+
+async def test_a_busy_index_delays_a_row_but_never_drops_it(tmp_path: Path) -> None:
+    from csud.aio.recorder import IndexService
+
+    failures = {"left": 2}
+    original = IndexService.add_segment
+
+    async def flaky(self: Any, camera: str, commune: str, info: Any) -> int:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("database is locked")
+        return await original(self, camera, commune, info)
+
+    async with simulator() as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        recorder.index.add_segment = flaky.__get__(recorder.index)  # type: ignore[method-assign]
+        async with running(recorder):
+            await wait_for(lambda: recorder.stats.segments_written >= 2, 20, "two segments")
+    rows = Index.open(tmp_path / "store" / "index.sqlite3", readonly=True).segments("cam1")
+    on_disk = sorted(
+        p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*.mp4")
+    )
+    assert sorted(r.path for r in rows) == on_disk and failures["left"] == 0
+
+
+async def test_an_unexpected_writer_error_is_a_storage_episode_not_a_dead_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from csud.aio.writer import SegmentWriter
+
+    original = SegmentWriter.write
+    calls = {"n": 0}
+
+    async def broken_once(self: Any, frames: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueError("Invalid data found when processing input")  # e.g. a PyAV error
+        await original(self, frames)
+
+    monkeypatch.setattr(SegmentWriter, "write", broken_once)
+    async with simulator() as sim:
+        recorder = make_recorder(tmp_path, sim.port)
+        async with running(recorder):
+            await wait_for(lambda: calls["n"] >= 3, 10, "the failing write")
+            written = recorder.stats.segments_written
+            await wait_for(lambda: recorder.stats.segments_written > written + 1, 20, "recording to go on")
+    assert recorder.stats.storage_errors == 1

@@ -132,6 +132,10 @@ BAD = {
         "cameras[0].url: credentials both in the URL and in username/password",
     ),
     "invalid toml": ("[storage\n", "invalid TOML"),
+    "unencoded slash in the password": (
+        BASE.replace("rtsp://10.20.0.11:554/stream1", "rtsp://admin:12/34@10.20.0.11/stream1"),
+        "cameras[0].url: '@' after the host part",
+    ),
     "bad udp bind address": (
         "[network]\nudp_bind = 'eth0'\n" + BASE,
         "network.udp_bind: not an IP address: 'eth0'",
@@ -216,3 +220,19 @@ def test_check_config_refuses_retention_beyond_the_rules(
 def test_camera_override_shortens_the_window(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, BASE + "retention_days = 7\n")).settings
     assert retention_days(settings, settings.cameras[0]) == 7
+
+
+def test_credentials_in_the_query_are_masked_for_display(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "rtsp://10.20.0.11:554/stream1", "rtsp://10.20.0.11/cgi?channel=1&user=admin&password=hunter2"
+    )
+    cam = load_config(write(tmp_path, text)).settings.cameras[0]
+    assert cam.display_url == "rtsp://10.20.0.11/cgi?channel=1&user=***&password=***"
+    assert "hunter2" in cam.url  # the camera still gets the URL it needs
+
+
+def test_unencoded_password_is_never_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, BASE.replace("rtsp://10.20.0.11:554/stream1", "rtsp://admin:s3/cret@10.20.0.11/s"))
+    assert main(["check-config", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "s3/cret" not in captured.err + captured.out and "cret" not in captured.err

@@ -12,8 +12,8 @@ from csud.proto.reorder import ReorderBuffer
 from csud.proto.rtp import build_rtp
 
 
-def pkt(seq: int) -> bytes:
-    return build_rtp(96, seq % 65536, 0, 1, False, b"x")
+def pkt(seq: int, ssrc: int = 1) -> bytes:
+    return build_rtp(96, seq % 65536, 0, ssrc, False, b"x")
 
 
 def seqs(out: list[bytes]) -> list[int]:
@@ -72,3 +72,15 @@ def test_shuffled_within_window_comes_out_sorted(start: int, seed: int) -> None:
         order.insert(0, start)
     out, _ = run(order, window=8)
     assert out == [s % 65536 for s in range(start, start + 200)]
+
+
+def test_a_new_ssrc_restarts_the_sequence() -> None:
+    """A camera reboot: the new source's numbers are neither late nor a hole to wait for."""
+    out: list[bytes] = []
+    buf = ReorderBuffer(out.append, window=4)
+    for seq in (100, 102):  # 101 missing: 102 is held
+        buf.push(pkt(seq))
+    for seq in (5000, 5001, 5002):
+        buf.push(pkt(seq, ssrc=2))
+    assert seqs(out) == [100, 102, 5000, 5001, 5002]
+    assert buf.late_packets == 0 and buf.held == 0
