@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER_SCRIPT = Path(__file__).with_name("gst_rtsp_server.py")
 READY_TIMEOUT_SECONDS = 20.0
@@ -175,7 +177,7 @@ def inband_h264_nal_types(port: int, path: str, seconds: float = 2.0) -> set[int
 def gstreamer() -> None:
     reason = _gstreamer_available()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @pytest.fixture

@@ -502,8 +502,9 @@ def test_is_keyframe_nal(data: bytes, key: bool) -> None:
 
 
 def _x264_sps(width: int, height: int, pix_fmt: str = "yuv420p", params: str = "") -> bytes:
-    av = pytest.importorskip("av")
-    np = pytest.importorskip("numpy")
+    import av
+    import numpy as np
+
     cc = av.CodecContext.create("libx264", "w")
     cc.width, cc.height, cc.pix_fmt = width, height, pix_fmt
     cc.time_base = Fraction(1, 25)

@@ -507,8 +507,9 @@ def _x265_stream(
     width: int, height: int, pix_fmt: str = "yuv420p", params: str = "", frames: int = 2, tune: bool = True
 ) -> list[bytes]:
     """Access units (Annex B) encoded by libx265 through PyAV: a fixture made at test time."""
-    av = pytest.importorskip("av")
-    np = pytest.importorskip("numpy")
+    import av
+    import numpy as np
+
     cc = av.CodecContext.create("libx265", "w")
     cc.width, cc.height, cc.pix_fmt = width, height, pix_fmt
     cc.time_base = Fraction(1, 25)
@@ -729,7 +730,8 @@ def test_pyav_muxes_hevc_annexb_into_fragmented_mp4(tmp_path: Path) -> None:
     """What the recorder's writer needs for H.265: FragmentMuxer(codec="hevc") with Annex B
     access units whose first keyframe carries VPS/SPS/PPS in-band. The sample entry is hev1
     (PyAV's add_mux_stream has no codec_tag to ask for hvc1); PyAV and ffprobe read it."""
-    av = pytest.importorskip("av")
+    import av
+
     from csud.aio.writer import FragmentMuxer
     from csud.store.segmenter import Frame
 

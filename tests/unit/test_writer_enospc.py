@@ -21,6 +21,7 @@ from csud.errors import StorageError
 from csud.proto.media import AccessUnit
 from csud.store.layout import segment_relpath
 from csud.store.segmenter import Frame
+from tests.conftest import skip_or_fail
 from tests.media import FRAME_NS, GOP, HEIGHT, T0_NS, WIDTH, encode
 
 GOPS_PER_SEGMENT = 4
@@ -66,7 +67,7 @@ def decodes(root: Path, info: SegmentInfo) -> int:
 def small_fs(tmp_path: Path, clip: list[AccessUnit]) -> Iterator[Path]:
     """A tmpfs room for about 2.5 segments of ``clip`` (so the third fails mid-segment)."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        skip_or_fail("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
     probe = sum(len(au.annexb()) for au in clip)
@@ -77,7 +78,7 @@ def small_fs(tmp_path: Path, clip: list[AccessUnit]) -> Iterator[Path]:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
+        skip_or_fail(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
     try:
         yield mnt
     finally:
