@@ -30,12 +30,24 @@ T0_NS = 1_790_000_000 * NS_PER_SECOND  # 2026-09-21T...Z, on a whole second
 RTP_TICKS_PER_FRAME = 90000 // FPS
 
 
-def encode(frames: int, width: int = WIDTH, height: int = HEIGHT, gop: int = GOP) -> list[AccessUnit]:
-    """A synthetic clip as access units: fixed GOP, no B-frames, SPS/PPS repeated in-band."""
+def frame_ns(fps: Fraction | int = FPS) -> int:
+    """The nominal frame duration at ``fps``, rounded to the ns."""
+    return round(Fraction(NS_PER_SECOND) / fps)
+
+
+def encode(
+    frames: int, width: int = WIDTH, height: int = HEIGHT, gop: int = GOP, fps: Fraction | int = FPS
+) -> list[AccessUnit]:
+    """A synthetic clip as access units: fixed GOP, no B-frames, SPS/PPS repeated in-band.
+
+    ``fps`` may be fractional (``Fraction(30000, 1001)``) as long as a frame is whole RTP ticks.
+    """
+    rtp_ticks = Fraction(90000) / fps
+    assert rtp_ticks.denominator == 1, f"{fps} fps is not a whole number of 90 kHz ticks per frame"
     enc = av.CodecContext.create("libx264", "w")
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
-    enc.time_base = Fraction(1, FPS)
-    enc.framerate = Fraction(FPS)
+    enc.time_base = 1 / Fraction(fps)
+    enc.framerate = Fraction(fps)
     enc.gop_size = gop
     enc.max_b_frames = 0
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes=0"
@@ -54,7 +66,7 @@ def encode(frames: int, width: int = WIDTH, height: int = HEIGHT, gop: int = GOP
             packets = enc.encode(None)
         for p in packets:
             nals = split_annexb(bytes(p))
-            out.append(AccessUnit(len(out) * RTP_TICKS_PER_FRAME, nals, p.is_keyframe, sum(map(len, nals))))
+            out.append(AccessUnit(len(out) * int(rtp_ticks), nals, p.is_keyframe, sum(map(len, nals))))
     assert len(out) == frames
     return out
 
@@ -78,13 +90,15 @@ async def record_store(
     segment_ns: int = 2 * NS_PER_SECOND,
     width: int = WIDTH,
     height: int = HEIGHT,
+    fps: Fraction | int = FPS,
 ) -> Recording:
     """Record ``(access unit, pts_ns)`` pairs into ``root`` and ``index``.
 
     A pts jump of more than 1.5 frames is passed as a discontinuity (put jumps on keyframes: the
     segmenter then closes the segment and opens the next one at the new time, leaving a gap).
     """
-    seg = Segmenter(segment_ns, 0, default_frame_ns=FRAME_NS)
+    nominal_ns = frame_ns(fps)
+    seg = Segmenter(segment_ns, 0, default_frame_ns=nominal_ns)
     writer: SegmentWriter | None = None
     infos: list[SegmentInfo] = []
     pts: list[int] = []
@@ -113,7 +127,7 @@ async def record_store(
                 infos.append(info)
 
     for au, pts_ns in timed:
-        jump = previous is not None and pts_ns - previous > FRAME_NS * 3 // 2
+        jump = previous is not None and pts_ns - previous > nominal_ns * 3 // 2
         await run(list(seg.push(au, pts_ns, jump)))
         previous = pts_ns
     await run(list(seg.stop()))
@@ -122,12 +136,20 @@ async def record_store(
 
 
 def timed_frames(
-    aus: Sequence[AccessUnit], start_ns: int = T0_NS, jumps: dict[int, int] | None = None
+    aus: Sequence[AccessUnit],
+    start_ns: int = T0_NS,
+    jumps: dict[int, int] | None = None,
+    fps: Fraction | int = FPS,
 ) -> list[tuple[AccessUnit, int]]:
-    """Frame i at ``start_ns + i * FRAME_NS``, plus ``jumps[i]`` ns added from frame i onwards."""
+    """Frame i at ``start_ns + i / fps`` (rounded to the ns, as a receiver's timeline does), plus
+    ``jumps[i]`` ns added from frame i onwards.
+
+    At 25 fps every frame is a whole ns and a whole tick from ``start_ns``; at 30 or 29.97 fps
+    most are not, so a segment starting on such a frame is not a whole tick from its keyframes.
+    """
     out: list[tuple[AccessUnit, int]] = []
     shift = 0
     for i, au in enumerate(aus):
         shift += (jumps or {}).get(i, 0)
-        out.append((au, start_ns + i * FRAME_NS + shift))
+        out.append((au, start_ns + round(Fraction(i * NS_PER_SECOND) / fps) + shift))
     return out

@@ -11,9 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from csud.errors import CsudError, EvidenceError, UsageError
+
+if TYPE_CHECKING:
+    from csud.aio.index import Index
+    from csud.config import Settings
+    from csud.evidence.manifest import CameraRef
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -96,7 +101,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from csud.config import load_config
     from csud.daemon import INDEX_FILENAME
     from csud.evidence.extract import Request, cameras_from, extract
-    from csud.evidence.manifest import CameraRef
     from csud.evidence.signing import load_private_key
 
     from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
@@ -107,14 +111,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
             raise UsageError(f"{name} must not be empty")
     loaded = load_config(args.config)
     settings = loaded.settings
-    refs = []
-    for camera_id in args.camera:
-        try:
-            camera = settings.camera(camera_id)
-        except KeyError:
-            raise UsageError(f"unknown camera {camera_id!r} (not in {loaded.path})") from None
-        commune = settings.commune(camera.commune)
-        refs.append(CameraRef(camera.id, camera.name, commune.id, commune.name))
     signing_key = None
     if settings.evidence.signing_key is not None:
         signing_key = load_private_key(settings.evidence.signing_key)
@@ -122,25 +118,32 @@ def cmd_extract(args: argparse.Namespace) -> int:
     index_path = root / INDEX_FILENAME
     if not index_path.exists():
         raise CsudError(f"no index at {index_path}: nothing recorded yet")
-    request = Request(
-        cameras=cameras_from(refs),
-        from_ns=from_ns,
-        to_ns=to_ns,
-        requisition=args.requisition,
-        officer=args.officer,
-        service=args.service,
-        out_dir=Path(args.out),
-        force=args.force,
-    )
     progress = ProgressLine(f"csud extract {args.requisition}")
     index = Index.open(index_path)
     try:
+        refs = [_camera_ref(settings, index, cam, from_ns, to_ns, loaded.path) for cam in args.camera]
+        request = Request(
+            cameras=cameras_from(refs),
+            from_ns=from_ns,
+            to_ns=to_ns,
+            requisition=args.requisition,
+            officer=args.officer,
+            service=args.service,
+            out_dir=Path(args.out),
+            force=args.force,
+        )
         result = extract(
             request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key, progress=progress
         )
     finally:
         progress.finish()
         index.close()
+    for ref in request.cameras:
+        if not ref.in_config:
+            print(
+                f"note: camera {ref.id} is not in {loaded.path}: identified from the index "
+                f"(commune {ref.commune_id}, no name); the manifest says so"
+            )
     for clip in result.manifest["clips"]:
         out = clip["output"]
         gaps = f", {len(clip['gaps'])} gap(s)" if clip["gaps"] else ""
@@ -151,6 +154,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
     signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
     return EXIT_OK
+
+
+def _camera_ref(
+    settings: Settings, index: Index, camera_id: str, from_ns: int, to_ns: int, config: Path
+) -> CameraRef:
+    """The camera as the manifest names it: from the configuration, else (a camera removed from
+    it whose footage is still stored, perhaps held) from the index: the commune of its rows
+    (those of the interval first), its name left empty, and ``in_config`` false."""
+    from csud.evidence.manifest import CameraRef
+
+    try:
+        camera = settings.camera(camera_id)
+    except KeyError:
+        rows = index.segments(camera_id, from_ns, to_ns) or index.segments(camera_id)
+        if not rows:
+            raise UsageError(f"unknown camera {camera_id!r} (not in {config}, none indexed)") from None
+        commune_id = rows[-1].commune
+        try:
+            commune_name = settings.commune(commune_id).name
+        except KeyError:
+            commune_name = ""
+        return CameraRef(camera_id, "", commune_id, commune_name, in_config=False)
+    commune = settings.commune(camera.commune)
+    return CameraRef(camera.id, camera.name, commune.id, commune.name)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -170,10 +197,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_extraction(path, Path(args.public_key) if args.public_key else None)
     for line in report.lines:
         print(line)
-    if report.key_source:
-        print(f"signature {report.signature}, key {report.key_source}")
-    else:
-        print(f"signature: {report.signature}")
+    print(report.signature_line)
     if not report.ok:
         raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
     print(f"verification OK: {report.folder}")
@@ -183,6 +207,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _verify_archive(args: argparse.Namespace) -> int:
     from csud.aio.index import Index
     from csud.aio.journal import INTEGRITY_FAILURE, os_actor
+    from csud.aio.recovery import QUARANTINE_DIR
     from csud.config import load_config
     from csud.daemon import INDEX_FILENAME
     from csud.evidence.verify import verify_archive
@@ -209,6 +234,11 @@ def _verify_archive(args: argparse.Namespace) -> int:
         f"checked {report.checked} segment(s), {report.bytes} B: {len(report.mismatched)} mismatched, "
         f"{len(report.missing)} missing, {len(report.unindexed)} unindexed"
     )
+    if report.quarantined:
+        print(
+            f"note: {report.quarantined} file(s) in {root / QUARANTINE_DIR} "
+            "(set aside by recovery, journaled; not checked)"
+        )
     if report.ok:
         return EXIT_OK
     if report.mismatched or report.missing:

@@ -9,11 +9,12 @@ Steps, in order; any failure leaves nothing in the output directory:
    unknown camera or an interval without footage is refused before anything is written.
 2. Create a hidden temporary folder next to ``DIR/<REF>`` (same filesystem, so step 6 is a
    rename).
-3. For each source segment, in order: re-hash the whole file (SHA-256, streamed) and compare its
-   size and hash with the index. A mismatch journals an ``integrity_failure`` and aborts
-   (:class:`IntegrityError`, exit 1, naming the segment). Then demux its packets with PyAV and
-   mux them, never decoded, into the camera's output MP4 (``+faststart``, ``creation_time`` =
-   the actual start).
+3. For each source segment, in order: read the whole file once into memory, hash those bytes
+   (SHA-256) and compare their size and hash with the index. A mismatch, or a file gone
+   meanwhile, journals an ``integrity_failure`` and aborts (:class:`IntegrityError`, exit 1,
+   naming the segment). Then demux its packets with PyAV from those same bytes (the file is not
+   opened again) and mux them, never decoded, into the camera's output MP4 (``+faststart``,
+   ``creation_time`` = the actual start).
 4. Hash each output file; write ``manifest.json`` (:mod:`csud.evidence.manifest`); with a
    signing key, ``manifest.json.sig`` and a copy of the public key (``public_key.pem``).
 5. fsync every file and the folder, then journal the ``extraction`` (with the output hashes).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -146,20 +148,33 @@ def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tupl
     return size, digest.hexdigest()
 
 
-def check_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], None] | None = None) -> None:
-    """Step 3's check: the file at ``segment.path`` is exactly what was indexed."""
+def read_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], None] | None = None) -> bytes:
+    """Step 3's check: read the file at ``segment.path`` once and return its bytes, which are
+    exactly what was indexed (size and SHA-256).
+
+    The caller demuxes these same bytes: the file is never opened again, so what is copied is
+    what was hashed even if the file is replaced or destroyed by retention meanwhile. Segments
+    are bounded (tens of MB), so holding one in memory is fine.
+    """
     path = root / segment.path
     try:
-        size, digest = hash_file(path, on_bytes)
+        with path.open("rb", buffering=0) as f:
+            data = bytearray()
+            while chunk := f.read(HASH_CHUNK_BYTES):
+                data += chunk
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
     except FileNotFoundError:
         raise IntegrityError(f"segment {segment.path} is missing from the store") from None
     except OSError as e:
         raise IntegrityError(f"segment {segment.path} cannot be read: {e.strerror or e}") from None
-    if size != segment.bytes or digest != segment.sha256:
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != segment.bytes or digest != segment.sha256:
         raise IntegrityError(
             f"segment {segment.path} does not match its recorded hash "
-            f"(recorded {segment.sha256[:16]}…, {segment.bytes} B; now {digest[:16]}…, {size} B)"
+            f"(recorded {segment.sha256[:16]}…, {segment.bytes} B; now {digest[:16]}…, {len(data)} B)"
         )
+    return bytes(data)
 
 
 @dataclass
@@ -182,14 +197,15 @@ def _open_output(path: Path, actual_from_ns: int) -> Any:
 
 def _copy_source(
     state: _CopyState,
-    root: Path,
+    data: bytes,
     segment: SegmentSpan,
     copy_from_ns: int,
     plan: ClipPlan,
     on_bytes: Callable[[int], None],
 ) -> None:
-    """Mux the packets of ``segment`` from its keyframe at ``copy_from_ns`` up to ``plan.to_ns``."""
-    with av.open(str(root / segment.path)) as source:
+    """Mux the packets of ``segment`` (its checked bytes, ``data``) from its keyframe at
+    ``copy_from_ns`` up to ``plan.to_ns``."""
+    with av.open(io.BytesIO(data), "r") as source:
         in_stream = source.streams.video[0]
         ctx = in_stream.codec_context
         template = (ctx.name, ctx.width, ctx.height, bytes(ctx.extradata or b""))
@@ -206,6 +222,9 @@ def _copy_source(
         time_base = in_stream.time_base or _TICK
         # Packet times are relative to the segment start (docs/storage.md, "File format").
         offset_ticks = ns_to_ticks(segment.start_ns - plan.actual_from_ns)
+        # The writer rounded each frame's ns to ticks (ns_to_ticks), so ns rebuilt from ticks can
+        # be off by up to half a tick: the keyframe is found by comparing ticks, rounded the same way.
+        copy_from_ticks = ns_to_ticks(copy_from_ns - segment.start_ns)
         first = True
         counted = 0
         for packet in source.demux(in_stream):
@@ -213,10 +232,13 @@ def _copy_source(
                 continue  # the demuxer's end-of-stream marker
             dts_ticks = int(packet.dts * time_base / _TICK)
             pts_ticks = int((packet.pts if packet.pts is not None else packet.dts) * time_base / _TICK)
-            pts_ns = segment.start_ns + round(pts_ticks * _TICK * NS_PER_SECOND)
             duration_ticks = int((packet.duration or 0) * time_base / _TICK)
-            if pts_ns < copy_from_ns:
+            if pts_ticks < copy_from_ticks:
                 continue
+            if pts_ticks == copy_from_ticks:
+                pts_ns = copy_from_ns  # the index's exact time
+            else:
+                pts_ns = segment.start_ns + round(pts_ticks * _TICK * NS_PER_SECOND)
             if pts_ns >= plan.to_ns:
                 break
             if first and not packet.is_keyframe:
@@ -260,11 +282,12 @@ def write_clip(
     try:
         for source in plan.sources:
             try:
-                check_segment(root, source.segment, on_bytes)
+                data = read_segment(root, source.segment, on_bytes)
             except IntegrityError as e:
                 on_integrity_failure(source.segment, str(e))
                 raise
-            _copy_source(state, root, source.segment, source.copy_from_ns, plan, on_bytes)
+            _copy_source(state, data, source.segment, source.copy_from_ns, plan, on_bytes)
+            del data
     except BaseException:
         with contextlib.suppress(Exception):
             out.close()

@@ -77,12 +77,20 @@ class Header:
     timezone: str  # the site's zone name (IANA when known), for the ``*_local`` times
 
 
+NOT_IN_CONFIG_NOTE = "not in the configuration at extraction time: identified from the index"
+
+
 @dataclass(frozen=True, slots=True)
 class CameraRef:
+    """A camera as the manifest names it. ``in_config`` is false for a camera removed from the
+    configuration whose footage is still stored: identified from the index (commune from its
+    rows, no name), and the manifest says so."""
+
     id: str
     name: str
     commune_id: str
     commune_name: str
+    in_config: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,7 @@ def _clip_json(clip: ClipRecord, tz: tzinfo) -> dict[str, Any]:
             "id": clip.camera.id,
             "name": clip.camera.name,
             "commune": {"id": clip.camera.commune_id, "name": clip.camera.commune_name},
+            **({} if clip.camera.in_config else {"note": NOT_IN_CONFIG_NOTE}),
         },
         "requested": interval_json(clip.plan.from_ns, clip.plan.to_ns, tz),
         "actual": interval_json(clip.actual_from_ns, clip.actual_to_ns, tz),

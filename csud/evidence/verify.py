@@ -5,7 +5,8 @@ OPJ received separately): no configuration, no store, no index. It never stops a
 problem: every file is checked and every problem named.
 
 :func:`verify_archive` re-hashes stored segments against the index and walks the store for files
-the index does not know. It reads the index only; the caller journals what it finds.
+the index does not know (``quarantine/``, where recovery sets files aside, is only counted). It
+reads the index only; the caller journals what it finds.
 
 Races with a running daemon are taken into account: the disk is walked *before* the index is
 read (a segment renamed just before its row is inserted is then found in the index), and a row
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from csud.aio.index import Index, SegmentRow
+from csud.aio.recovery import QUARANTINE_DIR
 from csud.errors import EvidenceError, UsageError
 from csud.evidence import manifest as mf
 from csud.evidence.extract import hash_file
 from csud.evidence.signing import fingerprint, load_public_key, signature_valid
 from csud.store.layout import PARTIAL_SUFFIX, SEGMENT_SUFFIX
+
+NOT_SIGNED_LINE = "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself"
 
 
 @dataclass
@@ -34,8 +38,9 @@ class ExtractionReport:
     folder: Path
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    signature: str = "not signed"  # "valid", "invalid", "not signed"
+    signature: str = "not signed"  # "valid", "invalid", "not signed", "missing", "unchecked"
     key_source: str = ""  # which public key was used, and its fingerprint
+    signature_line: str = ""  # what the signature proves, worded so that it cannot be misread
 
     @property
     def ok(self) -> bool:
@@ -55,6 +60,12 @@ def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionR
     The signature is checked with ``public_key`` when given (the key the OPJ received
     separately), else with ``public_key.pem`` beside the manifest; a folder without
     ``manifest.json.sig`` is reported "not signed", which is a problem only if a key was given.
+
+    Without ``public_key`` a folder that is merely consistent passes (exit 0: the OPJ may not have
+    the key yet), but ``signature_line`` says exactly how little that proves: an unsigned
+    manifest proves nothing about itself, and a signature checked with the folder's own key proves
+    nothing until that key's fingerprint is compared with the site's (anyone can re-sign an altered
+    manifest with a key of their own and ship it in the folder).
     """
     folder, manifest_path = _resolve(path)
     report = ExtractionReport(folder)
@@ -69,10 +80,12 @@ def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionR
         except OSError as e:
             raise UsageError(f"cannot read --public-key {public_key}: {e.strerror or e}") from None
         key_label = f"{public_key} (given with --public-key)"
+        key_name = str(public_key)
     else:
         beside = folder / mf.PUBLIC_KEY_NAME
         key_data = beside.read_bytes() if beside.is_file() else None
-        key_label = f"{beside} (beside the manifest: compare its fingerprint with the site's)"
+        key_label = f"{beside} (IN THIS FOLDER: compare its fingerprint with the site's)"
+        key_name = str(beside)
 
     signature_path = folder / mf.SIGNATURE_NAME
     if signature_path.is_file():
@@ -80,16 +93,30 @@ def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionR
             report.problems.append(f"{mf.SIGNATURE_NAME} present but no public key to check it")
             report.signature = "unchecked"
         else:
-            key = load_public_key(key_data, key_label.split(" ")[0])
-            report.key_source = f"{key_label}, {fingerprint(key)}"
+            key = load_public_key(key_data, key_name)
+            print_ = fingerprint(key)
+            report.key_source = f"{key_label}, {print_}"
             if signature_valid(key, data, signature_path.read_bytes()):
                 report.signature = "valid"
+                if public_key is not None:
+                    report.signature_line = f"signature valid under the given key {public_key} ({print_})"
+                else:
+                    report.signature_line = (
+                        f"signature valid under the key IN THIS FOLDER (fingerprint {print_}): "
+                        "compare it with the site's published fingerprint, or pass --public-key"
+                    )
             else:
                 report.signature = "invalid"
                 report.problems.append("signature invalid (manifest.json altered, or another key)")
     elif public_key is not None:
         report.signature = "missing"
-        report.problems.append(f"{mf.SIGNATURE_NAME} missing: the manifest is not signed")
+        report.problems.append(f"not signed: {mf.SIGNATURE_NAME} missing")
+    else:
+        report.signature_line = NOT_SIGNED_LINE
+    if not report.signature_line:
+        report.signature_line = f"signature {report.signature}" + (
+            f", key {report.key_source}" if report.key_source else ""
+        )
 
     try:
         summary = mf.read_manifest(data)
@@ -132,6 +159,7 @@ class ArchiveReport:
     mismatched: list[tuple[SegmentRow, str]] = field(default_factory=list)
     missing: list[SegmentRow] = field(default_factory=list)
     unindexed: list[str] = field(default_factory=list)
+    quarantined: int = 0  # files recovery set aside in <root>/quarantine/: known, not a failure
 
     @property
     def ok(self) -> bool:
@@ -139,16 +167,30 @@ class ArchiveReport:
 
 
 def _walk_segments(root: Path, camera: str | None) -> set[str]:
-    """Relative paths of closed segment files (``*.mp4``; ``.partial`` files and the index are not)."""
+    """Relative paths of closed segment files (``*.mp4``; ``.partial`` files, the index and
+    ``quarantine/`` are not)."""
     found: set[str] = set()
-    bases = [root] if camera is None else [p / camera for p in root.iterdir() if (p / camera).is_dir()]
+    communes = [p for p in root.iterdir() if p.name != QUARANTINE_DIR]
+    bases = [root] if camera is None else [p / camera for p in communes if (p / camera).is_dir()]
     for base in bases:
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if dirpath == str(root):
+                dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
             for name in filenames:
                 if name.endswith(SEGMENT_SUFFIX) and not name.endswith(PARTIAL_SUFFIX):
                     found.add(Path(dirpath, name).relative_to(root).as_posix())
     return found
+
+
+def _count_quarantined(root: Path, camera: str | None) -> int:
+    """Files under ``<root>/quarantine/<commune>/<camera>/`` (of ``camera``, or all)."""
+    count = 0
+    for dirpath, _, filenames in os.walk(root / QUARANTINE_DIR):
+        parts = Path(dirpath).relative_to(root).parts  # quarantine, commune, camera, ...
+        if camera is None or parts[2:3] == (camera,):
+            count += len(filenames)
+    return count
 
 
 def verify_archive(
@@ -160,6 +202,7 @@ def verify_archive(
     """Re-hash every indexed segment (of ``camera``, or all) and find unindexed files."""
     report = ArchiveReport()
     on_disk = _walk_segments(root, camera) if root.is_dir() else set()
+    report.quarantined = _count_quarantined(root, camera)
     cameras = [camera] if camera is not None else index.cameras()
     rows = [row for cam in cameras for row in index.segments(cam)]
     being_deleted = {ref.path for ref, _ in index.deleting()}

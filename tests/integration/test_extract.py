@@ -9,6 +9,7 @@ hole. Times below are seconds from T0 (2026-09-21T14:13:20Z).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import os
@@ -24,6 +25,8 @@ import pytest
 
 from csud.aio.index import Index
 from csud.cli import format_time
+from csud.evidence import extract as ev
+from csud.evidence.manifest import CameraRef
 from tests.integration.helpers import CSUD
 from tests.media import FRAME_NS, NS_PER_SECOND, T0_NS, Recording, encode, record_store, timed_frames
 
@@ -250,14 +253,10 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
 
     ok = verify("PV-2026-0042")
     assert ok.returncode == 0, ok.stderr
-    assert (
-        "signature valid" in ok.stdout
-        and "beside the manifest" in ok.stdout
-        and "verification OK" in ok.stdout
-    )
+    assert "signature valid" in ok.stdout and "IN THIS FOLDER" in ok.stdout and "verification OK" in ok.stdout
     ok = verify(folder / "manifest.json", "--public-key", opj / "site-key.pem")
     assert ok.returncode == 0, ok.stderr
-    assert "given with --public-key" in ok.stdout
+    assert "signature valid under the given key" in ok.stdout
 
     # Another key (a forged signature would need the site's private key).
     other = tmp_path / "other"
@@ -303,7 +302,7 @@ def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) 
     assert "NOT signed" in done.stdout
     assert not (tmp_path / "R1" / "manifest.json.sig").exists()
     ok = run("verify", tmp_path / "R1")
-    assert ok.returncode == 0 and "not signed" in ok.stdout
+    assert ok.returncode == 0 and "NOT SIGNED" in ok.stdout
     bad = run("verify", tmp_path / "R1", "--public-key", site.keys / "public_key.pem")
     assert bad.returncode == 1 and "manifest.json.sig missing" in bad.stderr
 
@@ -432,3 +431,169 @@ def test_verify_usage_errors(tmp_path: Path) -> None:
     assert run("verify").returncode == 2
     assert run("verify", tmp_path / "nothing-here").returncode == 2
     assert run("verify", "--archive", tmp_path).returncode == 2
+
+
+TICK_NS = NS_PER_SECOND / 90000
+CAM1 = CameraRef("cam-1", "", "metz", "Metz")
+
+
+def request(out: Path, from_ns: int, to_ns: int, ref: str = "R", camera: CameraRef = CAM1) -> ev.Request:
+    return ev.Request((camera,), from_ns, to_ns, ref, "OPJ", None, out)
+
+
+async def _record_at(root: Path, fps: int, start_ns: int) -> Recording:
+    index = Index.open(root / "index.sqlite3")
+    try:
+        aus = encode(200, gop=25, fps=fps)
+        return await record_store(
+            root, index, timed_frames(aus, start_ns, fps=fps), segment_ns=3 * NS_PER_SECOND, fps=fps
+        )
+    finally:
+        index.close()
+
+
+def test_mid_segment_keyframes_at_30_fps(tmp_path: Path) -> None:
+    """At 30 fps a keyframe is rarely a whole tick after its segment's start: the writer rounded
+    its time to ticks, and the extractor must find it by the same rounding (not 1 ns early)."""
+    root = tmp_path / "store"
+    root.mkdir()
+    recording = asyncio.run(_record_at(root, 30, T0_NS + 123_456_789))  # not on a whole tick
+    starts = [f.start_ns for seg in recording.segments for f in seg.fragments[1:]]
+    assert len(starts) >= 3
+    index = Index.open(root / "index.sqlite3")
+    try:
+        for k, start in enumerate(starts):
+            to_ns = start + NS_PER_SECOND // 2
+            result = ev.extract(
+                request(tmp_path / "out", start + 1000, to_ns, f"R{k}"),
+                root=root, index=index, now_ns=T0_NS, zone=(dt.UTC, "UTC"),
+            )  # fmt: skip
+            (clip,) = result.manifest["clips"]
+            assert clip["actual"]["from_ns"] == start
+            recorded = [p - start for p in recording.frame_pts_ns if start <= p < to_ns]
+            pts = decode_pts(result.folder / clip["output"]["file"])
+            assert len(pts) == len(recorded) == clip["output"]["frames"]
+            assert all(abs(a - b) <= TICK_NS for a, b in zip(pts, recorded, strict=True))
+    finally:
+        index.close()
+
+
+def copy_site(site: Site, base: Path) -> Site:
+    """A copy of the shared store (cheaper than recording one), for a test that alters it."""
+    root = base / "store"
+    shutil.copytree(site.root, root)
+    config = write_config(base / "csud.toml", root, site.keys / "signing_key.pem")
+    return Site(root, config, site.keys, site.recordings)
+
+
+def test_verify_archive_counts_quarantine_apart(site: Site, tmp_path: Path) -> None:
+    """Files recovery set aside are known and journaled: counted, never reported UNINDEXED."""
+    mine = copy_site(site, tmp_path)
+    for commune, camera in (("metz", "cam-1"), ("woippy", "cam-2")):
+        day = mine.root / "quarantine" / commune / camera / "2026" / "09" / "21"
+        day.mkdir(parents=True)
+        (day / "20260921T141330.000Z.mp4").write_bytes(b"torn")
+        (day / "20260921T141332.000Z.mp4.partial").write_bytes(b"torn")
+    check = run("verify", "--archive", "--config", mine.config)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "UNINDEXED" not in check.stdout and "0 unindexed" in check.stdout
+    assert f"note: 4 file(s) in {mine.root / 'quarantine'}" in check.stdout
+    check = run("verify", "--archive", "--camera", "cam-2", "--config", mine.config)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "note: 2 file(s) in" in check.stdout
+
+
+def extract_in_process(site: Site, out: Path, start: float, end: float, *cameras: str) -> int:
+    from csud.cli import main
+
+    camera_args = [a for c in cameras or ("cam-1",) for a in ("--camera", c)]
+    return main(
+        ["extract", "--config", str(site.config), *camera_args, "--from", t(start), "--to", t(end),
+         "--requisition", "PV-1", "--officer", "O", "--out", str(out)]
+    )  # fmt: skip
+
+
+def integrity_failures(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    conn = sqlite3.connect(root / "index.sqlite3")
+    rows = conn.execute("SELECT camera, details FROM journal WHERE kind = 'integrity_failure'").fetchall()
+    conn.close()
+    return [(r[0], json.loads(r[1])) for r in rows]
+
+
+def test_source_destroyed_after_planning_is_refused(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retention (or anything) removes a planned segment before it is read: a one-line error
+    naming it, journaled like a mismatch, nothing written."""
+    mine = copy_site(site, tmp_path / "site")
+    gone: list[str] = []
+    real_plan_all = ev.plan_all
+
+    def plan_then_lose(index: Index, request: ev.Request) -> list[Any]:
+        plans = real_plan_all(index, request)
+        victim = plans[0].sources[-1].segment.path
+        (mine.root / victim).unlink()
+        gone.append(victim)
+        return plans
+
+    monkeypatch.setattr(ev, "plan_all", plan_then_lose)
+    out = tmp_path / "out"
+    assert extract_in_process(mine, out, 1.5, 3.3) == 1
+    err = capsys.readouterr().err
+    assert f"segment {gone[0]} is missing from the store" in err and err.count("\n") == 1
+    assert not out.exists() or list(out.iterdir()) == []
+    assert [(c, d["path"]) for c, d in integrity_failures(mine.root)] == [("cam-1", gone[0])]
+
+
+def test_copy_uses_the_bytes_that_were_hashed(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The source is read once: destroying it after its hash was checked changes nothing (the
+    demuxer never opens it again), so what is copied is exactly what was hashed."""
+    mine = copy_site(site, tmp_path / "site")
+    real_open = av.open
+
+    def open_after_loss(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if "w" not in args and kwargs.get("mode") != "w":  # opening a source for reading
+            for path in (mine.root / "metz" / "cam-1").rglob("*.mp4"):
+                path.unlink()
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", open_after_loss)
+    out = tmp_path / "out"
+    assert extract_in_process(mine, out, 0.5, 1.5) == 0, capsys.readouterr().err
+    monkeypatch.undo()
+    assert not list((mine.root / "metz" / "cam-1").rglob("*.mp4"))  # the race did happen
+    check_clip(mine, out / "PV-1", "cam-1", 0.5, 1.5)
+    assert integrity_failures(mine.root) == []
+
+
+def test_camera_removed_from_the_config_extracts_from_the_index(site: Site, tmp_path: Path) -> None:
+    """Footage outlives its camera's config entry (retention, holds): the index names its commune."""
+    from csud.evidence.manifest import NOT_IN_CONFIG_NOTE
+
+    cam2 = '[[cameras]]\nid = "cam-2"\ncommune = "woippy"\nurl = "rtsp://127.0.0.1/2"\n'
+    text = site.config.read_text(encoding="utf-8")
+    assert cam2 in text
+    config = tmp_path / "without-cam-2.toml"
+    config.write_text(text.replace(cam2, ""), encoding="utf-8")
+    out = tmp_path / "out"
+    done = run(
+        "extract", "--config", config, "--camera", "cam-2", "--from", t(1), "--to", t(2),
+        "--requisition", "R-removed", "--officer", "X", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"note: camera cam-2 is not in {config}: identified from the index" in done.stdout
+    clip = check_clip(site, out / "R-removed", "cam-2", 1, 2)
+    assert clip["camera"] == {
+        "id": "cam-2",
+        "name": "",
+        "commune": {"id": "woippy", "name": "Woippy"},
+        "note": NOT_IN_CONFIG_NOTE,
+    }
+    conn = sqlite3.connect(site.root / "index.sqlite3")
+    rows = conn.execute(
+        "SELECT camera, commune FROM journal WHERE kind = 'extraction' AND requisition = 'R-removed'"
+    ).fetchall()
+    conn.close()
+    assert rows == [("cam-2", "woippy")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from datetime import timedelta, timezone
@@ -139,3 +140,62 @@ def test_progress_line_only_on_a_terminal() -> None:
     line(10 << 20, 10 << 20)
     line.finish()
     assert tty.getvalue() == "\rx:  50% (5/10 MiB)\rx: 100% (10/10 MiB)\n"
+
+
+def make_folder(folder: Path, key_dir: Path | None = None, officer: str = "Lt. Élodie Müller") -> None:
+    """An extraction folder with one (fake) clip that matches its manifest, signed with the key
+    pair in ``key_dir`` (its public key shipped in the folder, as ``csud extract`` does)."""
+    from csud.evidence.signing import load_private_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = b"not really an mp4" * 50
+    (folder / "cam_x.mp4").write_bytes(clip)
+    doc = sample_manifest()
+    doc["officer"] = officer
+    doc["clips"][0]["output"].update(bytes=len(clip), sha256=hashlib.sha256(clip).hexdigest())  # type: ignore[index]
+    data = mf.manifest_bytes(doc)
+    (folder / mf.MANIFEST_NAME).write_bytes(data)
+    for name in (mf.SIGNATURE_NAME, mf.PUBLIC_KEY_NAME):
+        (folder / name).unlink(missing_ok=True)
+    if key_dir is not None:
+        (folder / mf.SIGNATURE_NAME).write_bytes(sign(load_private_key(key_dir / "signing_key.pem"), data))
+        (folder / mf.PUBLIC_KEY_NAME).write_bytes((key_dir / "public_key.pem").read_bytes())
+
+
+def verify_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    from csud.cli import main
+
+    code = main(["verify", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_unsigned_folder_says_not_signed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Consistent but unsigned: exit 0 (nothing to compare against), but never a bare "OK"."""
+    make_folder(tmp_path / "PV")
+    code, out, _ = verify_cli(capsys, tmp_path / "PV")
+    assert code == 0
+    assert "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself" in out
+    _, site_key, _ = generate_keypair(tmp_path / "site")
+    code, out, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
+    assert code == 1 and "not signed" in err and err.count("\n") == 1
+
+
+def test_verify_key_substitution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An altered manifest re-signed with another key, that key shipped in the folder."""
+    _, site_key, site_print = generate_keypair(tmp_path / "site")
+    _, _, other_print = generate_keypair(tmp_path / "other")
+    make_folder(tmp_path / "PV", tmp_path / "site")
+    code, out, _ = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
+    assert code == 0 and f"signature valid under the given key {site_key} ({site_print})" in out
+
+    make_folder(tmp_path / "PV", tmp_path / "other", officer="someone else")
+    code, out, _ = verify_cli(capsys, tmp_path / "PV")
+    assert code == 0  # internally consistent: only the fingerprint can tell
+    assert (
+        f"signature valid under the key IN THIS FOLDER (fingerprint {other_print}): compare it with "
+        "the site's published fingerprint, or pass --public-key"
+    ) in out.splitlines()
+    assert site_print not in out
+    code, _, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
+    assert code == 1 and "signature invalid" in err
