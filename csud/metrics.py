@@ -60,6 +60,15 @@ camera_clock_offset = Gauge(
 camera_dropped_frames = Counter(
     "csud_camera_dropped_frames", "Frames not recorded, by reason", (*_CAM, "reason"), registry=REGISTRY
 )
+camera_rtp_errors = Counter(
+    "csud_camera_rtp_errors",
+    "Packets refused: malformed RTP payload, other payload type, malformed RTCP",
+    (*_CAM, "reason"),
+    registry=REGISTRY,
+)
+camera_auth_failures = Counter(
+    "csud_camera_auth_failures", "Sessions refused for their credentials (401)", _CAM, registry=REGISTRY
+)
 segments_written = Counter("csud_segments_written", "Segments closed and indexed", _CAM, registry=REGISTRY)
 camera_last_segment = Gauge(
     "csud_camera_last_segment_timestamp_seconds",
@@ -133,6 +142,7 @@ _PER_CAMERA = (
     camera_frames,
     camera_lost,
     camera_reconnects,
+    camera_auth_failures,
     camera_clock_offset,
     segments_written,
     camera_last_segment,
@@ -167,6 +177,13 @@ def export(recorders: Iterable[CameraRecorder]) -> None:
         camera_last_segment.labels(*labels).set((stats.last_segment_end_ns or stats.created_ns) / 1e9)
         for reason, count in stats.dropped_frames.items():
             _inc(camera_dropped_frames, (*labels, reason), f"drop:{reason}", count, seen)
+        _inc(camera_auth_failures, labels, "auth", stats.auth_failures, seen)
+        for reason, count in (
+            ("malformed", stats.malformed_packets),
+            ("payload_type", stats.foreign_packets),
+            ("malformed_rtcp", stats.malformed_rtcp),
+        ):
+            _inc(camera_rtp_errors, (*labels, reason), f"rtp:{reason}", count, seen)
         durations, stats.segment_write_seconds = stats.segment_write_seconds, []
         for seconds in durations:
             segment_write_seconds.labels(*labels).observe(seconds)
@@ -185,9 +202,10 @@ def forget(camera: str, commune: str) -> None:
         with contextlib.suppress(KeyError):
             metric.remove(*labels)
     for key in seen:
-        if key.startswith("drop:"):
-            with contextlib.suppress(KeyError):
-                camera_dropped_frames.remove(*labels, key.removeprefix("drop:"))
+        for prefix, metric in (("drop:", camera_dropped_frames), ("rtp:", camera_rtp_errors)):
+            if key.startswith(prefix):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels, key.removeprefix(prefix))
 
 
 def export_extractions(counts: dict[tuple[str, str], int]) -> None:

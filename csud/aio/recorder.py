@@ -59,6 +59,7 @@ class CameraStats:
     lost_packets: int = 0
     malformed_packets: int = 0
     malformed_rtcp: int = 0
+    auth_failures: int = 0
     foreign_packets: int = 0  # other payload types on the RTP channel
     reconnects: int = 0
     failures: int = 0
@@ -417,6 +418,7 @@ class CameraRecorder:
                 try:
                     await self._record_once(stop)
                 except AuthError as exc:
+                    self.stats.auth_failures += 1
                     self._failed(exc, "auth_failed")
                 except StreamError as exc:
                     self._failed(exc, "stream_failed")

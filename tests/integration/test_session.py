@@ -102,6 +102,7 @@ async def test_refused_credentials_back_off_and_never_print_the_password(
     assert 2 <= failures <= 4, failures
     assert auth_failures <= 2 * failures  # aiortsp answers the challenge once per attempt
     assert "refused the credentials" in recorder.stats.last_error
+    assert recorder.stats.auth_failures == failures
     out = capsys.readouterr().out
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert sum(e["event"] == "auth_failed" for e in events) == failures
