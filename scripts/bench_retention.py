@@ -12,6 +12,14 @@ this size. The database lives in a temporary directory (``--dir``) deleted at th
 
     .venv/bin/python scripts/bench_retention.py                 # the full 14 M rows
     .venv/bin/python scripts/bench_retention.py --days 3        # 1.4 M rows, quicker
+
+Backlog case (``--backlog-days N``): cameras x N days of one-minute segments, each with a file
+and 30 fragments, all due at once (a restart after hours down, or a window shortened on
+reload), destroyed by one ``run_pass``, while another connection inserts a recorder's segment
+every 20 ms. Reported: the longest write transaction of the retention connection (the longest
+the database lock was held), the total pass time, and the slowest concurrent insert.
+
+    .venv/bin/python scripts/bench_retention.py --backlog-days 1   # 330 x 1440 = 475,200 rows
 """
 
 from __future__ import annotations
@@ -22,11 +30,14 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from csud.aio.index import Index
-from csud.aio.retention import Retention
+from csud.aio.retention import DESTROY_BATCH, Retention
 from csud.aio.writer import FragmentInfo, SegmentInfo
 from csud.config import Settings, parse_settings
 from csud.daemon import INDEX_FILENAME
@@ -97,7 +108,7 @@ def build(index: Index, root: Path, cameras: int, days: int, with_files: int) ->
         rows += len(batch)
         print(f"\r  {rows:,} rows", end="", flush=True)
     print()
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")  # what Index.open sets
     conn.execute("PRAGMA cache_size=-2000")  # back to SQLite's default for the measured passes
     # Files and fragments for the segments the passes will destroy.
     conn.execute("BEGIN")
@@ -119,15 +130,91 @@ def build(index: Index, root: Path, cameras: int, days: int, with_files: int) ->
     return rows
 
 
+def backlog(args: argparse.Namespace, work: Path) -> None:
+    """A backlog of ``args.backlog_days`` days of every camera, due at once (see the module doc)."""
+    root = work / "store"
+    root.mkdir()
+    settings = settings_for(root, args.cameras, 1)  # 1-day window: the whole backlog is due
+    index = Index.open(root / INDEX_FILENAME)
+    t0 = time.perf_counter()
+    rows = build(index, root, args.cameras, args.backlog_days, with_files=args.backlog_days * 1440)
+    build_s = time.perf_counter() - t0
+    retention = Retention(index, root, settings, actor="bench")
+    holds: list[float] = []
+    real_transaction = index._transaction
+
+    @contextmanager
+    def timed() -> Iterator[sqlite3.Connection]:
+        with real_transaction() as conn:  # BEGIN IMMEDIATE has the lock when this yields
+            t = time.perf_counter()
+            yield conn
+        holds.append(time.perf_counter() - t)  # after COMMIT
+
+    index._transaction = timed  # type: ignore[method-assign]
+
+    stop = threading.Event()
+    waits: list[float] = []
+    failures: list[str] = []
+
+    def recorder() -> None:  # a recorder's index thread: its own connection, 1 row + 30 fragments
+        live = Index.open(root / INDEX_FILENAME)
+        start = T_BEGIN + (args.backlog_days + 2) * DAY
+        while not stop.is_set():
+            start += 60 * S
+            info = SegmentInfo(
+                segment_relpath("commune00", "live", start), start, start + 60 * S, 1, 1, "0" * 64,
+                tuple(FragmentInfo(start + k * 2 * S, k, 1, 1) for k in range(FRAGMENTS_PER_SEGMENT)),
+            )  # fmt: skip
+            t = time.perf_counter()
+            try:
+                live.add_segment("live", "commune00", info, start)
+            except Exception as e:
+                failures.append(str(e))
+            waits.append(time.perf_counter() - t)
+            stop.wait(0.02)
+        live.close()
+
+    thread = threading.Thread(target=recorder)
+    thread.start()
+    now = T_BEGIN + (args.backlog_days + 1) * DAY + 60 * S
+    t = time.perf_counter()
+    report = retention.run_pass(now)
+    pass_s = time.perf_counter() - t
+    stop.set()
+    thread.join()
+    journal_ok = index.verify_journal()
+    index.close()
+    print(f"host: {platform.node()} {platform.machine()}, Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}")  # fmt: skip
+    print(f"backlog: {rows:,} rows ({args.cameras} cameras x {args.backlog_days} days x 1440), each with a "
+          f"file and {FRAGMENTS_PER_SEGMENT} fragments; built in {build_s:.0f} s")  # fmt: skip
+    print(f"one pass destroyed {report.count:,} segments in {pass_s:.1f} s, "
+          f"{len(holds)} write transactions (batches of {DESTROY_BATCH})")  # fmt: skip
+    print(f"write lock held per transaction: median {statistics.median(holds) * 1e3:.1f} ms, "
+          f"max {max(holds) * 1e3:.1f} ms")  # fmt: skip
+    print(f"concurrent inserts: {len(waits)}, median {statistics.median(waits) * 1e3:.1f} ms, "
+          f"max {max(waits) * 1e3:.1f} ms, over 1 s: {sum(w > 1 for w in waits)}, "
+          f"failed: {len(failures)}")  # fmt: skip
+    print(f"overdue after the pass: {sum(report.overdue.values())}; journal: {journal_ok.entries} entries, "
+          f"verify ok={journal_ok.ok}")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cameras", type=int, default=330)
     ap.add_argument("--days", type=int, default=30, help="days of footage, also the retention window")
     ap.add_argument("--passes", type=int, default=7, help="measured passes (after one warm-up)")
     ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a new dir in /tmp)")
+    ap.add_argument("--backlog-days", type=int, default=0, help="run the backlog case instead (see above)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="csud-bench-retention-", dir=args.dir))
+    if args.backlog_days:
+        try:
+            backlog(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     root = work / "store"
     root.mkdir()
     try:

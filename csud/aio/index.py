@@ -34,6 +34,7 @@ from csud.aio.journal import (
     HOLD_ADDED,
     HOLD_RELEASED,
     JOURNAL_SCHEMA,
+    RECOVERED,
     Journal,
     JournalCheck,
     JournalEntry,
@@ -277,7 +278,10 @@ class Index:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StorageError(f"open index {path}: journal_mode is {mode}, WAL required")
-                conn.execute("PRAGMA synchronous=NORMAL")
+                # FULL, not NORMAL: in WAL mode NORMAL lets a power loss roll back the last
+                # commits, and a hold reported as added, or a journal entry, must survive it
+                # (docs/storage.md, "Index"). One fsync of the WAL per commit: a few per second.
+                conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 index._migrate()
         except sqlite3.Error as e:
@@ -520,6 +524,44 @@ class Index:
                 )
         except sqlite3.Error as e:
             raise StorageError(f"index unmark deleting: {e}") from e
+
+    def unmark_held(self, now_ns: int, actor: str | None = None) -> list[SegmentRef]:
+        """Startup, before finishing interrupted destructions: unmark the rows marked ``deleting``
+        that a hold active at ``now_ns`` covers, and journal one ``recovered`` entry per camera
+        (``action: held_unmarked``), in one transaction. Returns the rows unmarked."""
+        sql = (
+            "UPDATE segments SET deleting_ns = NULL, deleting_reason = NULL"
+            f" WHERE deleting_ns IS NOT NULL AND {_HELD} RETURNING {_REF_COLUMNS}"
+        )
+        try:
+            with self._lock, self._transaction() as conn:
+                rows = sorted(
+                    (SegmentRef(*row) for row in conn.execute(sql, {"now": now_ns}).fetchall()),
+                    key=lambda r: (r.commune, r.camera, r.end_ns, r.id),
+                )
+                by_camera: dict[tuple[str, str], list[SegmentRef]] = {}
+                for r in rows:
+                    by_camera.setdefault((r.commune, r.camera), []).append(r)
+                journal = Journal(conn)
+                for (commune, camera), segs in by_camera.items():
+                    journal.append(
+                        RECOVERED,
+                        now_ns=now_ns,
+                        actor=actor,
+                        camera=camera,
+                        commune=commune,
+                        from_ns=min(s.start_ns for s in segs),
+                        to_ns=max(s.end_ns for s in segs),
+                        reason="destruction cancelled at startup: an active hold covers the footage",
+                        details={
+                            "action": "held_unmarked",
+                            "count": len(segs),
+                            "paths": [s.path for s in segs[:100]],
+                        },
+                    )
+                return rows
+        except sqlite3.Error as e:
+            raise StorageError(f"index unmark held: {e}") from e
 
     def deleting(self) -> list[tuple[SegmentRef, str]]:
         """Rows marked for destruction and not yet removed (an interrupted deletion), with reason."""

@@ -9,7 +9,8 @@ connection) after retention has finished interrupted destructions:
    fsynced, hashed, renamed to ``NAME.mp4``, its directory fsynced, then indexed with a
    ``recovered`` journal entry in the same transaction. A partial with no whole fragment (or
    whose final name already exists) is moved to ``<root>/quarantine/`` with the same relative
-   path, and journaled; nothing is ever deleted.
+   path, and journaled; recovery deletes nothing (retention destroys a quarantined file once
+   it is past the legal maximum: :meth:`csud.aio.retention.Retention.expire_quarantine`).
 5. **Files without a row.** A ``NAME.mp4`` the index does not know (a crash between the rename
    and the row, or a power loss that rolled the row back) is indexed if the scanner finds it
    whole from its first to its last byte, else quarantined; journaled either way.
@@ -50,13 +51,13 @@ from csud.errors import StorageError
 from csud.log import get_logger
 from csud.store.layout import (
     PARTIAL_SUFFIX,
+    QUARANTINE_DIR,
     SEGMENT_SUFFIX,
     parse_segment_filename,
     validate_path_component,
 )
 from csud.store.recovery import ScanResult, scan
 
-QUARANTINE_DIR = "quarantine"
 LOCK_FILENAME = ".csud.lock"
 HASH_CHUNK_BYTES = 1 << 20
 MISSING_PATHS_JOURNALED = 100  # per camera and start; the count is always complete

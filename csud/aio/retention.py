@@ -13,7 +13,14 @@ Destruction (:meth:`Retention.destroy`), numbered as in docs/storage.md:
 1. mark the rows ``deleting`` (one transaction; a hold active now is re-checked there);
 2. unlink the files; 3. fsync their directories; 4. remove the rows and append one
 ``segments_destroyed`` journal entry per camera (one transaction); 5. remove empty date
-directories. :meth:`Retention.recover` finishes steps 2-5 for rows left marked by a crash.
+directories. Steps 1-4 run per batch of at most :data:`DESTROY_BATCH` rows, so that no write
+transaction holds the database lock for long: a backlog (a restart after hours down, a window
+shortened on reload) is hundreds of batches, and each recorder's insert gets the lock between
+two of them. :meth:`Retention.recover` finishes steps 2-5 for rows left marked by a crash, after
+unmarking those an active hold now covers.
+
+A pass also destroys quarantined files older than the legal maximum
+(:meth:`Retention.expire_quarantine`).
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ from csud.aio.journal import (
 from csud.config import LoadedConfig, Settings
 from csud.errors import CsudError
 from csud.log import get_logger
+from csud.store.layout import QUARANTINE_DIR
 from csud.store.retention import (
     NS_PER_SECOND,
     REASON_DISK_PRESSURE,
+    REASON_QUARANTINE_EXPIRED,
     REASON_RETENTION,
     Hold,
     Policies,
@@ -55,10 +64,15 @@ from csud.store.retention import (
     cutoff_ns,
     plan,
     plan_disk_pressure,
+    quarantine_expired,
+    quarantined_start_ns,
 )
 
 BATCH_PER_CAMERA = 2000  # candidates fetched per camera and round (~33 h of 1-min segments)
 MAX_ROUNDS_PER_PASS = 50  # a backlog beyond this waits for the next pass (overdue gauge)
+# Segment rows per write transaction (step 1, then step 4): ~20 ms of database lock each, with
+# their fragments (docs/benchmarks.md, "Retention"), well under a recorder's busy_timeout.
+DESTROY_BATCH = 500
 DISK_PRESSURE_BATCH = 500  # segments fetched per disk-pressure round
 DISK_PRESSURE_MAX_ROUNDS = 200
 DISK_PRESSURE_HYSTERESIS_PERCENT = 1.0  # free up to min_free_percent + this
@@ -97,6 +111,7 @@ class PassReport:
     windows: dict[tuple[str, str], int] = field(default_factory=dict)  # (commune, camera) -> days
     errors: list[str] = field(default_factory=list)
     freed_bytes: int = 0
+    quarantine_expired: list[str] = field(default_factory=list)  # paths destroyed (or due, dry run)
 
     @property
     def count(self) -> int:
@@ -185,6 +200,7 @@ class Retention:
             else:
                 self.destroy(decided.due, REASON_RETENTION, now_ns, report)
             pending = full
+        self.expire_quarantine(now_ns, report, holds)
         for commune, camera, cutoff, exclude in scopes:
             everything = self.index.count_due(camera, commune, cutoff)
             unheld = self.index.count_due(camera, commune, cutoff, exclude)
@@ -237,20 +253,33 @@ class Retention:
     def destroy(
         self, segments: Sequence[SegmentRef], reason: str, now_ns: int, report: PassReport | None = None
     ) -> list[CameraDestruction]:
-        """Steps 1-5 for ``segments``; returns per-camera summaries (also appended to ``report``)."""
-        if not segments:
-            return []
-        marked = self.index.mark_deleting([s.id for s in segments], reason, now_ns)  # step 1
-        return self._finish(marked, reason, now_ns, report, interrupted=False)
+        """Steps 1-5 for ``segments``, a batch of at most :data:`DESTROY_BATCH` at a time (each
+        batch marked, unlinked, synced and removed before the next is marked); returns per-camera
+        summaries (also appended to ``report``), one per camera and batch."""
+        summaries: list[CameraDestruction] = []
+        for batch in _batches(segments):
+            marked = self.index.mark_deleting([s.id for s in batch], reason, now_ns)  # step 1
+            if marked:
+                summaries += self._finish(marked, reason, now_ns, report, interrupted=False)
+        return summaries
 
     def recover(self, now_ns: int) -> PassReport:
-        """Startup: finish destructions a crash interrupted (rows still marked ``deleting``)."""
+        """Startup: finish destructions a crash interrupted (rows still marked ``deleting``).
+
+        The holds are checked again first: a hold added while the daemon was down (or between
+        step 1 and the crash) wins, its rows are unmarked (journaled ``recovered``,
+        ``action: held_unmarked``). If such a row's file was already unlinked, the row stays and
+        startup recovery step 6 reports it missing."""
         report = PassReport(now_ns=now_ns, dry_run=False)
+        held = self.index.unmark_held(now_ns, actor=self.actor)
+        if held:
+            self.log.warning("interrupted_destruction_held", segments=len(held))
         by_reason: dict[str, list[SegmentRef]] = {}
         for seg, reason in self.index.deleting():
             by_reason.setdefault(reason or REASON_RETENTION, []).append(seg)
         for reason, segs in by_reason.items():
-            self._finish(segs, reason, now_ns, report, interrupted=True)
+            for batch in _batches(segs):
+                self._finish(batch, reason, now_ns, report, interrupted=True)
         if report.destroyed:
             self.index.append_journal(
                 RECOVERED,
@@ -367,6 +396,56 @@ class Retention:
                 _fsync_dir(current.parent)
             current = current.parent
 
+    # -- quarantine -------------------------------------------------------------------------
+
+    def expire_quarantine(self, now_ns: int, report: PassReport, holds: Sequence[Hold] = ()) -> None:
+        """Destroy the files of ``<root>/quarantine/`` whose name's start is at least
+        ``legal.max_retention_days`` old (unless a hold on their camera overlaps them): unlink,
+        fsync the directory, then one ``segments_destroyed`` entry (reason ``quarantine_expired``,
+        ``details.path``) per file. A crash between the unlink and the entry loses the entry for
+        that one file. Listed only, ``report.dry_run``."""
+        base = self.root / QUARANTINE_DIR
+        if not base.is_dir():
+            return
+        legal_days = self.policies.legal_max_days
+        for dirpath, dirnames, names in os.walk(base):
+            dirnames.sort()
+            for name in sorted(names):
+                start = quarantined_start_ns(name)
+                path = Path(dirpath) / name
+                rel = path.relative_to(self.root).as_posix()
+                parts = rel.split("/")  # quarantine/<commune>/<camera>/YYYY/MM/DD/NAME
+                commune, camera = (parts[1], parts[2]) if len(parts) == 7 else (None, None)
+                if start is None or not quarantine_expired(start, camera, legal_days, holds, now_ns):
+                    continue
+                if report.dry_run:
+                    report.quarantine_expired.append(rel)
+                    continue
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    self.log.error("destroy_failed", path=rel, error=str(e.strerror or e))
+                    report.errors.append(f"unlink {rel}: {e.strerror or e}")
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_dir(path.parent)
+                self.index.append_journal(
+                    SEGMENTS_DESTROYED,
+                    now_ns=now_ns,
+                    actor=self.actor,
+                    camera=camera,
+                    commune=commune,
+                    from_ns=start,
+                    reason=REASON_QUARANTINE_EXPIRED,
+                    details={"path": rel, "bytes": size, "count": 1, "legal_max_days": legal_days},
+                )
+                report.quarantine_expired.append(rel)
+                report.freed_bytes += size
+                self.log.warning("quarantine_expired", path=rel, bytes=size)
+
     # -- metrics ----------------------------------------------------------------------------
 
     def export_metrics(self, report: PassReport | None, now_ns: int) -> None:
@@ -385,6 +464,14 @@ class Retention:
         for u in self.index.usage():
             out[u.commune] = out.get(u.commune, 0) + u.bytes
         return out
+
+
+def _batches(segments: Sequence[SegmentRef]) -> Iterable[Sequence[SegmentRef]]:
+    """``segments`` by camera (so a camera's rows share a batch and a journal entry), oldest
+    first within each, cut into batches of at most :data:`DESTROY_BATCH`."""
+    ordered = sorted(segments, key=lambda s: (s.commune, s.camera, s.end_ns, s.id))
+    for i in range(0, len(ordered), DESTROY_BATCH):
+        yield ordered[i : i + DESTROY_BATCH]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -471,10 +558,11 @@ class RetentionService:
         pressure = self.retention.relieve_disk_pressure(now)
         metrics.disk_pressure.set(1 if pressure.destroyed or pressure.errors else 0)
         self.retention.export_metrics(report, now)
-        if report.destroyed or pressure.destroyed or report.errors:
+        if report.destroyed or pressure.destroyed or report.errors or report.quarantine_expired:
             self.log.info(
                 "retention_pass",
                 destroyed=report.count,
+                quarantine_expired=len(report.quarantine_expired),
                 disk_pressure_destroyed=pressure.count,
                 overdue=sum(report.overdue.values()),
                 errors=len(report.errors) + len(pressure.errors),

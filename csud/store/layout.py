@@ -9,7 +9,10 @@ The date and the name are the segment's start in UTC, truncated to the milliseco
 the source of truth for exact times; the name is for humans and for recovery.
 
 Identifiers used as path components (commune, camera) are validated here, once, so that no id
-can climb out of the root or hide a file: only ``[A-Za-z0-9._-]``, not starting with ``.``.
+can climb out of the root or hide a file: only ``[A-Za-z0-9._-]``, not starting with ``.``, and
+none of :data:`RESERVED_NAMES` (the root's own entries: a commune called ``quarantine`` would be
+taken for the quarantine directory by startup recovery, one called ``index.sqlite3`` would collide
+with the index).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ NS_PER_SECOND = 1_000_000_000
 SEGMENT_SUFFIX = ".mp4"
 PARTIAL_SUFFIX = ".partial"
 MAX_COMPONENT_LENGTH = 128
+QUARANTINE_DIR = "quarantine"
+INDEX_FILENAME = "index.sqlite3"
+# Entries of the storage root that are not commune directories (compared case-insensitively, so
+# that a store copied to a case-insensitive file system still cannot mix them up).
+RESERVED_NAMES = frozenset(
+    {QUARANTINE_DIR, INDEX_FILENAME, *(INDEX_FILENAME + s for s in ("-wal", "-shm", "-journal"))}
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -42,6 +52,11 @@ def validate_path_component(kind: str, value: str) -> str:
         raise ValueError(f"invalid {kind} id {value!r}: only letters, digits, '.', '_' and '-' are allowed")
     if value.startswith("."):
         raise ValueError(f"invalid {kind} id {value!r}: must not start with '.'")
+    if value.lower() in RESERVED_NAMES:
+        raise ValueError(
+            f"invalid {kind} id {value!r}: reserved (names used by csud at the storage root:"
+            f" {', '.join(sorted(RESERVED_NAMES))})"
+        )
     return value
 
 

@@ -15,6 +15,10 @@ Rules (CSI art. L252-5, DESIGN.md "Retention"):
   segment's (``hold.from_ns < seg.end_ns and seg.start_ns < hold.to_ns``), and it is **active**: not
   released, and ``now_ns < until_ns`` when it has an ``until``. A covered segment is never destroyed,
   neither by retention nor by disk pressure; once the hold ends, it is due at the next pass.
+- A **quarantined** file (``<root>/quarantine/``: startup recovery could not publish it) has no
+  row, only its name: it is due when the start its name encodes is at least the legal maximum old
+  (:func:`quarantine_expired`), so that no footage outlives the law for being unreadable. Its end is
+  unknown; a hold on its camera overlapping ``[start, start + QUARANTINE_SPAN_NS)`` keeps it.
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from csud.store.layout import PARTIAL_SUFFIX, parse_segment_filename
+
 NS_PER_SECOND = 1_000_000_000
 SECONDS_PER_DAY = 86_400
 NS_PER_DAY = SECONDS_PER_DAY * NS_PER_SECOND
 
 REASON_RETENTION = "retention"
 REASON_DISK_PRESSURE = "disk_pressure"
+REASON_QUARANTINE_EXPIRED = "quarantine_expired"
+# How long a quarantined file is assumed to last from its name's start, for hold coverage:
+# segment_seconds is at most 3600 and a segment is cut at the first keyframe after its boundary.
+QUARANTINE_SPAN_NS = 2 * 3600 * NS_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +183,27 @@ def bytes_to_free(total: int, free: int, min_free_percent: float, hysteresis_per
         return 0
     target = int(total * (min_free_percent + hysteresis_percent) / 100)
     return max(target - free, 0)
+
+
+def quarantined_start_ns(name: str) -> int | None:
+    """The start encoded in a quarantined file's name (``NAME.mp4``, ``NAME.mp4.partial``, either
+    with the ``.1``, ``.2``... that avoid overwriting), or ``None`` if it is not one."""
+    stem, dot, suffix = name.rpartition(".")
+    if dot and suffix.isdigit():
+        name = stem
+    name = name.removesuffix(PARTIAL_SUFFIX)
+    try:
+        return parse_segment_filename(name)
+    except ValueError:
+        return None
+
+
+def quarantine_expired(
+    start_ns: int, camera: str | None, legal_max_days: int, holds: Iterable[Hold], now_ns: int
+) -> bool:
+    """A quarantined file starting at ``start_ns`` is destroyed once its start is at least
+    ``legal_max_days`` old, unless an active hold on its camera overlaps it."""
+    if start_ns > cutoff_ns(legal_max_days, now_ns):
+        return False
+    probe = SegmentRef(0, camera or "", "", start_ns, start_ns + QUARANTINE_SPAN_NS)
+    return camera is None or not covering_holds(probe, active_holds(holds, now_ns), now_ns)

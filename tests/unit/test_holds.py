@@ -109,3 +109,14 @@ def test_index_hold_api(tmp_path: Path) -> None:
         assert index.holds(include_released=False) == []
     finally:
         index.close()
+
+
+def test_index_commits_are_durable_synchronous_full(tmp_path: Path) -> None:
+    """A hold reported as added must survive a power loss: WAL with synchronous=FULL (2), since
+    NORMAL may roll back the last commits (docs/storage.md, "Index")."""
+    index = open_index(tmp_path)
+    try:
+        assert index._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert index._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        index.close()

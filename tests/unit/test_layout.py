@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from csud.store.layout import (
+    RESERVED_NAMES,
     parse_segment_filename,
     partial_name,
     segment_relpath,
@@ -82,6 +83,10 @@ def test_valid_components(value: str) -> None:
         ("café", "only letters"),
         ("a\x00", "only letters"),
         ("x" * 129, "longer than 128"),
+        ("quarantine", "reserved"),  # startup recovery skips <root>/quarantine
+        ("Quarantine", "reserved"),
+        ("index.sqlite3", "reserved"),
+        ("index.sqlite3-wal", "reserved"),
     ],
 )
 def test_invalid_components(value: str, message: str) -> None:
@@ -107,3 +112,10 @@ def test_stagger_is_deterministic_and_in_range() -> None:
     assert stagger_phase_ns("metz-gare-01", seg_ns) == 17_485_000_000  # stable across versions
     with pytest.raises(ValueError):
         stagger_phase_ns("x", 999_999)
+
+
+def test_reserved_names_are_the_roots_own_entries() -> None:
+    from csud.aio.recovery import QUARANTINE_DIR
+    from csud.daemon import INDEX_FILENAME
+
+    assert {QUARANTINE_DIR, INDEX_FILENAME} <= RESERVED_NAMES

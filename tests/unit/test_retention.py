@@ -347,6 +347,145 @@ def test_unlink_failure_leaves_the_row_live(
     assert retention.run_pass(T0 + 16 * DAY).count == 1
 
 
+def test_a_backlog_is_destroyed_in_bounded_transactions_releasing_the_lock_between(
+    store: tuple[Path, Index, Retention], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: a backlog (restart after hours down, window shortened) marked and removed every due
+    row of a round in one transaction each, holding the write lock for seconds while recorders'
+    inserts hit busy_timeout. Now steps 1-4 run per batch of at most DESTROY_BATCH rows, and
+    another connection can write between two batches."""
+    root, index, retention = store
+    monkeypatch.setattr(aio_retention, "DESTROY_BATCH", 2)
+    for i in range(3):
+        add_segment(index, root, "metz-gare-01", "metz", T0 + i * 60 * S)
+        add_segment(index, root, "woippy-mairie-01", "woippy", T0 + i * 60 * S)
+    calls: list[tuple[str, int]] = []
+    other = sqlite3.connect(root / "index.sqlite3", isolation_level=None, timeout=0)
+    real_mark, real_remove = index.mark_deleting, index.remove_deleted
+
+    def mark(ids: list[int], reason: str, now_ns: int) -> list[SegmentRef]:
+        other.execute("BEGIN IMMEDIATE")  # would raise "database is locked" if a batch held it
+        other.execute("ROLLBACK")
+        calls.append(("mark", len(ids)))
+        return real_mark(ids, reason, now_ns)
+
+    def remove(ids: list[int], entries: list[dict[str, object]]) -> int:
+        calls.append(("remove", len(ids)))
+        return real_remove(ids, entries)
+
+    monkeypatch.setattr(index, "mark_deleting", mark)
+    monkeypatch.setattr(index, "remove_deleted", remove)
+    report = retention.run_pass(T0 + 31 * DAY)
+    other.close()
+    assert report.count == 6 and files_under(root) == set()
+    assert calls == [("mark", 2), ("remove", 2)] * 3  # each batch finished before the next is marked
+    entries = index.journal_entries(kind="segments_destroyed")
+    assert sorted((e.camera, e.details["count"]) for e in entries) == [
+        ("metz-gare-01", 1),
+        ("metz-gare-01", 2),
+        ("woippy-mairie-01", 1),
+        ("woippy-mairie-01", 2),
+    ]
+    assert index.verify_journal().ok
+
+
+def test_a_crash_in_a_later_batch_leaves_only_that_batch_marked(
+    store: tuple[Path, Index, Retention], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, index, retention = store
+    monkeypatch.setattr(aio_retention, "DESTROY_BATCH", 2)
+    for i in range(5):
+        add_segment(index, root, "metz-gare-01", "metz", T0 + i * 60 * S)
+    real_remove = index.remove_deleted
+    calls = {"n": 0}
+
+    def remove(ids: list[int], entries: list[dict[str, object]]) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit("power cut in step 4 of the second batch")
+        return real_remove(ids, entries)
+
+    monkeypatch.setattr(index, "remove_deleted", remove)
+    with pytest.raises(SystemExit):
+        retention.run_pass(T0 + 16 * DAY)
+    assert len(index.deleting()) == 2  # the first batch is gone and journaled, the third untouched
+    assert len(index.segments("metz-gare-01")) == 1
+    assert [e.details["count"] for e in index.journal_entries(kind="segments_destroyed")] == [2]
+    monkeypatch.setattr(index, "remove_deleted", real_remove)
+    assert retention.recover(T0 + 16 * DAY).count == 2
+    assert retention.run_pass(T0 + 16 * DAY).count == 1
+    assert files_under(root) == set() and index.verify_journal().ok
+
+
+def test_recovery_unmarks_rows_a_hold_now_covers(store: tuple[Path, Index, Retention]) -> None:
+    """Issue: rows marked before a crash were destroyed at startup without re-checking the holds,
+    so a hold added meanwhile (the daemon down, a requisition served) lost its footage."""
+    root, index, retention = store
+    held_id, held_path = add_segment(index, root, "metz-gare-01", "metz", T0)
+    free_id, free_path = add_segment(index, root, "metz-gare-01", "metz", T0 + 60 * S)
+    now = T0 + 16 * DAY
+    assert len(index.mark_deleting([held_id, free_id], "retention", now)) == 2  # step 1, then a crash
+    index.add_hold(
+        ["metz-gare-01"], T0, T0 + 30 * S, requisition="PV 2026/9", officer="OPJ", reason="r",
+        until_ns=None, now_ns=now + S, actor="test",
+    )  # fmt: skip
+    report = retention.recover(now + 2 * S)
+    assert report.count == 1
+    assert (root / held_path).exists() and not (root / free_path).exists()
+    assert [r.path for r in index.segments("metz-gare-01")] == [held_path] and index.deleting() == []
+    (entry,) = [e for e in index.journal_entries(kind="recovered") if e.details.get("action")]
+    assert entry.details == {"action": "held_unmarked", "count": 1, "paths": [held_path]}
+    assert (entry.camera, entry.commune) == ("metz-gare-01", "metz")
+    assert index.verify_journal().ok
+
+
+def _quarantine(root: Path, name: str, camera: str = "metz-gare-01") -> str:
+    rel = f"quarantine/metz/{camera}/2026/09/01/{name}"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(b"x" * 10)
+    return rel
+
+
+def test_quarantined_files_are_destroyed_past_the_legal_maximum(
+    store: tuple[Path, Index, Retention],
+) -> None:
+    """Issue: quarantined files were never destroyed and could keep footage past the legal
+    maximum. Now a pass destroys one whose name's start is at least legal.max_retention_days old
+    (30 here) and journals it (docs/storage.md, "Destroying segments")."""
+    root, index, retention = store
+    partial = _quarantine(root, "20260901T000000.000Z.mp4.partial")
+    renamed = _quarantine(root, "20260901T000000.000Z.mp4.1")
+    later = _quarantine(root, "20260901T120000.000Z.mp4")
+    other = _quarantine(root, "notes.txt")  # not a segment name: never touched
+    legal_at = T0 + 30 * DAY
+    assert retention.run_pass(legal_at - 1).quarantine_expired == []
+    assert retention.run_pass(legal_at, dry_run=True).quarantine_expired == [renamed, partial]
+    assert (root / partial).exists()
+    report = retention.run_pass(legal_at)
+    assert report.quarantine_expired == [renamed, partial]
+    assert not (root / partial).exists() and not (root / renamed).exists()
+    assert (root / later).exists() and (root / other).exists()
+    entries = index.journal_entries(kind="segments_destroyed")
+    assert [(e.reason, e.camera, e.commune, e.from_ns, e.details["path"]) for e in entries] == [
+        ("quarantine_expired", "metz-gare-01", "metz", T0, renamed),
+        ("quarantine_expired", "metz-gare-01", "metz", T0, partial),
+    ]
+    assert index.verify_journal().ok
+    assert retention.run_pass(T0 + 31 * DAY).quarantine_expired == [later]
+
+
+def test_a_hold_keeps_a_quarantined_file(store: tuple[Path, Index, Retention]) -> None:
+    root, index, retention = store
+    kept = _quarantine(root, "20260901T000000.000Z.mp4.partial")
+    gone = _quarantine(root, "20260901T000000.000Z.mp4.partial", camera="metz-gare-02")
+    index.add_hold(
+        ["metz-gare-01"], T0 + 60 * S, T0 + 120 * S, requisition="R", officer="O", reason="r",
+        until_ns=None, now_ns=T0, actor="t",
+    )  # fmt: skip
+    assert retention.run_pass(T0 + 40 * DAY).quarantine_expired == [gone]
+    assert (root / kept).exists()
+
+
 def test_dry_run_destroys_nothing(store: tuple[Path, Index, Retention]) -> None:
     root, index, retention = store
     add_segment(index, root, "metz-gare-01", "metz", T0)
