@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -44,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from csud.aio.fsutil import fsync_dir, makedirs_durable, sha256_file
 from csud.aio.index import Index
 from csud.aio.journal import INTEGRITY_FAILURE, RECOVERED, os_actor
-from csud.aio.writer import FragmentInfo, SegmentInfo, _fsync_dir, _makedirs_durable
+from csud.aio.writer import FragmentInfo, SegmentInfo
 from csud.errors import StorageError
 from csud.log import get_logger
 from csud.store.layout import (
@@ -59,7 +59,6 @@ from csud.store.layout import (
 from csud.store.recovery import ScanResult, scan
 
 LOCK_FILENAME = ".csud.lock"
-HASH_CHUNK_BYTES = 1 << 20
 MISSING_PATHS_JOURNALED = 100  # per camera and start; the count is always complete
 
 
@@ -223,21 +222,6 @@ def _reader(f: BinaryIO) -> Any:
     return read
 
 
-def hash_file(path: Path, length: int | None = None) -> str:
-    """SHA-256 of the first ``length`` bytes of ``path`` (all of it by default)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        remaining = length
-        while remaining is None or remaining > 0:
-            chunk = f.read(HASH_CHUNK_BYTES if remaining is None else min(HASH_CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-    return digest.hexdigest()
-
-
 def segment_info(relpath: str, result: ScanResult, sha256: str) -> SegmentInfo:
     """The index row of a recovered file: start from its name (UTC, ms) plus the first ``tfdt``,
     fragment starts from their ``tfdt``, end after the last fragment's samples."""
@@ -362,11 +346,11 @@ class _Recovery:
             os.fsync(fd)
         finally:
             os.close(fd)
-        info = segment_info(f.relpath, result, hash_file(partial, keep))
+        info = segment_info(f.relpath, result, sha256_file(partial, keep)[1])
         if final.exists():  # raced by nothing (we hold the store lock), but never overwrite
             raise FileExistsError(f"{f.relpath} appeared during recovery")
         os.rename(partial, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self._index(commune, camera, info, "partial_published", {"truncated_bytes": f.size - keep})
         self.report.published.append(f.relpath)
         self.report.truncated_bytes += f.size - keep
@@ -386,7 +370,7 @@ class _Recovery:
         if not result.valid:
             self._quarantine(commune, camera, f, f"not a whole segment file ({result.problem})")
             return
-        info = segment_info(f.relpath, result, hash_file(path, result.good_end))
+        info = segment_info(f.relpath, result, sha256_file(path, result.good_end)[1])
         self._index(commune, camera, info, "orphan_indexed", {})
         self.report.indexed_orphans.append(f.relpath)
         _log().warning("orphan_segment_indexed", path=f.relpath, frames=info.frames, bytes=info.bytes)
@@ -425,10 +409,10 @@ class _Recovery:
         source = self.root / f.disk_relpath
         target_rel = quarantine_target(self.root, f.disk_relpath)
         target = self.root / target_rel
-        _makedirs_durable(self.root, PurePosixPath(target_rel).parent)
+        makedirs_durable(self.root, PurePosixPath(target_rel).parent)
         os.rename(source, target)
-        _fsync_dir(target.parent)
-        _fsync_dir(source.parent)
+        fsync_dir(target.parent)
+        fsync_dir(source.parent)
         self.index.append_journal(
             RECOVERED,
             now_ns=self.now_ns,
@@ -581,7 +565,7 @@ def check_store(index: Index, root: Path, hashes: bool = False) -> CheckReport:
                 report.size_mismatches.append((path, size, found.size))
             elif hashes:
                 report.hashed += 1
-                if hash_file(root / path) != sha:
+                if sha256_file(root / path)[1] != sha:
                     report.hash_mismatches.append(path)
     quarantine = root / QUARANTINE_DIR
     if quarantine.is_dir():

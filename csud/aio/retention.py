@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from csud import __version__, metrics
+from csud.aio.fsutil import fsync_dir
 from csud.aio.index import Index
 from csud.aio.journal import (
     CONFIG_LOADED,
@@ -321,7 +322,7 @@ class Retention:
             dirs.add(path.parent)
         for directory in dirs:  # step 3
             with contextlib.suppress(FileNotFoundError):
-                _fsync_dir(directory)
+                fsync_dir(directory)
         if failed:  # left for the next pass: the row must keep naming a file that still exists
             self.index.unmark_deleting(failed)
         gone = [s for s in marked if s.id not in set(failed)]
@@ -393,7 +394,7 @@ class Retention:
             except OSError:  # not empty (or already gone): stop climbing
                 return
             with contextlib.suppress(OSError):
-                _fsync_dir(current.parent)
+                fsync_dir(current.parent)
             current = current.parent
 
     # -- quarantine -------------------------------------------------------------------------
@@ -431,7 +432,7 @@ class Retention:
                     report.errors.append(f"unlink {rel}: {e.strerror or e}")
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
                 self.index.append_journal(
                     SEGMENTS_DESTROYED,
                     now_ns=now_ns,
@@ -472,14 +473,6 @@ def _batches(segments: Sequence[SegmentRef]) -> Iterable[Sequence[SegmentRef]]:
     ordered = sorted(segments, key=lambda s: (s.commune, s.camera, s.end_ns, s.id))
     for i in range(0, len(ordered), DESTROY_BATCH):
         yield ordered[i : i + DESTROY_BATCH]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RetentionService:

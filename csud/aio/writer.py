@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import aiofiles
 import av
 
+from csud.aio.fsutil import fsync_dir, makedirs_durable
 from csud.errors import StorageError
 from csud.store.layout import partial_name
 from csud.store.segmenter import Frame
@@ -224,28 +225,6 @@ def _storage_error(op: str, relpath: str, e: OSError) -> StorageError:
     return StorageError(f"{op} {relpath}: {_errno_name(e)} ({e.strerror or e})")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs_durable(root: Path, reldir: PurePosixPath) -> None:
-    """Create the missing directories of ``root/reldir``, fsyncing each new one's parent."""
-    current = root
-    for part in reldir.parts:
-        child = current / part
-        try:
-            child.mkdir()
-        except FileExistsError:
-            pass
-        else:
-            _fsync_dir(current)
-        current = child
-
-
 def _check_relpath(relpath: str) -> PurePosixPath:
     p = PurePosixPath(relpath)
     if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts):
@@ -316,7 +295,7 @@ class SegmentWriter:
         loop = asyncio.get_running_loop()
 
         def prepare() -> None:
-            _makedirs_durable(root, rel.parent)
+            makedirs_durable(root, rel.parent)
             if final.exists():
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
 
@@ -392,7 +371,7 @@ class SegmentWriter:
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
             os.rename(partial, final)
             self._published = True
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
 
         try:
             await self._run(publish)
@@ -458,7 +437,7 @@ class SegmentWriter:
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
             os.rename(partial, final)
             self._published = True
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
 
         try:
             await self._run(salvage)

@@ -49,6 +49,7 @@ import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from csud import __version__
+from csud.aio.fsutil import fsync_path, sha256_file
 from csud.aio.index import Index
 from csud.aio.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
 from csud.aio.writer import MP4_TIMESCALE, ns_to_ticks
@@ -131,21 +132,6 @@ def plan_all(index: Index, request: Request) -> list[ClipPlan]:
         except ClipPlanError as e:
             raise EvidenceError(f"camera {camera.id}: {e}") from None
     return plans
-
-
-def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a whole file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb", buffering=0) as f:
-        buf = bytearray(HASH_CHUNK_BYTES)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            size += n
-            if on_bytes is not None:
-                on_bytes(n)
-    return size, digest.hexdigest()
 
 
 def read_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], None] | None = None) -> bytes:
@@ -298,7 +284,7 @@ def write_clip(
         raise EvidenceError(f"camera {camera.id}: writing the clip failed: {e}") from e
     if state.frames == 0 or state.first_ns is None or state.template is None:
         raise EvidenceError(f"camera {camera.id}: no frame recorded in the interval")
-    size, digest = hash_file(out_path)
+    size, digest = sha256_file(out_path)
     codec, width, height, _ = state.template
     output = mf.OutputFile(
         name=out_path.name,
@@ -311,14 +297,6 @@ def write_clip(
         height=height,
     )
     return state.first_ns, state.end_ns, output
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -358,7 +336,7 @@ def _publish(staging: Path, final: Path, force: bool) -> None:
         if old is not None:
             os.rename(old / final.name, final)  # put the previous extraction back
         raise
-    _fsync_path(final.parent, directory=True)
+    fsync_path(final.parent, directory=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -451,8 +429,8 @@ def extract(
             _write_file(staging / mf.SIGNATURE_NAME, sign(signing_key, data))
             _write_file(staging / mf.PUBLIC_KEY_NAME, public_pem(signing_key.public_key()))
         for path in staging.iterdir():
-            _fsync_path(path)
-        _fsync_path(staging, directory=True)
+            fsync_path(path)
+        fsync_path(staging, directory=True)
         _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
         try:
             _publish(staging, final, request.force)

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csud.aio.fsutil import sha256_file
 from csud.aio.index import Index, SegmentRow
 from csud.aio.recovery import QUARANTINE_DIR
 from csud.errors import EvidenceError, UsageError
 from csud.evidence import manifest as mf
-from csud.evidence.extract import hash_file
 from csud.evidence.signing import fingerprint, load_public_key, signature_valid
 from csud.store.layout import PARTIAL_SUFFIX, SEGMENT_SUFFIX
 
@@ -130,7 +130,7 @@ def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionR
     for expected in summary.files:
         clip = folder / expected.name
         try:
-            size, digest = hash_file(clip)
+            size, digest = sha256_file(clip)
         except FileNotFoundError:
             report.problems.append(f"{expected.name}: missing")
             report.lines.append(f"MISSING   {expected.name}")
@@ -217,7 +217,7 @@ def verify_archive(
 
     for row in rows:
         try:
-            size, digest = hash_file(root / row.path, on_bytes)
+            size, digest = sha256_file(root / row.path, on_bytes=on_bytes)
         except FileNotFoundError:
             if index.segment(row.id) is not None:  # still indexed: not destroyed meanwhile
                 report.missing.append(row)

@@ -16,13 +16,13 @@ from pathlib import Path
 import av
 import pytest
 
+from csud.aio.fsutil import sha256_file
 from csud.aio.index import Index
 from csud.aio.journal import INTEGRITY_FAILURE, RECOVERED
 from csud.aio.recovery import (
     QUARANTINE_DIR,
     StoreLock,
     check_store,
-    hash_file,
     recover_store,
     store_locked,
 )
@@ -103,7 +103,7 @@ def test_step4_partial_is_cut_to_its_last_whole_fragment_and_indexed(
     assert [r.path for r in rows] == [recorded[1][0].relpath, info.relpath]
     new = rows[1]
     assert new.frames == sum(f.frames for f in kept) == frames_decoded(path)
-    assert new.sha256 == hash_file(path) and new.bytes == last.offset
+    assert new.sha256 == sha256_file(path)[1] and new.bytes == last.offset
     assert abs(new.start_ns - info.start_ns) < 1_000_000  # the name keeps milliseconds
     assert new.end_ns == pytest.approx(kept[-1].start_ns + GOP * FRAME_NS, abs=20_000)
     frags = index.fragments(new.id)
