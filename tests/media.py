@@ -36,7 +36,12 @@ def frame_ns(fps: Fraction | int = FPS) -> int:
 
 
 def encode(
-    frames: int, width: int = WIDTH, height: int = HEIGHT, gop: int = GOP, fps: Fraction | int = FPS
+    frames: int,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    gop: int = GOP,
+    fps: Fraction | int = FPS,
+    bitrate: int | None = None,
 ) -> list[AccessUnit]:
     """A synthetic clip as access units: fixed GOP, no B-frames, SPS/PPS repeated in-band.
 
@@ -51,6 +56,9 @@ def encode(
     enc.gop_size = gop
     enc.max_b_frames = 0
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes=0"
+    if bitrate:
+        enc.bit_rate = bitrate
+        params += f":vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000}"
     enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": params}
     rng = np.random.default_rng(1)
     out: list[AccessUnit] = []

@@ -12,11 +12,9 @@ import io
 import itertools
 import os
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from csud.aio.writer import (
@@ -30,63 +28,7 @@ from csud.errors import StorageError
 from csud.proto.media import AccessUnit
 from csud.store.layout import segment_relpath
 from csud.store.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
-
-WIDTH, HEIGHT, FPS, GOP = 320, 240, 25, 25
-FRAME_NS = 1_000_000_000 // FPS
-T0_NS = 1_790_000_000_000_000_000  # 2026-09-21T...Z, on a whole second
-RTP_TICKS_PER_FRAME = 90000 // FPS
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex B stream (3- or 4-byte start codes)."""
-    nals: list[bytes] = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        start = i + 3
-        j = data.find(b"\x00\x00\x01", start)
-        end = len(data) if j < 0 else j
-        nal = data[start:end]
-        if j >= 0 and nal.endswith(b"\x00"):
-            nal = nal[:-1]  # the leading zero of a 4-byte start code
-        if nal:
-            nals.append(nal)
-        i = j
-    return nals
-
-
-def encode(
-    frames: int, width: int = WIDTH, height: int = HEIGHT, bitrate: int | None = None
-) -> list[AccessUnit]:
-    """A synthetic clip as access units: GOP of 25, no B-frames, SPS/PPS repeated in-band."""
-    enc = av.CodecContext.create("libx264", "w")
-    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
-    enc.time_base = Fraction(1, FPS)
-    enc.framerate = Fraction(FPS)
-    enc.gop_size = GOP
-    enc.max_b_frames = 0
-    params = f"keyint={GOP}:min-keyint={GOP}:scenecut=0:repeat-headers=1:bframes=0"
-    if bitrate:
-        enc.bit_rate = bitrate
-        params += f":vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000}"
-    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": params}
-    rng = np.random.default_rng(1)
-    out: list[AccessUnit] = []
-    for i in range(frames + 1):
-        packets = []
-        if i < frames:
-            img = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
-            img = np.kron(img, np.ones((8, 8, 1), dtype=np.uint8))
-            frame = av.VideoFrame.from_ndarray(np.roll(img, i * 3, axis=1), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts = i
-            packets = enc.encode(frame)
-        else:
-            packets = enc.encode(None)
-        for p in packets:
-            nals = split_annexb(bytes(p))
-            out.append(AccessUnit(len(out) * RTP_TICKS_PER_FRAME, nals, p.is_keyframe, sum(map(len, nals))))
-    assert len(out) == frames
-    return out
+from tests.media import FRAME_NS, GOP, HEIGHT, T0_NS, WIDTH, encode
 
 
 @pytest.fixture(scope="module")
