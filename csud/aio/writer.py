@@ -363,29 +363,11 @@ class SegmentWriter:
                 raise _storage_error("remove", partial_name(relpath), e) from e
             return None
 
-        partial, final = self.partial_path, self.final_path
-
-        def publish() -> None:
-            # rename(2) would silently replace an existing segment: refuse instead.
-            if final.exists():
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
-            os.rename(partial, final)
-            self._published = True
-            fsync_dir(final.parent)
-
         try:
-            await self._run(publish)
+            await self._run(self._publish)
         except OSError as e:
             raise _storage_error("rename", relpath, e) from e
-        return SegmentInfo(
-            relpath=relpath,
-            start_ns=self.start_ns,
-            end_ns=end_ns,
-            bytes=self._size_bytes,
-            frames=sum(f.frames for f in self._fragments),
-            sha256=self._hash.hexdigest(),
-            fragments=tuple(self._fragments),
-        )
+        return self._info(end_ns, self._size_bytes, self._hash.hexdigest())
 
     async def abort(self, remove: bool = False) -> None:
         """Stop writing after an error. The ``.partial`` file stays for startup recovery unless
@@ -420,40 +402,47 @@ class SegmentWriter:
         with contextlib.suppress(Exception):  # the muxer's remaining output is discarded
             await self._run(self._muxer.close)
         await self._close_file_quietly()
-        partial, final, size = self.partial_path, self.final_path, self._good_size
+        partial, size = self.partial_path, self._good_size
         if not self._fragments:
             with contextlib.suppress(OSError):
                 await self._run(partial.unlink)
             return None
+        try:
+            await self._run(self._publish, size)
+        except OSError as e:
+            raise _storage_error("salvage", partial_name(self.relpath), e) from e
+        return self._info(self._good_end_ns, size, self._good_hash.hexdigest())
 
-        def salvage() -> None:
+    # -- internals --------------------------------------------------------------------------
+
+    def _publish(self, truncate_to: int | None = None) -> None:
+        """Give the ``.partial`` its final name (in a worker thread): optionally cut it back to
+        ``truncate_to`` bytes and fsync it first; never rename over an existing segment (rename(2)
+        would silently replace it); then fsync the directory so the name is durable."""
+        partial, final = self.partial_path, self.final_path
+        if truncate_to is not None:
             fd = os.open(partial, os.O_WRONLY)
             try:
-                os.ftruncate(fd, size)
+                os.ftruncate(fd, truncate_to)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if final.exists():
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
-            os.rename(partial, final)
-            self._published = True
-            fsync_dir(final.parent)
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
+        os.rename(partial, final)
+        self._published = True
+        fsync_dir(final.parent)
 
-        try:
-            await self._run(salvage)
-        except OSError as e:
-            raise _storage_error("salvage", partial_name(self.relpath), e) from e
+    def _info(self, end_ns: int, size: int, sha256: str) -> SegmentInfo:
         return SegmentInfo(
             relpath=self.relpath,
             start_ns=self.start_ns,
-            end_ns=self._good_end_ns,
+            end_ns=end_ns,
             bytes=size,
             frames=sum(f.frames for f in self._fragments),
-            sha256=self._good_hash.hexdigest(),
+            sha256=sha256,
             fragments=tuple(self._fragments),
         )
-
-    # -- internals --------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
         if self._finished:
