@@ -52,7 +52,6 @@ class CameraStats:
     """Plain counters, updated on the hot path and exported in aggregate by the metrics task."""
 
     up: bool = False
-    packets: int = 0
     bytes_received: int = 0
     frames_received: int = 0
     frames_recorded: int = 0
@@ -186,7 +185,6 @@ class CameraRecorder:
                 self._on_rtcp(buf, start, end)
             return
         stats = self.stats
-        stats.packets += 1
         if end - start > 1 and (buf[start + 1] & 0x7F) != self._payload_type:
             stats.foreign_packets += 1
             return
@@ -481,7 +479,8 @@ class CameraRecorder:
         bytes_before = self.stats.bytes_received
         # A stall is judged on RTP packets, not on bytes: a camera whose encoder died may still
         # send RTCP reports and answer keep-alives. Watching the counter costs the hot path nothing.
-        packets_seen, progress_at = self.stats.packets, time.monotonic()
+        depack = self._depack  # the session's own: its packet counter is the progress measure
+        packets_seen, progress_at = depack.packets, time.monotonic()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while True:
@@ -495,8 +494,8 @@ class CameraRecorder:
                     raise self._fatal
                 self.stats.bytes_received = bytes_before + session.bytes_received
                 now = time.monotonic()
-                if self.stats.packets != packets_seen:
-                    packets_seen, progress_at = self.stats.packets, now
+                if depack.packets != packets_seen:
+                    packets_seen, progress_at = depack.packets, now
                 elif now - progress_at > stall:
                     raise StreamError(f"no RTP packet for {stall:g} s (stall)")
                 if now - last_report >= RTCP_REPORT_SECONDS:
