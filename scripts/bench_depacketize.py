@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from csud.proto import h264, h265
-from csud.proto.rtp import build_rtp
+from csud.media import h264, h265
+from csud.media.rtp import build_rtp
 
 
 @dataclass(frozen=True)

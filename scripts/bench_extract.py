@@ -29,12 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from csud.aio.index import Index
-from csud.aio.writer import SegmentWriter
-from csud.proto.media import AccessUnit
+from csud.media.units import AccessUnit
+from csud.recording.segmenter import Close, Mux, Open, Segmenter
+from csud.recording.writer import SegmentWriter
 from csud.sim.clip import ClipParams, load_clip
+from csud.store.index import Index
 from csud.store.layout import segment_relpath
-from csud.store.segmenter import Close, Mux, Open, Segmenter
 
 NS_PER_SECOND = 1_000_000_000
 T0_NS = 1_790_000_000 * NS_PER_SECOND

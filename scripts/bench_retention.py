@@ -6,7 +6,7 @@ communes with a 30-day window. The rows are bulk-inserted (executemany, big tran
 ``synchronous=OFF`` while loading only); only the segments that the measured passes destroy
 get a file (and 30 fragment rows each, so that the ON DELETE CASCADE is real). Then each pass
 advances the clock by one minute, so it destroys exactly one segment per camera (330 rows,
-330 files, 330 journal entries) through :meth:`csud.aio.retention.Retention.run_pass`, the code
+330 files, 330 journal entries) through :meth:`csud.store.retention.Retention.run_pass`, the code
 the daemon runs. Also timed: the due query alone (a dry run) and a recorder's segment insert at
 this size. The database lives in a temporary directory (``--dir``) deleted at the end.
 
@@ -36,12 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from csud.aio.index import Index
-from csud.aio.retention import DESTROY_BATCH, Retention
-from csud.aio.writer import FragmentInfo, SegmentInfo
 from csud.config import Settings, parse_settings
-from csud.daemon import INDEX_FILENAME
+from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.service.daemon import INDEX_FILENAME
+from csud.store.index import Index
 from csud.store.layout import segment_relpath
+from csud.store.retention import DESTROY_BATCH, Retention
 
 S = 1_000_000_000
 DAY = 86_400 * S

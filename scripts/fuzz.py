@@ -40,15 +40,15 @@ import contextlib
 
 from aiortsp.rtsp.sdp import SDP
 
-from csud.aio.session import _describe, _LeanConnection, _rtsp_errors
-from csud.aio.writer import FragmentMuxer
 from csud.errors import StreamError
-from csud.proto import h264, h265
-from csud.proto.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
-from csud.proto.rtp import build_rtp, parse_rtcp_packets
-from csud.proto.sdp import parse_sdp
-from csud.store.recovery import MAX_MOOF_SIZE, scan
-from csud.store.segmenter import Frame
+from csud.media import h264, h265
+from csud.media.rtp import build_rtp, parse_rtcp_packets
+from csud.recording.segmenter import Frame
+from csud.recording.writer import FragmentMuxer
+from csud.rtsp.client import _describe, _LeanConnection, _rtsp_errors
+from csud.rtsp.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
+from csud.rtsp.sdp import parse_sdp
+from csud.store.scan import MAX_MOOF_SIZE, scan
 from tests.media import FRAME_NS, GOP, T0_NS, encode
 
 MAX_BUFFERED = 2 * MAX_MESSAGE_BYTES + 0xFFFF + INTERLEAVED_HEADER_SIZE

@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # ffmpeg: ffprobe checks recorded segments in the tests. python3-venv: the virtualenv.
 # prometheus: promtool checks the metrics and alert rules. systemd: systemd-analyze verify.
-APT_PACKAGES=(ffmpeg python3-venv prometheus systemd gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools)
+# etcd-server: a real etcd for the cluster tests. chromium + chromium-driver: the wall's browser tests.
+APT_PACKAGES=(ffmpeg python3-venv prometheus systemd gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-tools etcd-server chromium chromium-driver)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -31,5 +32,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,sim]'
 echo "setup: ready ($("$VENV/bin/csud" --version))"

@@ -16,12 +16,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-from csud.aio.index import Index
-from csud.aio.writer import SegmentInfo, SegmentWriter
-from csud.proto.h264 import split_annexb
-from csud.proto.media import AccessUnit
+from csud.media.h264 import split_annexb
+from csud.media.units import AccessUnit
+from csud.recording.segmenter import Close, Frame, Mux, Open, Segmenter
+from csud.recording.writer import SegmentInfo, SegmentWriter
+from csud.store.index import Index
 from csud.store.layout import segment_relpath
-from csud.store.segmenter import Close, Frame, Mux, Open, Segmenter
 
 WIDTH, HEIGHT, FPS, GOP = 320, 240, 25, 25
 NS_PER_SECOND = 1_000_000_000

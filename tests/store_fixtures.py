@@ -9,11 +9,11 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from csud.aio.index import Index
-from csud.aio.writer import FragmentInfo, SegmentInfo
-from csud.cli import format_time
+from csud.cli.main import format_time
 from csud.config import Settings, load_config
-from csud.daemon import INDEX_FILENAME
+from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.service.daemon import INDEX_FILENAME
+from csud.store.index import Index
 from csud.store.layout import segment_relpath
 
 S = 1_000_000_000

@@ -5,7 +5,7 @@ daemon keeps recording meanwhile; SQLite WAL lets both use the index).
 
 Steps, in order; any failure leaves nothing in the output directory:
 
-1. Plan every camera (:func:`csud.store.clip.plan_clip`) from the index. A reversed interval, an
+1. Plan every camera (:func:`csud.evidence.clip.plan_clip`) from the index. A reversed interval, an
    unknown camera or an interval without footage is refused before anything is written.
 2. Create a hidden temporary folder next to ``DIR/<REF>`` (same filesystem, so step 6 is a
    rename).
@@ -49,14 +49,21 @@ import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from csud import __version__
-from csud.aio.fsutil import fsync_path, sha256_file
-from csud.aio.index import Index
-from csud.aio.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
-from csud.aio.writer import MP4_TIMESCALE, ns_to_ticks
 from csud.errors import CsudError, EvidenceError, UsageError
 from csud.evidence import manifest as mf
+from csud.evidence.clip import (
+    ClipPlan,
+    ClipPlanError,
+    EmptyIntervalError,
+    FragmentSpan,
+    SegmentSpan,
+    plan_clip,
+)
 from csud.evidence.signing import public_pem, sign
-from csud.store.clip import ClipPlan, ClipPlanError, EmptyIntervalError, FragmentSpan, SegmentSpan, plan_clip
+from csud.recording.writer import MP4_TIMESCALE, ns_to_ticks
+from csud.store.durable import fsync_path, sha256_file
+from csud.store.index import Index
+from csud.store.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
 
 HASH_CHUNK_BYTES = 4 << 20
 NS_PER_SECOND = 1_000_000_000

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from csud.store.clip import ClipPlan
+from csud.evidence.clip import ClipPlan
 
 SCHEMA = "csud-extraction/1"
 MANIFEST_NAME = "manifest.json"

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csud.aio.fsutil import sha256_file
-from csud.aio.index import Index, SegmentRow
-from csud.aio.recovery import QUARANTINE_DIR
 from csud.errors import EvidenceError, UsageError
 from csud.evidence import manifest as mf
 from csud.evidence.signing import fingerprint, load_public_key, signature_valid
+from csud.store.durable import sha256_file
+from csud.store.index import Index, SegmentRow
 from csud.store.layout import PARTIAL_SUFFIX, SEGMENT_SUFFIX
+from csud.store.recovery import QUARANTINE_DIR
 
 NOT_SIGNED_LINE = "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself"
 

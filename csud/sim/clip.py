@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csud.proto.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, NAL_TYPE_MASK, split_annexb
+from csud.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, NAL_TYPE_MASK, split_annexb
 
 CLIP_FORMAT_VERSION = 1  # bump when the pattern or the encoder settings change the bytes
 CACHE_DIR_ENV = "CSUD_SIM_CACHE_DIR"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from csud.proto.h264 import packetize_au
-from csud.proto.rtp import RTP_SEQ_OFFSET, RTP_SSRC_OFFSET, RTP_TS_OFFSET, build_rtp
+from csud.media.h264 import packetize_au
+from csud.media.rtp import RTP_SEQ_OFFSET, RTP_SSRC_OFFSET, RTP_TS_OFFSET, build_rtp
 from csud.sim.clip import Clip
 
 PAYLOAD_TYPE = 96

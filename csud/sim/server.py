@@ -88,7 +88,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from csud.proto.rtp import build_sender_report, unix_ns_to_ntp
+from csud.media.rtp import build_sender_report, unix_ns_to_ntp
 from csud.sim.clip import Clip, ClipParams, load_clip
 from csud.sim.faults import FaultInjector
 from csud.sim.packets import (

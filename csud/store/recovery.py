@@ -1,378 +1,575 @@
-"""The fMP4 recovery scanner: how much of a segment file is whole.
+"""Startup recovery of segment files, and the read-only consistency check behind ``csud check``.
 
-Pure: no I/O. The caller passes a ``read(offset, size) -> bytes`` function and the file's size
-(or uses :func:`scan_bytes`), so a 60 MB segment is scanned by reading its box headers and
-``moof`` boxes only, never its media payload.
+The steps are numbered as in docs/storage.md ("Startup"); tests cite them. Before any camera
+records, the daemon calls :func:`recover_store` (in a worker thread, on its own SQLite
+connection) after retention has finished interrupted destructions:
 
-A segment file is ``ftyp moov (moof mdat)*`` (docs/storage.md, "File format"). The scanner
-accepts a prefix of the file as *whole* up to the end of the last fragment that is:
+4. **Partial segments.** Every ``NAME.mp4.partial`` under the root is scanned
+   (:func:`csud.store.scan.scan`): cut back (``ftruncate``) to its last whole fragment,
+   fsynced, hashed, renamed to ``NAME.mp4``, its directory fsynced, then indexed with a
+   ``recovered`` journal entry in the same transaction. A partial with no whole fragment (or
+   whose final name already exists) is moved to ``<root>/quarantine/`` with the same relative
+   path, and journaled; recovery deletes nothing (retention destroys a quarantined file once
+   it is past the legal maximum: :meth:`csud.store.retention.Retention.expire_quarantine`).
+5. **Files without a row.** A ``NAME.mp4`` the index does not know (a crash between the rename
+   and the row, or a power loss that rolled the row back) is indexed if the scanner finds it
+   whole from its first to its last byte, else quarantined; journaled either way.
+6. **Rows without a file.** A live row whose file is gone is marked (``segments.missing_ns``),
+   logged and journaled (``integrity_failure``, one entry per camera); it stays in the index,
+   which keeps saying the footage was recorded, and ``csud check`` reports it until retention
+   removes the row. A marked row whose file is back is unmarked.
 
-- a ``moof`` followed at once by an ``mdat``, both entirely inside the file, box sizes at least
-  their header size (a size of 0, "to the end of the file", is refused: the writer never makes
-  one, and a file extended by a power loss ends in zeros that would otherwise read as one box);
-- a ``moof`` holding one ``mfhd`` (sequence numbers increasing from fragment to fragment) and one
-  ``traf`` for the track of the ``moov`` with a ``tfhd``, a ``tfdt`` and ``trun`` boxes whose sample
-  tables fit in their boxes; at least one and at most :data:`MAX_SAMPLES` samples;
-- consistent: the ``trun`` data offset points at the first byte of the ``mdat`` payload and the
-  sample sizes add up to exactly that payload; ``tfdt`` strictly increases.
+Every step is idempotent: a crash during recovery is recovered by the next start.
 
-Invariants (property-tested): the scanner never raises on any input, reads only inside
-``[0, size)``, does work linear in the number of boxes (each ``read`` is bounded by
-:data:`MAX_MOOF_SIZE` or a box header), and ``good_end`` is 0 or the end of a fragment, with
-``init_end <= good_end <= size``. A truncated file (a torn last write) scans as its prefix.
+Which files: ``<commune>/<camera>/YYYY/MM/DD/<name>.mp4[.partial]`` exactly (the layout of
+:mod:`csud.store.layout`); anything else under the root (the index, logs, ``quarantine/``) is
+left alone. Cost: one ``scandir`` walk of the store and one indexed query per camera; only
+partial and orphan files are read.
+
+:class:`StoreLock` is an exclusive ``flock`` on ``<root>/.csud.lock`` held by the daemon while
+it runs: a second daemon on the same root is refused (it would recover the other one's open
+partial files), and ``csud check`` knows whether ``.partial`` files are open or left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
-BOX_HEADER_SIZE = 8
-LARGESIZE_HEADER_SIZE = BOX_HEADER_SIZE + 8
-FULLBOX_HEADER_SIZE = BOX_HEADER_SIZE + 4  # version (1) and flags (3)
-MAX_INIT_SIZE = 1 << 20  # ftyp + moov of one video track: a few hundred bytes in practice
-MAX_MOOF_SIZE = 4 << 20  # a GOP of 1000 frames needs ~12 kB of trun
-MAX_SAMPLES = 100_000
-NS_PER_SECOND = 1_000_000_000
+from csud.errors import StorageError
+from csud.log import get_logger
+from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.durable import fsync_dir, makedirs_durable, sha256_file
+from csud.store.index import Index
+from csud.store.journal import INTEGRITY_FAILURE, RECOVERED, os_actor
+from csud.store.layout import (
+    PARTIAL_SUFFIX,
+    QUARANTINE_DIR,
+    SEGMENT_SUFFIX,
+    parse_segment_filename,
+    validate_path_component,
+)
+from csud.store.scan import ScanResult, scan
 
-# tfhd flags (ISO/IEC 14496-12 §8.8.7)
-TFHD_BASE_DATA_OFFSET = 0x000001
-TFHD_SAMPLE_DESCRIPTION_INDEX = 0x000002
-TFHD_DEFAULT_DURATION = 0x000008
-TFHD_DEFAULT_SIZE = 0x000010
-TFHD_DEFAULT_FLAGS = 0x000020
-TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
-# trun flags (§8.8.8)
-TRUN_DATA_OFFSET = 0x000001
-TRUN_FIRST_SAMPLE_FLAGS = 0x000004
-TRUN_SAMPLE_DURATION = 0x000100
-TRUN_SAMPLE_SIZE = 0x000200
-TRUN_SAMPLE_FLAGS = 0x000400
-TRUN_SAMPLE_CTO = 0x000800
+LOCK_FILENAME = ".csud.lock"
+MISSING_PATHS_JOURNALED = 100  # per camera and start; the count is always complete
 
-Reader = Callable[[int, int], bytes]
+
+def _log() -> Any:
+    # Not at import time: the daemon imports this module before it configures logging.
+    return get_logger(component="recovery")
+
+
+# -- the store lock -----------------------------------------------------------------------
+
+
+class StoreLock:
+    """An exclusive ``flock`` on ``<root>/.csud.lock`` for the life of a daemon (see module doc).
+
+    The kernel drops it when the process dies, so a SIGKILL never leaves a stale lock.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, root: Path) -> StoreLock:
+        path = root / LOCK_FILENAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageError(f"another csud daemon is recording into {root} ({path} is locked)") from None
+        except OSError as e:
+            os.close(fd)
+            raise StorageError(f"lock {path}: {e.strerror or e}") from e
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def store_locked(root: Path) -> bool:
+    """True if a daemon holds the store lock of ``root`` now (read-only probe)."""
+    try:
+        fd = os.open(root / LOCK_FILENAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# -- walking the store ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class ScannedFragment:
-    """One whole fragment: ``moof`` at ``offset``, ``size`` bytes with its ``mdat``."""
-
-    offset: int
+class StoreFile:
+    relpath: str  # of the final name (without ``.partial``)
+    partial: bool
     size: int
-    decode_time: int  # tfdt, in ticks of the track's timescale
-    duration: int  # ticks: the sum of its sample durations
-    samples: int
 
     @property
-    def end(self) -> int:
-        return self.offset + self.size
+    def disk_relpath(self) -> str:
+        return self.relpath + PARTIAL_SUFFIX if self.partial else self.relpath
 
 
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    """What :func:`scan` found. ``problem`` is ``None`` when the whole input is a valid file."""
-
-    size: int
-    timescale: int  # 0 when the init segment is not whole
-    init_end: int  # end of ftyp + moov, 0 when they are not whole
-    fragments: tuple[ScannedFragment, ...]
-    problem: str | None
-
-    @property
-    def good_end(self) -> int:
-        """Length of the longest prefix ending on a whole fragment (0: nothing to keep)."""
-        return self.fragments[-1].end if self.fragments else 0
-
-    @property
-    def frames(self) -> int:
-        return sum(f.samples for f in self.fragments)
-
-    @property
-    def valid(self) -> bool:
-        """The whole input is a segment file with at least one fragment."""
-        return self.problem is None and bool(self.fragments)
-
-    def ticks_to_ns(self, ticks: int) -> int:
-        """Ticks of the track's timescale to ns, rounded half up (exact integer arithmetic)."""
-        if self.timescale <= 0:
-            raise ValueError("no timescale: the init segment is not whole")
-        return (2 * ticks * NS_PER_SECOND + self.timescale) // (2 * self.timescale)
-
-    def end_ticks(self) -> int:
-        """Decode time just after the last whole fragment (0 when there is none)."""
-        last = self.fragments[-1] if self.fragments else None
-        return last.decode_time + last.duration if last else 0
+def _is_component(name: str, kind: str) -> bool:
+    try:
+        validate_path_component(kind, name)
+    except ValueError:
+        return False
+    return True
 
 
-class _Bad(Exception):
-    """Internal: the fragment being read is not whole or not consistent (message = why)."""
+def camera_dirs(root: Path) -> Iterator[tuple[str, str]]:
+    """``(commune, camera)`` directories under ``root`` (``quarantine`` and dot names skipped)."""
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as communes:
+        for commune in sorted(communes, key=lambda e: e.name):
+            if commune.name == QUARANTINE_DIR or not commune.is_dir(follow_symlinks=False):
+                continue
+            if not _is_component(commune.name, "commune"):
+                continue
+            with os.scandir(commune.path) as cameras:
+                for camera in sorted(cameras, key=lambda e: e.name):
+                    if camera.is_dir(follow_symlinks=False) and _is_component(camera.name, "camera"):
+                        yield commune.name, camera.name
 
 
-def _u32(b: bytes, at: int) -> int:
-    return int.from_bytes(b[at : at + 4], "big")
-
-
-def _u64(b: bytes, at: int) -> int:
-    return int.from_bytes(b[at : at + 8], "big")
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[str, int, int, int]]:
-    """``(type, offset, header_size, size)`` of the boxes in ``buf[start:end]``; raises ``_Bad``."""
-    out = []
-    pos = start
-    while pos < end:
-        if end - pos < BOX_HEADER_SIZE:
-            raise _Bad(f"truncated box header at {pos}")
-        size = _u32(buf, pos)
-        box_type = buf[pos + 4 : pos + 8].decode("latin-1")
-        header = BOX_HEADER_SIZE
-        if size == 1:
-            if end - pos < LARGESIZE_HEADER_SIZE:
-                raise _Bad(f"truncated largesize header at {pos}")
-            size = _u64(buf, pos + 8)
-            header = LARGESIZE_HEADER_SIZE
-        if size < header or pos + size > end:
-            raise _Bad(f"box {box_type!r} at {pos} has bad size {size}")
-        out.append((box_type, pos, header, size))
-        pos += size
+def camera_files(root: Path, commune: str, camera: str, sizes: bool = True) -> dict[str, StoreFile]:
+    """Segment and partial files of one camera (``YYYY/MM/DD`` levels only), keyed by their
+    path on disk (a partial's key ends in ``.partial``, so ``NAME.mp4`` and its partial can
+    both be present). ``sizes=False`` skips each file's ``stat`` (sizes are then 0)."""
+    out: dict[str, StoreFile] = {}
+    base = root / commune / camera
+    for level in _date_dirs(base):
+        rel_dir = f"{commune}/{camera}/{level}"
+        with contextlib.suppress(FileNotFoundError), os.scandir(base / level) as entries:
+            for entry in entries:
+                name = entry.name
+                partial = name.endswith(SEGMENT_SUFFIX + PARTIAL_SUFFIX)
+                final_name = name[: -len(PARTIAL_SUFFIX)] if partial else name
+                try:
+                    parse_segment_filename(final_name)
+                except ValueError:
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                size = 0
+                if sizes:
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue
+                f = StoreFile(f"{rel_dir}/{final_name}", partial, size)
+                out[f.disk_relpath] = f
     return out
 
 
-def _find(children: list[tuple[str, int, int, int]], box_type: str) -> list[tuple[str, int, int, int]]:
-    return [c for c in children if c[0] == box_type]
-
-
-@dataclass(slots=True)
-class _Track:
-    track_id: int = 0
-    timescale: int = 0
-    default_duration: int = 0  # trex
-    default_size: int = 0
-
-
-def _parse_moov(buf: bytes, header_size: int) -> _Track:
-    """Track id and timescale of the first ``trak``, defaults from its ``trex``; raises ``_Bad``."""
-    track = _Track()
-    moov = _children(buf, header_size, len(buf))
-    traks = _find(moov, "trak")
-    if not traks:
-        raise _Bad("moov has no trak")
-    _, t_off, t_hdr, t_size = traks[0]
-    trak = _children(buf, t_off + t_hdr, t_off + t_size)
-    tkhd = _find(trak, "tkhd")
-    mdia = _find(trak, "mdia")
-    if not tkhd or not mdia:
-        raise _Bad("trak lacks tkhd or mdia")
-    _, k_off, k_hdr, k_size = tkhd[0]
-    if k_size < k_hdr + 4 + 20:
-        raise _Bad("short tkhd")
-    version = buf[k_off + k_hdr]
-    track.track_id = _u32(buf, k_off + k_hdr + 4 + (16 if version == 1 else 8))
-    _, m_off, m_hdr, m_size = mdia[0]
-    mdhd = _find(_children(buf, m_off + m_hdr, m_off + m_size), "mdhd")
-    if not mdhd:
-        raise _Bad("mdia lacks mdhd")
-    _, d_off, d_hdr, d_size = mdhd[0]
-    version = buf[d_off + d_hdr] if d_size > d_hdr else 0
-    at = d_off + d_hdr + 4 + (16 if version == 1 else 8)
-    if d_size < at - d_off + 4:
-        raise _Bad("short mdhd")
-    track.timescale = _u32(buf, at)
-    if track.timescale == 0:
-        raise _Bad("mdhd timescale is 0")
-    for _, x_off, x_hdr, x_size in _find(moov, "mvex"):
-        for _, r_off, r_hdr, r_size in _find(_children(buf, x_off + x_hdr, x_off + x_size), "trex"):
-            body = r_off + r_hdr + 4
-            if r_size >= r_hdr + 4 + 20 and _u32(buf, body) == track.track_id:
-                track.default_duration = _u32(buf, body + 8)
-                track.default_size = _u32(buf, body + 12)
-    return track
-
-
-def _parse_moof(buf: bytes, track: _Track, mdat_payload: int, mdat_header: int) -> tuple[int, int, int, int]:
-    """``(sequence, decode_time, duration, samples)`` of a ``moof`` (``buf``, from offset 0)
-    whose ``mdat`` payload is ``mdat_payload`` bytes; raises ``_Bad`` if inconsistent."""
-    moof_size = len(buf)
-    kids = _children(buf, BOX_HEADER_SIZE, moof_size)
-    mfhd = _find(kids, "mfhd")
-    trafs = _find(kids, "traf")
-    if len(mfhd) != 1 or len(trafs) != 1:
-        raise _Bad("moof needs one mfhd and one traf")
-    _, f_off, f_hdr, f_size = mfhd[0]
-    if f_size < f_hdr + 8:
-        raise _Bad("short mfhd")
-    sequence = _u32(buf, f_off + f_hdr + 4)
-    _, t_off, t_hdr, t_size = trafs[0]
-    traf = _children(buf, t_off + t_hdr, t_off + t_size)
-    tfhd, tfdt, truns = _find(traf, "tfhd"), _find(traf, "tfdt"), _find(traf, "trun")
-    if len(tfhd) != 1 or len(tfdt) != 1 or not truns:
-        raise _Bad("traf needs one tfhd, one tfdt and a trun")
-    # tfhd
-    _, h_off, h_hdr, h_size = tfhd[0]
-    pos, end = h_off + h_hdr, h_off + h_size
-    if end - pos < 8:
-        raise _Bad("short tfhd")
-    flags = _u32(buf, pos) & 0xFFFFFF
-    if _u32(buf, pos + 4) != track.track_id:
-        raise _Bad("tfhd names another track")
-    pos += 8
-    default_duration, default_size = track.default_duration, track.default_size
-    base_offset: int | None = None
-    for flag, width in (
-        (TFHD_BASE_DATA_OFFSET, 8),
-        (TFHD_SAMPLE_DESCRIPTION_INDEX, 4),
-        (TFHD_DEFAULT_DURATION, 4),
-        (TFHD_DEFAULT_SIZE, 4),
-        (TFHD_DEFAULT_FLAGS, 4),
-    ):
-        if flags & flag:
-            if end - pos < width:
-                raise _Bad("short tfhd")
-            value = int.from_bytes(buf[pos : pos + width], "big")
-            if flag == TFHD_BASE_DATA_OFFSET:
-                base_offset = value
-            elif flag == TFHD_DEFAULT_DURATION:
-                default_duration = value
-            elif flag == TFHD_DEFAULT_SIZE:
-                default_size = value
-            pos += width
-    if base_offset is not None:
-        raise _Bad("explicit base-data-offset (not written by csud)")
-    # tfdt
-    _, d_off, d_hdr, d_size = tfdt[0]
-    version = buf[d_off + d_hdr] if d_size > d_hdr else 0
-    need = 4 + (8 if version == 1 else 4)
-    if d_size < d_hdr + need:
-        raise _Bad("short tfdt")
-    body = d_off + d_hdr + 4
-    decode_time = _u64(buf, body) if version == 1 else _u32(buf, body)
-    # truns: the data of each follows the previous one's (contiguous in the mdat)
-    data_start = moof_size + mdat_header  # relative to the moof (default-base-is-moof)
-    expected_offset = data_start
-    samples = duration = 0
-    for _, r_off, r_hdr, r_size in truns:
-        pos, end = r_off + r_hdr, r_off + r_size
-        if end - pos < 8:
-            raise _Bad("short trun")
-        flags = _u32(buf, pos) & 0xFFFFFF
-        count = _u32(buf, pos + 4)
-        pos += 8
-        if count == 0 or samples + count > MAX_SAMPLES:
-            raise _Bad(f"trun sample count {count} out of range")
-        offset = expected_offset
-        if flags & TRUN_DATA_OFFSET:
-            if end - pos < 4:
-                raise _Bad("short trun")
-            offset = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
-            pos += 4
-        if offset != expected_offset:
-            raise _Bad(f"trun data offset {offset} is not the mdat payload ({expected_offset})")
-        if flags & TRUN_FIRST_SAMPLE_FLAGS:
-            pos += 4
-        per_sample = [
-            f
-            for f in (TRUN_SAMPLE_DURATION, TRUN_SAMPLE_SIZE, TRUN_SAMPLE_FLAGS, TRUN_SAMPLE_CTO)
-            if flags & f
-        ]
-        if end - pos < count * 4 * len(per_sample):
-            raise _Bad("trun sample table overruns its box")
-        if not flags & TRUN_SAMPLE_SIZE and default_size == 0:
-            raise _Bad("no sample size")
-        run_bytes = 0 if flags & TRUN_SAMPLE_SIZE else count * default_size
-        run_ticks = 0 if flags & TRUN_SAMPLE_DURATION else count * default_duration
-        stride = 4 * len(per_sample)
-        size_at = per_sample.index(TRUN_SAMPLE_SIZE) * 4 if flags & TRUN_SAMPLE_SIZE else -1
-        dur_at = per_sample.index(TRUN_SAMPLE_DURATION) * 4 if flags & TRUN_SAMPLE_DURATION else -1
-        for i in range(count):
-            entry = pos + i * stride
-            if size_at >= 0:
-                run_bytes += _u32(buf, entry + size_at)
-            if dur_at >= 0:
-                run_ticks += _u32(buf, entry + dur_at)
-        samples += count
-        duration += run_ticks
-        expected_offset += run_bytes
-    if expected_offset - data_start != mdat_payload:
-        raise _Bad(f"samples hold {expected_offset - data_start} bytes, mdat {mdat_payload}")
-    return sequence, decode_time, duration, samples
-
-
-def scan(read: Reader, size: int) -> ScanResult:
-    """Scan a segment file of ``size`` bytes through ``read(offset, n)`` (see the module doc).
-
-    ``read`` may return fewer bytes than asked (a file that shrank): that reads as truncation.
-    Never raises; exceptions from ``read`` itself propagate.
-    """
-    size = max(0, size)
-    fragments: list[ScannedFragment] = []
-
-    def header(at: int) -> tuple[str, int, int] | None:
-        """``(type, header_size, box_size)`` of the box at ``at``, ``None`` if truncated or bad."""
-        raw = read(at, min(LARGESIZE_HEADER_SIZE, size - at))
-        if len(raw) < BOX_HEADER_SIZE:
-            return None
-        box_size, box_type = _u32(raw, 0), raw[4:8].decode("latin-1")
-        hdr = BOX_HEADER_SIZE
-        if box_size == 1:
-            if len(raw) < LARGESIZE_HEADER_SIZE:
-                return None
-            box_size, hdr = _u64(raw, 8), LARGESIZE_HEADER_SIZE
-        if box_size < hdr:
-            return None
-        return box_type, hdr, box_size
-
-    def result(timescale: int, init_end: int, problem: str | None) -> ScanResult:
-        return ScanResult(size, timescale, init_end, tuple(fragments), problem)
-
-    # ftyp, moov
-    first = header(0) if size else None
-    if first is None or first[0] != "ftyp" or first[2] > MAX_INIT_SIZE or first[2] > size:
-        return result(0, 0, "no whole ftyp box at the start")
-    pos = first[2]
-    second = header(pos) if pos < size else None
-    if second is None or second[0] != "moov" or second[2] > MAX_INIT_SIZE or pos + second[2] > size:
-        return result(0, 0, "no whole moov box after ftyp")
-    moov = read(pos, second[2])
-    if len(moov) != second[2]:
-        return result(0, 0, "moov box cut short")
-    try:
-        track = _parse_moov(moov, second[1])
-    except _Bad as e:
-        return result(0, 0, f"moov: {e}")
-    pos += second[2]
-    init_end = pos
-    last_sequence = -1
-    last_decode_time = -1
-    while pos < size:
-        moof_h = header(pos)
-        if moof_h is None or moof_h[0] != "moof":
-            return result(track.timescale, init_end, f"no whole moof box at {pos}")
-        _, moof_hdr, moof_size = moof_h
-        if moof_hdr != BOX_HEADER_SIZE or moof_size > MAX_MOOF_SIZE or pos + moof_size > size:
-            return result(track.timescale, init_end, f"moof at {pos} is cut short or too large")
-        mdat_at = pos + moof_size
-        mdat_h = header(mdat_at) if mdat_at < size else None
-        if mdat_h is None or mdat_h[0] != "mdat" or mdat_at + mdat_h[2] > size:
-            return result(track.timescale, init_end, f"the mdat of the moof at {pos} is not whole")
-        moof = read(pos, moof_size)
-        if len(moof) != moof_size:
-            return result(track.timescale, init_end, f"moof at {pos} cut short")
+def _date_dirs(base: Path) -> Iterator[str]:
+    def digits(path: Path, width: int) -> list[str]:
         try:
-            sequence, decode_time, duration, samples = _parse_moof(
-                moof, track, mdat_h[2] - mdat_h[1], mdat_h[1]
+            with os.scandir(path) as it:
+                return sorted(
+                    e.name
+                    for e in it
+                    if len(e.name) == width and e.name.isdigit() and e.is_dir(follow_symlinks=False)
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    for year in digits(base, 4):
+        for month in digits(base / year, 2):
+            for day in digits(base / year / month, 2):
+                yield f"{year}/{month}/{day}"
+
+
+# -- reading a file -----------------------------------------------------------------------------
+
+
+def scan_file(path: Path, size: int | None = None) -> ScanResult:
+    """Scan ``path`` (its first ``size`` bytes, default all) with the pure scanner."""
+    with path.open("rb") as f:
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        return scan(_reader(f), size)
+
+
+def _reader(f: BinaryIO) -> Any:
+    def read(offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        return os.pread(f.fileno(), n, offset)
+
+    return read
+
+
+def segment_info(relpath: str, result: ScanResult, sha256: str) -> SegmentInfo:
+    """The index row of a recovered file: start from its name (UTC, ms) plus the first ``tfdt``,
+    fragment starts from their ``tfdt``, end after the last fragment's samples."""
+    name_ns = parse_segment_filename(PurePosixPath(relpath).name)
+    frags = tuple(
+        FragmentInfo(name_ns + result.ticks_to_ns(f.decode_time), f.offset, f.size, f.samples)
+        for f in result.fragments
+    )
+    return SegmentInfo(
+        relpath=relpath,
+        start_ns=frags[0].start_ns,
+        end_ns=max(name_ns + result.ticks_to_ns(result.end_ticks()), frags[0].start_ns),
+        bytes=result.good_end,
+        frames=result.frames,
+        sha256=sha256,
+        fragments=frags,
+    )
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecoveryReport:
+    """What :func:`recover_store` did (paths relative to the root)."""
+
+    published: list[str] = field(default_factory=list)  # partials cut, renamed and indexed (step 4)
+    truncated_bytes: int = 0  # bytes cut off the partials (torn last writes)
+    indexed_orphans: list[str] = field(default_factory=list)  # step 5
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), steps 4-5
+    missing: list[str] = field(default_factory=list)  # rows newly marked missing (step 6)
+    reappeared: list[str] = field(default_factory=list)  # marked rows whose file is back
+    errors: list[str] = field(default_factory=list)
+    frames_recovered: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.published or self.indexed_orphans or self.quarantined or self.missing)
+
+
+class _Recovery:
+    def __init__(self, index: Index, root: Path, now_ns: int, actor: str) -> None:
+        self.index = index
+        self.root = root
+        self.now_ns = now_ns
+        self.actor = actor
+        self.report = RecoveryReport()
+
+    def run(self) -> RecoveryReport:
+        seen: set[tuple[str, str]] = set()
+        for commune, camera in camera_dirs(self.root):
+            seen.add((commune, camera))
+            self._camera(commune, camera, camera_files(self.root, commune, camera, sizes=True))
+        for commune, camera in self.index.camera_dirs():  # cameras whose directory is gone
+            if (commune, camera) not in seen:
+                self._camera(commune, camera, {})
+        return self.report
+
+    def _camera(self, commune: str, camera: str, files: dict[str, StoreFile]) -> None:
+        rows = {
+            path: (seg_id, missing)
+            for seg_id, path, _, _, missing in self.index.camera_files(commune, camera)
+        }
+        for _, f in sorted(files.items()):
+            try:
+                if f.partial:
+                    self._partial(commune, camera, f, final_exists=f.relpath in files)
+                elif f.relpath not in rows:
+                    self._orphan(commune, camera, f)
+            except (OSError, StorageError) as e:  # one bad file must not stop the others
+                msg = f"{f.disk_relpath}: {e}"
+                self.report.errors.append(msg)
+                _log().error("recovery_failed", path=f.disk_relpath, error=str(e))
+        on_disk = {f.relpath for f in files.values() if not f.partial}
+        gone = [(i, p) for p, (i, m) in rows.items() if m is None and p not in on_disk]
+        back = [(i, p) for p, (i, m) in rows.items() if m is not None and p in on_disk]
+        # A file may have been listed before its camera directory was walked: stat before judging.
+        gone = [(i, p) for i, p in gone if not (self.root / p).exists()]
+        if gone:
+            paths = sorted(p for _, p in gone)
+            self.index.set_missing(
+                [i for i, _ in gone],
+                self.now_ns,
+                [
+                    {
+                        "kind": INTEGRITY_FAILURE,
+                        "now_ns": self.now_ns,
+                        "actor": self.actor,
+                        "camera": camera,
+                        "commune": commune,
+                        "reason": "segment files missing at startup",
+                        "details": {"count": len(paths), "paths": paths[:MISSING_PATHS_JOURNALED]},
+                    }
+                ],
             )
-        except _Bad as e:
-            return result(track.timescale, init_end, f"moof at {pos}: {e}")
-        if sequence <= last_sequence or decode_time <= last_decode_time:
-            return result(track.timescale, init_end, f"moof at {pos} goes back in sequence or time")
-        last_sequence, last_decode_time = sequence, decode_time
-        fragment_size = moof_size + mdat_h[2]
-        fragments.append(ScannedFragment(pos, fragment_size, decode_time, duration, samples))
-        pos += fragment_size
-    return result(track.timescale, init_end, None if fragments else "no fragment")
+            self.report.missing += paths
+            _log().error(
+                "segment_files_missing", camera=camera, commune=commune, count=len(paths), first=paths[0]
+            )
+        if back:
+            self.index.set_missing([i for i, _ in back], None)
+            self.report.reappeared += sorted(p for _, p in back)
+            _log().warning("segment_files_reappeared", camera=camera, commune=commune, count=len(back))
+
+    def _partial(self, commune: str, camera: str, f: StoreFile, final_exists: bool) -> None:
+        """Step 4."""
+        partial = self.root / f.disk_relpath
+        final = self.root / f.relpath
+        if final_exists or final.exists():
+            self._quarantine(commune, camera, f, "the final name exists already")
+            return
+        result = scan_file(partial, f.size)
+        if not result.fragments:
+            self._quarantine(commune, camera, f, f"no whole fragment ({result.problem})")
+            return
+        keep = result.good_end
+        fd = os.open(partial, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if keep < f.size:
+                os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        info = segment_info(f.relpath, result, sha256_file(partial, keep)[1])
+        if final.exists():  # raced by nothing (we hold the store lock), but never overwrite
+            raise FileExistsError(f"{f.relpath} appeared during recovery")
+        os.rename(partial, final)
+        fsync_dir(final.parent)
+        self._index(commune, camera, info, "partial_published", {"truncated_bytes": f.size - keep})
+        self.report.published.append(f.relpath)
+        self.report.truncated_bytes += f.size - keep
+        _log().warning(
+            "segment_recovered",
+            path=f.relpath,
+            frames=info.frames,
+            fragments=len(info.fragments),
+            bytes=info.bytes,
+            truncated_bytes=f.size - keep,
+        )
+
+    def _orphan(self, commune: str, camera: str, f: StoreFile) -> None:
+        """Step 5."""
+        path = self.root / f.relpath
+        result = scan_file(path, f.size)
+        if not result.valid:
+            self._quarantine(commune, camera, f, f"not a whole segment file ({result.problem})")
+            return
+        info = segment_info(f.relpath, result, sha256_file(path, result.good_end)[1])
+        self._index(commune, camera, info, "orphan_indexed", {})
+        self.report.indexed_orphans.append(f.relpath)
+        _log().warning("orphan_segment_indexed", path=f.relpath, frames=info.frames, bytes=info.bytes)
+
+    def _index(
+        self, commune: str, camera: str, info: SegmentInfo, action: str, extra: dict[str, Any]
+    ) -> None:
+        self.index.add_segment(
+            camera,
+            commune,
+            info,
+            self.now_ns,
+            journal={
+                "kind": RECOVERED,
+                "now_ns": self.now_ns,
+                "actor": self.actor,
+                "camera": camera,
+                "commune": commune,
+                "from_ns": info.start_ns,
+                "to_ns": info.end_ns,
+                "reason": action,
+                "details": {
+                    "action": action,
+                    "path": info.relpath,
+                    "bytes": info.bytes,
+                    "frames": info.frames,
+                    "fragments": len(info.fragments),
+                    "sha256": info.sha256,
+                    **extra,
+                },
+            },
+        )
+        self.report.frames_recovered += info.frames
+
+    def _quarantine(self, commune: str, camera: str, f: StoreFile, reason: str) -> None:
+        source = self.root / f.disk_relpath
+        target_rel = quarantine_target(self.root, f.disk_relpath)
+        target = self.root / target_rel
+        makedirs_durable(self.root, PurePosixPath(target_rel).parent)
+        os.rename(source, target)
+        fsync_dir(target.parent)
+        fsync_dir(source.parent)
+        self.index.append_journal(
+            RECOVERED,
+            now_ns=self.now_ns,
+            actor=self.actor,
+            camera=camera,
+            commune=commune,
+            reason="quarantined",
+            details={
+                "action": "quarantined",
+                "path": f.disk_relpath,
+                "to": target_rel,
+                "why": reason,
+                "bytes": f.size,
+            },
+        )
+        self.report.quarantined.append((f.disk_relpath, reason))
+        _log().warning("segment_quarantined", path=f.disk_relpath, to=target_rel, reason=reason)
 
 
-def scan_bytes(data: bytes | bytearray | memoryview) -> ScanResult:
-    """:func:`scan` over bytes in memory."""
-    view = bytes(data)
-    return scan(lambda offset, n: view[offset : offset + max(0, n)], len(view))
+def quarantine_target(root: Path, relpath: str) -> str:
+    """``quarantine/<relpath>``, with ``.1``, ``.2``... appended if taken (never overwrite)."""
+    target = f"{QUARANTINE_DIR}/{relpath}"
+    n = 0
+    candidate = target
+    while (root / candidate).exists():
+        n += 1
+        candidate = f"{target}.{n}"
+    return candidate
+
+
+def recover_store(
+    index: Index, root: Path, now_ns: int | None = None, actor: str | None = None
+) -> RecoveryReport:
+    """Steps 4-6 of docs/storage.md "Startup" (see the module doc). Synchronous: run it in a
+    worker thread, before any recorder starts, with the store lock held."""
+    started = time.perf_counter()
+    now = now_ns if now_ns is not None else time.time_ns()
+    report = _Recovery(index, root, now, actor if actor is not None else os_actor()).run()
+    report.seconds = round(time.perf_counter() - started, 3)
+    _log().info(
+        "store_recovered",
+        published=len(report.published),
+        indexed_orphans=len(report.indexed_orphans),
+        quarantined=len(report.quarantined),
+        missing=len(report.missing),
+        frames_recovered=report.frames_recovered,
+        truncated_bytes=report.truncated_bytes,
+        errors=len(report.errors),
+        seconds=report.seconds,
+    )
+    return report
+
+
+async def recover_at_startup(index_path: Path, root: Path) -> RecoveryReport:
+    """The daemon's call: :func:`recover_store` in a worker thread on its own connection."""
+
+    def work() -> RecoveryReport:
+        index = Index.open(index_path)
+        try:
+            return recover_store(index, root)
+        finally:
+            index.close()
+
+    return await asyncio.to_thread(work)
+
+
+# -- csud check (read-only) ------------------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    """Index and disk compared, nothing changed. ``consistent`` is what ``csud check`` exits on."""
+
+    daemon_running: bool
+    rows: int = 0
+    files: int = 0
+    missing_files: list[str] = field(default_factory=list)  # live rows whose file is absent
+    marked_missing: int = 0  # of those, already marked by a startup recovery
+    orphan_files: list[str] = field(default_factory=list)  # NAME.mp4 without a row
+    partial_files: list[str] = field(default_factory=list)  # left behind (no daemon running)
+    open_partials: list[str] = field(default_factory=list)  # being written by the running daemon
+    size_mismatches: list[tuple[str, int, int]] = field(default_factory=list)  # path, row, file
+    hash_mismatches: list[str] = field(default_factory=list)
+    hashed: int = 0
+    quarantined: int = 0  # files in quarantine/ (reported, not an inconsistency: each is journaled)
+
+    @property
+    def consistent(self) -> bool:
+        return not (
+            self.missing_files
+            or self.orphan_files
+            or self.partial_files
+            or self.size_mismatches
+            or self.hash_mismatches
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "consistent": self.consistent,
+            "daemon_running": self.daemon_running,
+            "rows": self.rows,
+            "files": self.files,
+            "missing_files": self.missing_files,
+            "marked_missing": self.marked_missing,
+            "orphan_files": self.orphan_files,
+            "partial_files": self.partial_files,
+            "open_partials": self.open_partials,
+            "size_mismatches": [
+                {"path": p, "index_bytes": a, "file_bytes": b} for p, a, b in self.size_mismatches
+            ],
+            "hash_mismatches": self.hash_mismatches,
+            "hashed": self.hashed,
+            "quarantined": self.quarantined,
+        }
+
+
+def check_store(index: Index, root: Path, hashes: bool = False) -> CheckReport:
+    """Compare the index with the files (read-only; safe while the daemon runs).
+
+    With a daemon running (it holds the store lock), ``.partial`` files are open segments, and
+    a file renamed or a row inserted between the listing and the query is re-checked before
+    being reported, so a live store checks clean.
+    """
+    report = CheckReport(daemon_running=store_locked(root))
+    seen: set[tuple[str, str]] = set()
+    pairs = list(camera_dirs(root))
+    seen.update(pairs)
+    pairs += [p for p in index.camera_dirs() if p not in seen]
+    for commune, camera in pairs:
+        files = camera_files(root, commune, camera, sizes=True) if (commune, camera) in seen else {}
+        rows = index.camera_files(commune, camera)
+        report.rows += len(rows)
+        report.files += sum(1 for f in files.values() if not f.partial)
+        by_path = {p: (size, sha, missing) for _, p, size, sha, missing in rows}
+        for f in files.values():
+            if f.partial:
+                (report.open_partials if report.daemon_running else report.partial_files).append(
+                    f.disk_relpath
+                )
+            elif f.relpath not in by_path and not index.has_path(f.relpath):
+                report.orphan_files.append(f.relpath)
+        for path, (size, sha, missing) in sorted(by_path.items()):
+            found = files.get(path)
+            if found is None:
+                if not (root / path).exists():
+                    report.missing_files.append(path)
+                    report.marked_missing += missing is not None
+                continue
+            if found.size != size:
+                report.size_mismatches.append((path, size, found.size))
+            elif hashes:
+                report.hashed += 1
+                if sha256_file(root / path)[1] != sha:
+                    report.hash_mismatches.append(path)
+    quarantine = root / QUARANTINE_DIR
+    if quarantine.is_dir():
+        report.quarantined = sum(len(names) for _, _, names in os.walk(quarantine))
+    for values in (report.missing_files, report.orphan_files, report.partial_files, report.open_partials):
+        values.sort()
+    return report

@@ -1,209 +1,585 @@
-"""The retention plan: which segments must be destroyed now, and which a judicial hold keeps.
+"""Retention and disk pressure carried out: the plan of :mod:`csud.store.retention_plan`, on the index
+and the files, with the crash-safe destruction steps of docs/storage.md ("Destroying segments").
 
-Pure: no I/O, no clock (``now_ns`` is an argument), no SQLite. The asyncio/SQLite shell
-(:mod:`csud.aio.retention`) fetches candidate rows, asks this module what to do and carries it out.
+:class:`Retention` is synchronous (SQLite, unlink, fsync): the daemon runs it in its own thread
+with its own connection (:class:`RetentionService`), and ``csud retention`` calls the same
+:meth:`Retention.run_pass` directly. Why a separate thread and connection rather than the
+recorders' index thread: a pass unlinks and fsyncs hundreds of files; on that thread it would
+delay every camera's segment insert behind it. SQLite in WAL mode lets the two connections read
+concurrently; writes are short transactions serialised by ``BEGIN IMMEDIATE`` and
+``busy_timeout``.
 
-Rules (CSI art. L252-5, DESIGN.md "Retention"):
+Destruction (:meth:`Retention.destroy`), numbered as in docs/storage.md:
+1. mark the rows ``deleting`` (one transaction; a hold active now is re-checked there);
+2. unlink the files; 3. fsync their directories; 4. remove the rows and append one
+``segments_destroyed`` journal entry per camera (one transaction); 5. remove empty date
+directories. Steps 1-4 run per batch of at most :data:`DESTROY_BATCH` rows, so that no write
+transaction holds the database lock for long: a backlog (a restart after hours down, a window
+shortened on reload) is hundreds of batches, and each recorder's insert gets the lock between
+two of them. :meth:`Retention.recover` finishes steps 2-5 for rows left marked by a crash, after
+unmarking those an active hold now covers.
 
-- A segment's window is its camera's ``retention_days`` when the camera sets a shorter one, else its
-  commune's, else the legal maximum (a commune or camera that left the configuration still has
-  footage, and the law still applies to it): :meth:`Policies.days`.
-- A segment is **due** when its *end* is at least one window old: ``end_ns <= now_ns - window_ns``
-  (:func:`cutoff_ns`). One nanosecond earlier it is kept; the first pass at or after that instant
-  destroys it.
-- A hold **covers** a segment when it names the segment's camera, its interval overlaps the
-  segment's (``hold.from_ns < seg.end_ns and seg.start_ns < hold.to_ns``), and it is **active**: not
-  released, and ``now_ns < until_ns`` when it has an ``until``. A covered segment is never destroyed,
-  neither by retention nor by disk pressure; once the hold ends, it is due at the next pass.
-- A **quarantined** file (``<root>/quarantine/``: startup recovery could not publish it) has no
-  row, only its name: it is due when the start its name encodes is at least the legal maximum old
-  (:func:`quarantine_expired`), so that no footage outlives the law for being unreadable. Its end is
-  unknown; a hold on its camera overlapping ``[start, start + QUARANTINE_SPAN_NS)`` keeps it.
+A pass also destroys quarantined files older than the legal maximum
+(:meth:`Retention.expire_quarantine`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
 
-from csud.store.layout import PARTIAL_SUFFIX, parse_segment_filename
+from csud import __version__
+from csud.config import LoadedConfig, Settings
+from csud.errors import CsudError
+from csud.log import get_logger
+from csud.service import metrics
+from csud.store.durable import fsync_dir
+from csud.store.index import Index
+from csud.store.journal import (
+    CONFIG_LOADED,
+    DAEMON_STARTED,
+    DAEMON_STOPPED,
+    EXTRACTION,
+    RECOVERED,
+    SEGMENTS_DESTROYED,
+)
+from csud.store.layout import QUARANTINE_DIR
+from csud.store.retention_plan import (
+    NS_PER_SECOND,
+    REASON_DISK_PRESSURE,
+    REASON_QUARANTINE_EXPIRED,
+    REASON_RETENTION,
+    Hold,
+    Policies,
+    SegmentRef,
+    active_holds,
+    bytes_to_free,
+    cutoff_ns,
+    plan,
+    plan_disk_pressure,
+    quarantine_expired,
+    quarantined_start_ns,
+)
 
-NS_PER_SECOND = 1_000_000_000
-SECONDS_PER_DAY = 86_400
-NS_PER_DAY = SECONDS_PER_DAY * NS_PER_SECOND
-
-REASON_RETENTION = "retention"
-REASON_DISK_PRESSURE = "disk_pressure"
-REASON_QUARANTINE_EXPIRED = "quarantine_expired"
-# How long a quarantined file is assumed to last from its name's start, for hold coverage:
-# segment_seconds is at most 3600 and a segment is cut at the first keyframe after its boundary.
-QUARANTINE_SPAN_NS = 2 * 3600 * NS_PER_SECOND
+BATCH_PER_CAMERA = 2000  # candidates fetched per camera and round (~33 h of 1-min segments)
+MAX_ROUNDS_PER_PASS = 50  # a backlog beyond this waits for the next pass (overdue gauge)
+# Segment rows per write transaction (step 1, then step 4): ~20 ms of database lock each, with
+# their fragments (docs/benchmarks.md, "Retention"), well under a recorder's busy_timeout.
+DESTROY_BATCH = 500
+DISK_PRESSURE_BATCH = 500  # segments fetched per disk-pressure round
+DISK_PRESSURE_MAX_ROUNDS = 200
+DISK_PRESSURE_HYSTERESIS_PERCENT = 1.0  # free up to min_free_percent + this
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentRef:
-    """What the plan needs to know of one indexed segment."""
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
 
-    id: int
-    camera: str
+
+@dataclass
+class CameraDestruction:
+    """What one destruction did for one camera (and what its journal entry says)."""
+
     commune: str
-    start_ns: int
-    end_ns: int
+    camera: str
+    reason: str
+    count: int = 0
     bytes: int = 0
-    path: str = ""
+    from_ns: int = 0
+    to_ns: int = 0
+    missing_files: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A judicial hold: protects ``[from_ns, to_ns)`` of ``cameras`` until released or ``until_ns``."""
-
-    id: int
-    cameras: frozenset[str]
-    from_ns: int
-    to_ns: int
-    requisition: str = ""
-    until_ns: int | None = None
-    released_ns: int | None = None
-
-    def active(self, now_ns: int) -> bool:
-        """Released holds are inactive whatever ``now_ns`` is; ``until`` is exclusive."""
-        return self.released_ns is None and (self.until_ns is None or now_ns < self.until_ns)
-
-    def covers(self, seg: SegmentRef, now_ns: int) -> bool:
-        return (
-            seg.camera in self.cameras
-            and self.from_ns < seg.end_ns
-            and seg.start_ns < self.to_ns
-            and self.active(now_ns)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Policies:
-    """Retention windows in days: per commune, per camera override, and the legal maximum."""
-
-    legal_max_days: int
-    communes: Mapping[str, int] = field(default_factory=dict)
-    cameras: Mapping[str, int] = field(default_factory=dict)  # only cameras that shorten it
-
-    def days(self, camera: str, commune: str) -> int:
-        """The window of ``camera``'s footage recorded for ``commune``; never above the legal max."""
-        days = min(self.communes.get(commune, self.legal_max_days), self.legal_max_days)
-        override = self.cameras.get(camera)
-        return min(days, override) if override is not None else days
-
-
-def cutoff_ns(days: int, now_ns: int) -> int:
-    """Segments whose end is at or before this instant are due."""
-    return now_ns - days * NS_PER_DAY
-
-
-def is_due(seg: SegmentRef, policies: Policies, now_ns: int) -> bool:
-    return seg.end_ns <= cutoff_ns(policies.days(seg.camera, seg.commune), now_ns)
-
-
-def active_holds(holds: Iterable[Hold], now_ns: int) -> list[Hold]:
-    return [h for h in holds if h.active(now_ns)]
-
-
-def covering_holds(seg: SegmentRef, holds: Sequence[Hold], now_ns: int) -> list[Hold]:
-    return [h for h in holds if h.covers(seg, now_ns)]
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionPlan:
-    """``due``: destroy now, oldest first. ``held``: past their window but kept, with the holds'
-    ids. ``overdue``: per commune, due segments whose window passed more than ``grace_ns`` ago
-    (a compliance failure if they survive this pass)."""
+@dataclass
+class PassReport:
+    """One pass: what was destroyed (or would be, ``dry_run``), what holds kept past its window,
+    and what is still overdue afterwards, per commune."""
 
     now_ns: int
-    due: tuple[SegmentRef, ...]
-    held: tuple[tuple[SegmentRef, tuple[int, ...]], ...]
-    overdue: Mapping[str, int]
+    dry_run: bool
+    destroyed: list[CameraDestruction] = field(default_factory=list)
+    held: dict[tuple[str, str], int] = field(default_factory=dict)  # (commune, camera) -> segments
+    overdue: dict[str, int] = field(default_factory=dict)
+    windows: dict[tuple[str, str], int] = field(default_factory=dict)  # (commune, camera) -> days
+    errors: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    quarantine_expired: list[str] = field(default_factory=list)  # paths destroyed (or due, dry run)
 
-    def by_camera(self) -> dict[tuple[str, str], list[SegmentRef]]:
-        """Due segments grouped by (commune, camera), each group oldest first."""
-        out: dict[tuple[str, str], list[SegmentRef]] = {}
-        for seg in self.due:
-            out.setdefault((seg.commune, seg.camera), []).append(seg)
+    @property
+    def count(self) -> int:
+        return sum(d.count for d in self.destroyed)
+
+
+def policies_from(settings: Settings) -> Policies:
+    return Policies(
+        legal_max_days=settings.legal.max_retention_days,
+        communes={c.id: c.retention_days for c in settings.communes},
+        cameras={c.id: c.retention_days for c in settings.cameras if c.retention_days is not None},
+    )
+
+
+def _day(ns: int) -> str:
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, UTC).strftime("%Y-%m-%d")
+
+
+def _per_day(segments: Iterable[SegmentRef]) -> dict[str, dict[str, int]]:
+    """Per UTC day of the segment's start: count, seconds, first start, last end (for the registre)."""
+    days: dict[str, dict[str, int]] = {}
+    for s in segments:
+        d = days.setdefault(
+            _day(s.start_ns), {"count": 0, "ns": 0, "first_ns": s.start_ns, "last_ns": s.end_ns}
+        )
+        d["count"] += 1
+        d["ns"] += s.end_ns - s.start_ns
+        d["first_ns"] = min(d["first_ns"], s.start_ns)
+        d["last_ns"] = max(d["last_ns"], s.end_ns)
+    return days
+
+
+class Retention:
+    """Retention passes, disk pressure and recovery of interrupted destructions on one index."""
+
+    def __init__(
+        self,
+        index: Index,
+        root: Path,
+        settings: Settings,
+        *,
+        actor: str | None = None,
+        disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+    ) -> None:
+        self.index = index
+        self.root = root
+        self.settings = settings
+        self.policies = policies_from(settings)
+        self.actor = actor
+        self._disk_usage = disk_usage
+        self.log = get_logger(component="retention")
+
+    def _holds(self, now_ns: int) -> list[Hold]:
+        return active_holds((h.policy() for h in self.index.holds(include_released=False)), now_ns)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def run_pass(self, now_ns: int, dry_run: bool = False) -> PassReport:
+        """Destroy every unheld segment past its window (or list them, ``dry_run``)."""
+        report = PassReport(now_ns=now_ns, dry_run=dry_run)
+        holds = self._holds(now_ns)
+        scopes = []
+        for u in self.index.usage():
+            days = self.policies.days(u.camera, u.commune)
+            cutoff = cutoff_ns(days, now_ns)
+            exclude = [(h.from_ns, h.to_ns) for h in holds if u.camera in h.cameras]
+            scopes.append((u.commune, u.camera, cutoff, exclude))
+            report.windows[(u.commune, u.camera)] = days
+        pending = list(scopes)
+        for _ in range(1 if dry_run else MAX_ROUNDS_PER_PASS):
+            if not pending:
+                break
+            candidates: list[SegmentRef] = []
+            full = []
+            for scope in pending:
+                commune, camera, cutoff, exclude = scope
+                rows = self.index.due_candidates(
+                    camera, commune, cutoff, exclude, limit=10**9 if dry_run else BATCH_PER_CAMERA
+                )
+                candidates.extend(rows)
+                if len(rows) >= BATCH_PER_CAMERA:
+                    full.append(scope)
+            decided = plan(candidates, self.policies, holds, now_ns)  # the pure rule decides
+            if dry_run:
+                report.destroyed.extend(self._summarise(decided.due, REASON_RETENTION))
+            else:
+                self.destroy(decided.due, REASON_RETENTION, now_ns, report)
+            pending = full
+        self.expire_quarantine(now_ns, report, holds)
+        for commune, camera, cutoff, exclude in scopes:
+            everything = self.index.count_due(camera, commune, cutoff)
+            unheld = self.index.count_due(camera, commune, cutoff, exclude)
+            if everything > unheld:
+                report.held[(commune, camera)] = everything - unheld
+            if not dry_run and unheld:
+                report.overdue[commune] = report.overdue.get(commune, 0) + unheld
+        return report
+
+    # -- disk pressure ----------------------------------------------------------------------
+
+    def relieve_disk_pressure(self, now_ns: int, dry_run: bool = False) -> PassReport:
+        """Below ``storage.min_free_percent`` free, destroy the oldest unheld segments across
+        cameras until free space is back above it plus :data:`DISK_PRESSURE_HYSTERESIS_PERCENT`."""
+        report = PassReport(now_ns=now_ns, dry_run=dry_run)
+        min_free = self.settings.storage.min_free_percent
+        holds = self._holds(now_ns)
+        done: set[int] = set()
+        for _ in range(DISK_PRESSURE_MAX_ROUNDS):
+            usage = self._disk_usage(self.root)
+            need = bytes_to_free(usage.total, usage.free, min_free, DISK_PRESSURE_HYSTERESIS_PERCENT)
+            if dry_run:
+                need -= report.freed_bytes
+            if need <= 0:
+                break
+            candidates = [s for s in self.index.oldest_unheld(now_ns, DISK_PRESSURE_BATCH + len(done))]
+            candidates = [s for s in candidates if s.id not in done]
+            chosen = plan_disk_pressure(candidates, holds, need, now_ns)
+            if not chosen:
+                self.log.error("disk_pressure_nothing_to_free", free_bytes=usage.free, needed_bytes=need)
+                report.errors.append(f"disk pressure: {need} bytes to free but no unheld footage left")
+                break
+            if dry_run:
+                report.destroyed.extend(self._summarise(chosen, REASON_DISK_PRESSURE))
+                report.freed_bytes += sum(s.bytes for s in chosen)
+                done.update(s.id for s in chosen)
+            else:
+                self.destroy(chosen, REASON_DISK_PRESSURE, now_ns, report)
+        if report.destroyed:
+            self.log.warning(
+                "disk_pressure_destroyed",
+                segments=report.count,
+                bytes=sum(d.bytes for d in report.destroyed),
+                dry_run=dry_run,
+            )
+        return report
+
+    # -- the destruction steps (docs/storage.md) ------------------------------------------
+
+    def destroy(
+        self, segments: Sequence[SegmentRef], reason: str, now_ns: int, report: PassReport | None = None
+    ) -> list[CameraDestruction]:
+        """Steps 1-5 for ``segments``, a batch of at most :data:`DESTROY_BATCH` at a time (each
+        batch marked, unlinked, synced and removed before the next is marked); returns per-camera
+        summaries (also appended to ``report``), one per camera and batch."""
+        summaries: list[CameraDestruction] = []
+        for batch in _batches(segments):
+            marked = self.index.mark_deleting([s.id for s in batch], reason, now_ns)  # step 1
+            if marked:
+                summaries += self._finish(marked, reason, now_ns, report, interrupted=False)
+        return summaries
+
+    def recover(self, now_ns: int) -> PassReport:
+        """Startup: finish destructions a crash interrupted (rows still marked ``deleting``).
+
+        The holds are checked again first: a hold added while the daemon was down (or between
+        step 1 and the crash) wins, its rows are unmarked (journaled ``recovered``,
+        ``action: held_unmarked``). If such a row's file was already unlinked, the row stays and
+        startup recovery step 6 reports it missing."""
+        report = PassReport(now_ns=now_ns, dry_run=False)
+        held = self.index.unmark_held(now_ns, actor=self.actor)
+        if held:
+            self.log.warning("interrupted_destruction_held", segments=len(held))
+        by_reason: dict[str, list[SegmentRef]] = {}
+        for seg, reason in self.index.deleting():
+            by_reason.setdefault(reason or REASON_RETENTION, []).append(seg)
+        for reason, segs in by_reason.items():
+            for batch in _batches(segs):
+                self._finish(batch, reason, now_ns, report, interrupted=True)
+        if report.destroyed:
+            self.index.append_journal(
+                RECOVERED,
+                now_ns=now_ns,
+                actor=self.actor,
+                reason="interrupted destruction completed at startup",
+                details={
+                    "segments_destroyed": report.count,
+                    "cameras": sorted({d.camera for d in report.destroyed}),
+                },
+            )
+            self.log.warning("interrupted_destruction_completed", segments=report.count)
+        return report
+
+    def _finish(
+        self,
+        marked: Sequence[SegmentRef],
+        reason: str,
+        now_ns: int,
+        report: PassReport | None,
+        interrupted: bool,
+    ) -> list[CameraDestruction]:
+        failed: list[int] = []
+        missing: set[int] = set()
+        dirs: set[Path] = set()
+        for seg in marked:  # step 2
+            path = self.root / seg.path
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                missing.add(seg.id)
+            except OSError as e:
+                failed.append(seg.id)
+                msg = f"unlink {seg.path}: {e.strerror or e}"
+                self.log.error("destroy_failed", path=seg.path, error=str(e.strerror or e))
+                if report is not None:
+                    report.errors.append(msg)
+                continue
+            dirs.add(path.parent)
+        for directory in dirs:  # step 3
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(directory)
+        if failed:  # left for the next pass: the row must keep naming a file that still exists
+            self.index.unmark_deleting(failed)
+        gone = [s for s in marked if s.id not in set(failed)]
+        summaries = self._summarise(gone, reason, missing)
+        entries = []
+        for d in summaries:
+            segs = [s for s in gone if s.camera == d.camera and s.commune == d.commune]
+            entries.append(
+                {
+                    "kind": SEGMENTS_DESTROYED,
+                    "now_ns": now_ns,
+                    "actor": self.actor,
+                    "camera": d.camera,
+                    "commune": d.commune,
+                    "from_ns": d.from_ns,
+                    "to_ns": d.to_ns,
+                    "reason": reason,
+                    "details": {
+                        "count": d.count,
+                        "bytes": d.bytes,
+                        "missing_files": d.missing_files,
+                        "interrupted": interrupted,
+                        "days": _per_day(segs),
+                    },
+                }
+            )
+        self.index.remove_deleted([s.id for s in gone], entries)  # step 4
+        for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # step 5
+            self._remove_empty_date_dirs(directory)
+        for d in summaries:
+            metrics.retention_deleted.labels(d.commune, reason).inc(d.count)
+        if report is not None:
+            report.destroyed.extend(summaries)
+            report.freed_bytes += sum(d.bytes for d in summaries)
+        return summaries
+
+    @staticmethod
+    def _summarise(
+        segments: Iterable[SegmentRef], reason: str, missing: set[int] | None = None
+    ) -> list[CameraDestruction]:
+        out: dict[tuple[str, str], CameraDestruction] = {}
+        for s in segments:
+            d = out.get((s.commune, s.camera))
+            if d is None:
+                d = out[(s.commune, s.camera)] = CameraDestruction(
+                    s.commune, s.camera, reason, from_ns=s.start_ns, to_ns=s.end_ns
+                )
+            d.count += 1
+            d.bytes += s.bytes
+            d.from_ns = min(d.from_ns, s.start_ns)
+            d.to_ns = max(d.to_ns, s.end_ns)
+            if missing and s.id in missing:
+                d.missing_files += 1
+        return sorted(out.values(), key=lambda d: (d.commune, d.camera))
+
+    def _remove_empty_date_dirs(self, directory: Path) -> None:
+        """rmdir the day, month and year directories when empty; never the camera or commune
+        directory (a recorder may be creating a date directory in it right now)."""
+        try:
+            rel = PurePosixPath(directory.relative_to(self.root).as_posix())
+        except ValueError:
+            return
+        # <commune>/<camera>/YYYY/MM/DD: at most three levels below <camera>.
+        depth = len(rel.parts) - 2
+        current = directory
+        for _ in range(max(0, min(depth, 3))):
+            try:
+                current.rmdir()
+            except OSError:  # not empty (or already gone): stop climbing
+                return
+            with contextlib.suppress(OSError):
+                fsync_dir(current.parent)
+            current = current.parent
+
+    # -- quarantine -------------------------------------------------------------------------
+
+    def expire_quarantine(self, now_ns: int, report: PassReport, holds: Sequence[Hold] = ()) -> None:
+        """Destroy the files of ``<root>/quarantine/`` whose name's start is at least
+        ``legal.max_retention_days`` old (unless a hold on their camera overlaps them): unlink,
+        fsync the directory, then one ``segments_destroyed`` entry (reason ``quarantine_expired``,
+        ``details.path``) per file. A crash between the unlink and the entry loses the entry for
+        that one file. Listed only, ``report.dry_run``."""
+        base = self.root / QUARANTINE_DIR
+        if not base.is_dir():
+            return
+        legal_days = self.policies.legal_max_days
+        for dirpath, dirnames, names in os.walk(base):
+            dirnames.sort()
+            for name in sorted(names):
+                start = quarantined_start_ns(name)
+                path = Path(dirpath) / name
+                rel = path.relative_to(self.root).as_posix()
+                parts = rel.split("/")  # quarantine/<commune>/<camera>/YYYY/MM/DD/NAME
+                commune, camera = (parts[1], parts[2]) if len(parts) == 7 else (None, None)
+                if start is None or not quarantine_expired(start, camera, legal_days, holds, now_ns):
+                    continue
+                if report.dry_run:
+                    report.quarantine_expired.append(rel)
+                    continue
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    self.log.error("destroy_failed", path=rel, error=str(e.strerror or e))
+                    report.errors.append(f"unlink {rel}: {e.strerror or e}")
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_dir(path.parent)
+                self.index.append_journal(
+                    SEGMENTS_DESTROYED,
+                    now_ns=now_ns,
+                    actor=self.actor,
+                    camera=camera,
+                    commune=commune,
+                    from_ns=start,
+                    reason=REASON_QUARANTINE_EXPIRED,
+                    details={"path": rel, "bytes": size, "count": 1, "legal_max_days": legal_days},
+                )
+                report.quarantine_expired.append(rel)
+                report.freed_bytes += size
+                self.log.warning("quarantine_expired", path=rel, bytes=size)
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def export_metrics(self, report: PassReport | None, now_ns: int) -> None:
+        for u_commune, used in self._usage_by_commune().items():
+            metrics.storage_used.labels(u_commune).set(used)
+        metrics.holds_active.set(len(self._holds(now_ns)))
+        # Extractions are made by the CLI, in another process: the journal is where they show.
+        metrics.export_extractions(self.index.journal_counts(EXTRACTION))
+        if report is not None:
+            communes = {c.id for c in self.settings.communes} | set(report.overdue)
+            for commune in communes:
+                metrics.retention_overdue.labels(commune).set(report.overdue.get(commune, 0))
+
+    def _usage_by_commune(self) -> dict[str, int]:
+        out: dict[str, int] = {c.id: 0 for c in self.settings.communes}
+        for u in self.index.usage():
+            out[u.commune] = out.get(u.commune, 0) + u.bytes
         return out
 
 
-def plan(
-    segments: Iterable[SegmentRef],
-    policies: Policies,
-    holds: Iterable[Hold],
-    now_ns: int,
-    grace_ns: int = 0,
-) -> RetentionPlan:
-    """Decide, for every segment given, whether it is due, held, or kept (not listed)."""
-    live = active_holds(holds, now_ns)
-    due: list[SegmentRef] = []
-    held: list[tuple[SegmentRef, tuple[int, ...]]] = []
-    overdue: dict[str, int] = {}
-    for seg in segments:
-        cutoff = cutoff_ns(policies.days(seg.camera, seg.commune), now_ns)
-        if seg.end_ns > cutoff:
-            continue
-        covering = covering_holds(seg, live, now_ns)
-        if covering:
-            held.append((seg, tuple(h.id for h in covering)))
-            continue
-        due.append(seg)
-        if seg.end_ns <= cutoff - grace_ns:
-            overdue[seg.commune] = overdue.get(seg.commune, 0) + 1
-    due.sort(key=lambda s: (s.end_ns, s.id))
-    return RetentionPlan(now_ns=now_ns, due=tuple(due), held=tuple(held), overdue=overdue)
+def _batches(segments: Sequence[SegmentRef]) -> Iterable[Sequence[SegmentRef]]:
+    """``segments`` by camera (so a camera's rows share a batch and a journal entry), oldest
+    first within each, cut into batches of at most :data:`DESTROY_BATCH`."""
+    ordered = sorted(segments, key=lambda s: (s.commune, s.camera, s.end_ns, s.id))
+    for i in range(0, len(ordered), DESTROY_BATCH):
+        yield ordered[i : i + DESTROY_BATCH]
 
 
-def plan_disk_pressure(
-    segments: Iterable[SegmentRef], holds: Iterable[Hold], bytes_to_free: int, now_ns: int
-) -> list[SegmentRef]:
-    """The oldest unheld segments, across cameras, whose sizes add up to at least ``bytes_to_free``
-    (all unheld ones if they do not). Oldest = smallest end, then smallest id. Never a held one."""
-    if bytes_to_free <= 0:
-        return []
-    live = active_holds(holds, now_ns)
-    chosen: list[SegmentRef] = []
-    freed = 0
-    for seg in sorted(segments, key=lambda s: (s.end_ns, s.id)):
-        if freed >= bytes_to_free:
-            break
-        if covering_holds(seg, live, now_ns):
-            continue
-        chosen.append(seg)
-        freed += seg.bytes
-    return chosen
+class RetentionService:
+    """The daemon's retention task: its own thread and SQLite connection (see the module doc)."""
 
+    def __init__(self, index_path: Path, settings: Settings, clock: Callable[[], int] = time.time_ns) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="csud-retention")
+        self._index_path = index_path
+        self.retention: Retention | None = None
+        self.log = get_logger(component="retention")
 
-def bytes_to_free(total: int, free: int, min_free_percent: float, hysteresis_percent: float) -> int:
-    """How many bytes disk pressure must free: 0 while ``free`` is at or above the threshold, else
-    enough to get back to threshold + hysteresis (so that it does not run again at the next GOP)."""
-    if total <= 0 or min_free_percent <= 0 or free * 100 >= total * min_free_percent:
-        return 0
-    target = int(total * (min_free_percent + hysteresis_percent) / 100)
-    return max(target - free, 0)
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
 
+    async def start(self, loaded: LoadedConfig, cameras: int) -> None:
+        """Open the index, finish interrupted destructions, journal config_loaded and daemon_started."""
 
-def quarantined_start_ns(name: str) -> int | None:
-    """The start encoded in a quarantined file's name (``NAME.mp4``, ``NAME.mp4.partial``, either
-    with the ``.1``, ``.2``... that avoid overwriting), or ``None`` if it is not one."""
-    stem, dot, suffix = name.rpartition(".")
-    if dot and suffix.isdigit():
-        name = stem
-    name = name.removesuffix(PARTIAL_SUFFIX)
-    try:
-        return parse_segment_filename(name)
-    except ValueError:
-        return None
+        def work() -> None:
+            index = Index.open(self._index_path)
+            self.retention = Retention(index, self.settings.storage.root, self.settings)
+            now = self._clock()
+            self.retention.recover(now)
+            index.append_journal(
+                CONFIG_LOADED,
+                now_ns=now,
+                details={"path": str(loaded.path), "sha256": loaded.sha256},
+            )
+            entry = index.append_journal(
+                DAEMON_STARTED,
+                now_ns=now,
+                details={"version": __version__, "pid": os.getpid(), "cameras": cameras},
+            )
+            # An anchor outside the database file (docs/storage.md, "Journal").
+            self.log.info("journal_head", id=entry.id, hash=entry.hash)
 
+        await self._call(work)
 
-def quarantine_expired(
-    start_ns: int, camera: str | None, legal_max_days: int, holds: Iterable[Hold], now_ns: int
-) -> bool:
-    """A quarantined file starting at ``start_ns`` is destroyed once its start is at least
-    ``legal_max_days`` old, unless an active hold on its camera overlaps it."""
-    if start_ns > cutoff_ns(legal_max_days, now_ns):
-        return False
-    probe = SegmentRef(0, camera or "", "", start_ns, start_ns + QUARANTINE_SPAN_NS)
-    return camera is None or not covering_holds(probe, active_holds(holds, now_ns), now_ns)
+    async def run(self, stop: asyncio.Event) -> None:
+        """A pass (retention, then disk pressure) every ``retention.interval_seconds``."""
+        while not stop.is_set():
+            try:
+                await self._call(self.run_once)
+            except (CsudError, OSError) as exc:  # the next pass retries; the gauge shows it
+                self.log.error("retention_pass_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):  # read each time: a reload may change it
+                await asyncio.wait_for(stop.wait(), self.settings.retention.interval_seconds)
+
+    async def reload(self, loaded: LoadedConfig, details: dict[str, Any]) -> None:
+        """Adopt a reloaded configuration and journal ``config_loaded`` for it.
+
+        Runs on the retention thread, so a pass in progress finishes with the policies it
+        started with and the next one uses the new ones (a shortened window applies at once).
+        """
+
+        def work() -> None:
+            self.settings = loaded.settings
+            if self.retention is None:
+                return
+            self.retention.settings = loaded.settings
+            self.retention.policies = policies_from(loaded.settings)
+            self.retention.index.append_journal(
+                CONFIG_LOADED,
+                now_ns=self._clock(),
+                details={"path": str(loaded.path), "sha256": loaded.sha256, "reload": True, **details},
+            )
+
+        await self._call(work)
+
+    def run_once(self) -> PassReport:
+        assert self.retention is not None
+        now = self._clock()
+        started = time.perf_counter()
+        report = self.retention.run_pass(now)
+        pressure = self.retention.relieve_disk_pressure(now)
+        metrics.disk_pressure.set(1 if pressure.destroyed or pressure.errors else 0)
+        self.retention.export_metrics(report, now)
+        if report.destroyed or pressure.destroyed or report.errors or report.quarantine_expired:
+            self.log.info(
+                "retention_pass",
+                destroyed=report.count,
+                quarantine_expired=len(report.quarantine_expired),
+                disk_pressure_destroyed=pressure.count,
+                overdue=sum(report.overdue.values()),
+                errors=len(report.errors) + len(pressure.errors),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        return report
+
+    async def close(self, segments_written: int) -> None:
+        """Journal daemon_stopped (with the head as an anchor in the log) and close."""
+
+        def work() -> None:
+            if self.retention is None:
+                return
+            index = self.retention.index
+            try:
+                entry = index.append_journal(
+                    DAEMON_STOPPED, now_ns=self._clock(), details={"segments_written": segments_written}
+                )
+                self.log.info("journal_head", id=entry.id, hash=entry.hash)
+            finally:
+                index.close()
+
+        try:
+            await self._call(work)
+        finally:
+            self._executor.shutdown(wait=True)

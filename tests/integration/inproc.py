@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from csud.aio.index import Index
-from csud.aio.recorder import CameraRecorder, IndexService
 from csud.config import parse_settings
+from csud.recording.recorder import CameraRecorder, IndexService
 from csud.sim.server import SimOptions, SimServer, serve
+from csud.store.index import Index
 
 
 def sim_options(**kw: Any) -> SimOptions:

@@ -34,9 +34,9 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.aio.index import Index
-from csud.aio.recovery import QUARANTINE_DIR, scan_file
+from csud.store.index import Index
 from csud.store.layout import PARTIAL_SUFFIX
+from csud.store.recovery import QUARANTINE_DIR, scan_file
 from tests.integration.helpers import (
     CSUD,
     FPS,

@@ -23,10 +23,10 @@ from typing import Any
 import av
 import pytest
 
-from csud.aio.index import Index
-from csud.cli import format_time
+from csud.cli.main import format_time
 from csud.evidence import extract as ev
 from csud.evidence.manifest import CameraRef
+from csud.store.index import Index
 from tests.integration.helpers import CSUD
 from tests.media import FRAME_NS, NS_PER_SECOND, T0_NS, Recording, encode, record_store, timed_frames
 
@@ -504,7 +504,7 @@ def test_verify_archive_counts_quarantine_apart(site: Site, tmp_path: Path) -> N
 
 
 def extract_in_process(site: Site, out: Path, start: float, end: float, *cameras: str) -> int:
-    from csud.cli import main
+    from csud.cli.main import main
 
     camera_args = [a for c in cameras or ("cam-1",) for a in ("--camera", c)]
     return main(

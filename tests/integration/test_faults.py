@@ -23,12 +23,12 @@ from typing import Any
 import av
 import pytest
 
-from csud.aio import recorder as recorder_module
-from csud.aio.index import Index
-from csud.aio.recorder import CameraRecorder, IndexService
 from csud.config import parse_settings
+from csud.recording import recorder as recorder_module
+from csud.recording.recorder import CameraRecorder, IndexService
 from csud.sim.faults import FaultInjector
 from csud.sim.server import SimOptions, SimServer, serve
+from csud.store.index import Index
 
 pytestmark = pytest.mark.integration
 GOP = 25
@@ -299,8 +299,8 @@ async def test_storage_errors_are_logged_once_per_episode_and_recording_resumes(
     import os as os_module
 
     from csud import log
-    from csud.aio import writer as writer_module
     from csud.errors import StorageError
+    from csud.recording import writer as writer_module
 
     log.configure("info", json=True)
     failing = {"writes": False, "fsync": False, "fsync_failed": 0}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from csud import metrics
-from csud.aio.health import WritableProbe
 from csud.config import LoadedConfig, parse_settings
-from csud.daemon import HEALTH_MAX_LOOP_LAG_SECONDS, Daemon
 from csud.errors import StorageError
+from csud.service import metrics
+from csud.service.daemon import HEALTH_MAX_LOOP_LAG_SECONDS, Daemon
+from csud.service.health import WritableProbe
 
 pytestmark = pytest.mark.integration
 
@@ -107,8 +107,8 @@ async def test_healthz_503_when_the_index_refuses_or_hangs(tmp_path: Path) -> No
 
 
 async def test_real_index_probe(tmp_path: Path) -> None:
-    from csud.aio.index import Index
-    from csud.aio.recorder import IndexService
+    from csud.recording.recorder import IndexService
+    from csud.store.index import Index
 
     service = IndexService(Index.open(tmp_path / "index.sqlite3"))
     try:

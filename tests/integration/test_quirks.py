@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from csud.aio.index import Index
+from csud.store.index import Index
 from tests.integration.inproc import make_recorder, running, simulator
 
 pytestmark = pytest.mark.integration

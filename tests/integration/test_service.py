@@ -166,7 +166,7 @@ def test_alert_rules_and_dashboard_use_real_metrics() -> None:
     rules = REPO / "config/prometheus/csud-rules.yml"
     checked = promtool("check", "rules", str(rules))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    from csud import metrics
+    from csud.service import metrics
 
     exported = set()
     for family in metrics.REGISTRY.collect():

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from csud import log
-from csud.aio.index import Index
-from csud.aio.recorder import Backoff
-from csud.aio.session import RtspSession
 from csud.errors import AuthError, StreamError
+from csud.recording.recorder import Backoff
+from csud.rtsp.client import RtspSession
+from csud.store.index import Index
 from tests.integration.inproc import make_recorder, running, simulator, split_blob, wait_for
 
 pytestmark = pytest.mark.integration
@@ -192,7 +192,7 @@ async def test_media_right_after_play_is_recorded(tmp_path: Path, monkeypatch: p
     """Media may arrive in the same read as PLAY's answer, before the recorder's task resumes
     (under load, 100 sessions starting at once: up to a second later). The pipeline is ready
     before PLAY is sent, so the camera's first keyframe and its GOP are recorded."""
-    from csud.aio import session as session_module
+    from csud.rtsp import session as session_module
 
     original = session_module.RtspSession.start
 
@@ -236,7 +236,7 @@ async def test_b_frames_fail_the_camera_loudly(tmp_path: Path) -> None:
 
 
 async def test_a_busy_index_delays_a_row_but_never_drops_it(tmp_path: Path) -> None:
-    from csud.aio.recorder import IndexService
+    from csud.recording.recorder import IndexService
 
     failures = {"left": 2}
     original = IndexService.add_segment
@@ -262,7 +262,7 @@ async def test_a_busy_index_delays_a_row_but_never_drops_it(tmp_path: Path) -> N
 async def test_an_unexpected_writer_error_is_a_storage_episode_not_a_dead_task(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from csud.aio.writer import SegmentWriter
+    from csud.recording.writer import SegmentWriter
 
     original = SegmentWriter.write
     calls = {"n": 0}

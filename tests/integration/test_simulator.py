@@ -25,9 +25,9 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.proto.h264 import NAL_PPS, NAL_SPS, H264Depacketizer
-from csud.proto.media import AccessUnit, Gap, StreamReset
-from csud.proto.rtp import build_receiver_report, parse_header, parse_rtcp
+from csud.media.h264 import NAL_PPS, NAL_SPS, H264Depacketizer
+from csud.media.rtp import build_receiver_report, parse_header, parse_rtcp
+from csud.media.units import AccessUnit, Gap, StreamReset
 from csud.sim.rtsp import InterleavedFrame, MalformedRequest, Request, RequestReader, digest_response
 from csud.sim.server import SimOptions, SimServer, serve
 

@@ -1,10 +1,10 @@
-"""The pure clip plan (csud/store/clip.py): table-driven, times in seconds from T0."""
+"""The pure clip plan (csud/evidence/clip.py): table-driven, times in seconds from T0."""
 
 from __future__ import annotations
 
 import pytest
 
-from csud.store.clip import (
+from csud.evidence.clip import (
     ClipPlanError,
     EmptyIntervalError,
     FragmentSpan,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csud.cli import main
+from csud.cli.main import main
 from csud.config import load_config, retention_days
 from csud.errors import ConfigError
 

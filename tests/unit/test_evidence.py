@@ -12,9 +12,9 @@ import pytest
 
 from csud.errors import CsudError, UsageError
 from csud.evidence import manifest as mf
+from csud.evidence.clip import ClipPlan, ClipSource, FragmentSpan, Gap, SegmentSpan
 from csud.evidence.extract import folder_name, output_name
 from csud.evidence.signing import generate_keypair, load_public_key, sign, signature_valid
-from csud.store.clip import ClipPlan, ClipSource, FragmentSpan, Gap, SegmentSpan
 
 S = 1_000_000_000
 T0 = 1_790_000_000 * S  # 2026-09-21T14:13:20Z
@@ -127,7 +127,7 @@ class _Tty(io.StringIO):
 
 
 def test_progress_line_only_on_a_terminal() -> None:
-    from csud.commands.evidence import ProgressLine
+    from csud.cli.evidence import ProgressLine
 
     pipe = io.StringIO()
     line = ProgressLine("x", pipe)
@@ -163,7 +163,7 @@ def make_folder(folder: Path, key_dir: Path | None = None, officer: str = "Lt. Ã
 
 
 def verify_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    from csud.cli import main
+    from csud.cli.main import main
 
     code = main(["verify", *map(str, args)])
     out, err = capsys.readouterr()

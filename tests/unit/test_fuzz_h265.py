@@ -1,4 +1,4 @@
-"""Property tests for csud.proto.h265: arbitrary input raises ValueError or nothing, state stays
+"""Property tests for csud.media.h265: arbitrary input raises ValueError or nothing, state stays
 bounded, and any NAL units survive packetize -> depacketize. Kept to a few seconds."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import contextlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csud.proto.h265 import (
+from csud.media.h265 import (
     MAX_AU_NALS,
     MAX_AU_SIZE,
     MAX_FU_FRAGMENTS,
@@ -18,8 +18,8 @@ from csud.proto.h265 import (
     packetize_au,
     parse_sps,
 )
-from csud.proto.media import AccessUnit
-from csud.proto.rtp import build_rtp
+from csud.media.rtp import build_rtp
+from csud.media.units import AccessUnit
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,7 @@ import contextlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csud.proto.h264 import (
+from csud.media.h264 import (
     MAX_AU_NALS,
     MAX_AU_SIZE,
     MAX_FU_FRAGMENTS,
@@ -20,9 +20,9 @@ from csud.proto.h264 import (
     parse_sps,
     split_annexb,
 )
-from csud.proto.media import AccessUnit
-from csud.proto.rtp import RtpPacket, build_rtp, parse_header, parse_rtcp_packets
-from csud.proto.sdp import parse_sdp, resolve_control
+from csud.media.rtp import RtpPacket, build_rtp, parse_header, parse_rtcp_packets
+from csud.media.units import AccessUnit
+from csud.rtsp.sdp import parse_sdp, resolve_control
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

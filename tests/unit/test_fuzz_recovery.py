@@ -1,4 +1,4 @@
-"""Property tests for the fMP4 recovery scanner (csud.store.recovery).
+"""Property tests for the fMP4 recovery scanner (csud.store.scan).
 
 Arbitrary bytes never make it raise; it reads only inside the file, a bounded number of times;
 any truncation of a real segment scans as exactly the fragments that end before the cut; any
@@ -12,9 +12,9 @@ from functools import cache
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csud.aio.writer import FragmentMuxer
-from csud.store.recovery import MAX_MOOF_SIZE, ScanResult, scan, scan_bytes
-from csud.store.segmenter import Frame
+from csud.recording.segmenter import Frame
+from csud.recording.writer import FragmentMuxer
+from csud.store.scan import MAX_MOOF_SIZE, ScanResult, scan, scan_bytes
 from tests.media import FRAME_NS, GOP, T0_NS, encode
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

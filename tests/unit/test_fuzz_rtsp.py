@@ -21,9 +21,9 @@ from aiortsp.rtsp.sdp import SDP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csud.aio.session import _describe, _LeanConnection, _rtsp_errors
 from csud.errors import StreamError
-from csud.proto.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
+from csud.rtsp.client import _describe, _LeanConnection, _rtsp_errors
+from csud.rtsp.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_BUFFERED = 2 * MAX_MESSAGE_BYTES + 0xFFFF + INTERLEAVED_HEADER_SIZE  # header + body, or one frame

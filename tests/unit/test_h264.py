@@ -1,4 +1,4 @@
-"""H.264 depacketizer, packetizer and bitstream helpers (csud.proto.h264).
+"""H.264 depacketizer, packetizer and bitstream helpers (csud.media.h264).
 
 Every depacketizer scenario is fed twice, as the whole packet list and packet by packet
 with the events drained after each packet; both must give the same events and errors.
@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-from csud.proto.h264 import (
+from csud.media.h264 import (
     FU_A,
     MAX_AU_NALS,
     MAX_AU_SIZE,
@@ -29,8 +29,8 @@ from csud.proto.h264 import (
     parse_sps,
     split_annexb,
 )
-from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
-from csud.proto.rtp import Buffer, build_rtp
+from csud.media.rtp import Buffer, build_rtp
+from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
 
 PT = 96
 SSRC = 0x11223344

@@ -1,4 +1,4 @@
-"""H.265 depacketizer, packetizer and SPS parser (csud.proto.h265), and PyAV's HEVC fMP4 muxing.
+"""H.265 depacketizer, packetizer and SPS parser (csud.media.h265), and PyAV's HEVC fMP4 muxing.
 
 Every depacketizer scenario is fed twice, as the whole packet list and packet by packet
 with the events drained after each packet; both must give the same events and errors.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from csud.proto import h265
-from csud.proto.h264 import split_annexb
-from csud.proto.h265 import (
+from csud.media import h265
+from csud.media.h264 import split_annexb
+from csud.media.h265 import (
     AP,
     FU,
     MAX_AU_NALS,
@@ -34,8 +34,8 @@ from csud.proto.h265 import (
     packetize_nal,
     parse_sps,
 )
-from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
-from csud.proto.rtp import Buffer, build_rtp
+from csud.media.rtp import Buffer, build_rtp
+from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
 
 PT = 96
 SSRC = 0x11223344
@@ -732,8 +732,8 @@ def test_pyav_muxes_hevc_annexb_into_fragmented_mp4(tmp_path: Path) -> None:
     (PyAV's add_mux_stream has no codec_tag to ask for hvc1); PyAV and ffprobe read it."""
     import av
 
-    from csud.aio.writer import FragmentMuxer
-    from csud.store.segmenter import Frame
+    from csud.recording.segmenter import Frame
+    from csud.recording.writer import FragmentMuxer
 
     aus = _x265_gops()
     muxer = FragmentMuxer(320, 240, codec="hevc")

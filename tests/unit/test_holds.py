@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from csud.cli import main
+from csud.cli.main import main
 from tests.store_fixtures import T0, S, add_segment, iso, open_index, write_config
 
 

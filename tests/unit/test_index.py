@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from csud.aio.index import SCHEMA_VERSION, Index, IndexStats
-from csud.aio.writer import FragmentInfo, SegmentInfo
 from csud.errors import StorageError
+from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.index import SCHEMA_VERSION, Index, IndexStats
 
 S = 1_000_000_000
 T0 = 1_790_000_000 * S

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csud.proto.interleave import InterleavedDemux
+from csud.rtsp.interleave import InterleavedDemux
 
 
 def frame(channel: int, payload: bytes) -> bytes:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from csud.aio.index import Index
-from csud.aio.journal import GENESIS_HASH, Journal, canonical_bytes, entry_hash
-from csud.cli import main
+from csud.cli.main import main
 from csud.errors import StorageError
+from csud.store.index import Index
+from csud.store.journal import GENESIS_HASH, Journal, canonical_bytes, entry_hash
 from tests.store_fixtures import T0, S, open_index, write_config
 
 

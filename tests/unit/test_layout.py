@@ -115,7 +115,7 @@ def test_stagger_is_deterministic_and_in_range() -> None:
 
 
 def test_reserved_names_are_the_roots_own_entries() -> None:
-    from csud.aio.recovery import QUARANTINE_DIR
-    from csud.daemon import INDEX_FILENAME
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.recovery import QUARANTINE_DIR
 
     assert {QUARANTINE_DIR, INDEX_FILENAME} <= RESERVED_NAMES

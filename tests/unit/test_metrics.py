@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
-from csud import metrics
-from csud.aio.recorder import CameraStats
+from csud.recording.recorder import CameraStats
+from csud.service import metrics
 
 
 def fake_recorder(camera: str, stats: CameraStats) -> SimpleNamespace:

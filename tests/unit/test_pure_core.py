@@ -1,4 +1,8 @@
-"""The pure core (csud/proto, csud/store) does no I/O and reads no clock: time is passed in."""
+"""The pure core does no I/O and reads no clock: time is passed in.
+
+Purity is a property of a module, not of a folder: the list below names every pure module, and
+the layout is organised by domain (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,27 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "csud"
-PURE = sorted(p for d in ("proto", "store") for p in (PACKAGE / d).glob("*.py") if p.name != "__init__.py")
+PURE_MODULES = [
+    "media/bits.py",
+    "media/depacketizer.py",
+    "media/h264.py",
+    "media/h265.py",
+    "media/reorder.py",
+    "media/rtcp.py",
+    "media/rtp.py",
+    "media/units.py",
+    "rtsp/interleave.py",
+    "rtsp/sdp.py",
+    "recording/segmenter.py",
+    "recording/timeline.py",
+    "store/layout.py",
+    "store/retention_plan.py",
+    "store/scan.py",
+    "evidence/clip.py",
+    "evidence/manifest.py",
+    "sim/rtsp.py",
+]
+PURE = [PACKAGE / name for name in PURE_MODULES]
 FORBIDDEN = {
     "asyncio",
     "av",
@@ -23,7 +47,7 @@ FORBIDDEN = {
     "random",
 }
 # layout.py turns UTC nanoseconds into path names: datetime arithmetic, never the clock.
-ALLOWED = {"layout.py": {"datetime"}}
+ALLOWED = {"layout.py": {"datetime"}, "manifest.py": {"datetime"}}
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -38,6 +62,7 @@ def test_pure_modules_import_no_io_and_no_clock(path: Path) -> None:
 
 
 def test_the_pure_core_is_all_there() -> None:
+    assert all(p.is_file() for p in PURE), [str(p) for p in PURE if not p.is_file()]
     names = {p.name for p in PURE}
     assert {
         "rtp.py",
@@ -46,5 +71,5 @@ def test_the_pure_core_is_all_there() -> None:
         "depacketizer.py",
         "timeline.py",
         "segmenter.py",
-        "retention.py",
+        "retention_plan.py",
     } <= names

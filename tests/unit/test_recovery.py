@@ -16,20 +16,20 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.aio.fsutil import sha256_file
-from csud.aio.index import Index
-from csud.aio.journal import INTEGRITY_FAILURE, RECOVERED
-from csud.aio.recovery import (
+from csud.errors import StorageError
+from csud.recording.writer import SegmentInfo
+from csud.store.durable import sha256_file
+from csud.store.index import Index
+from csud.store.journal import INTEGRITY_FAILURE, RECOVERED
+from csud.store.layout import partial_name
+from csud.store.recovery import (
     QUARANTINE_DIR,
     StoreLock,
     check_store,
     recover_store,
     store_locked,
 )
-from csud.aio.writer import SegmentInfo
-from csud.errors import StorageError
-from csud.store.layout import partial_name
-from csud.store.recovery import scan_bytes
+from csud.store.scan import scan_bytes
 from tests.media import FRAME_NS, GOP, T0_NS, encode, record_store, timed_frames
 
 NOW = T0_NS + 3600 * 1_000_000_000

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from csud.proto.reorder import ReorderBuffer
-from csud.proto.rtp import build_rtp
+from csud.media.reorder import ReorderBuffer
+from csud.media.rtp import build_rtp
 
 
 def pkt(seq: int, ssrc: int = 1) -> bytes:

@@ -1,4 +1,4 @@
-"""Retention: the pure plan (csud.store.retention) and its execution (csud.aio.retention).
+"""Retention: the pure plan (csud.store.retention_plan) and its execution (csud.store.retention).
 
 docs/storage.md, "Destroying segments": steps 1-5 and the startup step are exercised here,
 including a crash between the unlink (step 2) and the row removal (step 4).
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from csud.aio import retention as aio_retention
-from csud.aio.index import Index
-from csud.aio.retention import Retention, policies_from
-from csud.store.retention import (
+from csud.store import retention as aio_retention
+from csud.store.index import Index
+from csud.store.retention import Retention, policies_from
+from csud.store.retention_plan import (
     NS_PER_DAY,
     Hold,
     Policies,
@@ -512,7 +512,7 @@ def test_usage_is_kept_by_triggers(store: tuple[Path, Index, Retention]) -> None
 
 
 def test_migration_from_version_1_keeps_data_and_fills_usage(tmp_path: Path) -> None:
-    from csud.aio.index import MIGRATIONS
+    from csud.store.index import MIGRATIONS
 
     path = tmp_path / "index.sqlite3"
     conn = sqlite3.connect(path, isolation_level=None)

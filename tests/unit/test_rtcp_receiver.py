@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from csud.proto.rtcp import RtcpReceiver, clock_offset_ns, ntp_middle_32
-from csud.proto.rtp import build_sender_report, parse_rtcp_packets, unix_ns_to_ntp
-from csud.proto.timeline import Timeline
+from csud.media.rtcp import RtcpReceiver, clock_offset_ns, ntp_middle_32
+from csud.media.rtp import build_sender_report, parse_rtcp_packets, unix_ns_to_ntp
+from csud.recording.timeline import Timeline
 
 NS = 1_000_000_000
 

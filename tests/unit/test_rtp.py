@@ -1,4 +1,4 @@
-"""RTP header and RTCP report parsing/building (csud.proto.rtp)."""
+"""RTP header and RTCP report parsing/building (csud.media.rtp)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from csud.proto.rtp import (
+from csud.media.rtp import (
     RTP_HEADER_SIZE,
     RTP_SEQ_OFFSET,
     RTP_SSRC_OFFSET,

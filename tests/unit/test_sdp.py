@@ -1,4 +1,4 @@
-"""SDP parsing and control URL resolution (csud.proto.sdp)."""
+"""SDP parsing and control URL resolution (csud.rtsp.sdp)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from csud.proto.h264 import parse_sps
-from csud.proto.sdp import parse_sdp, resolve_control
+from csud.media.h264 import parse_sps
+from csud.rtsp.sdp import parse_sdp, resolve_control
 
 SPS = bytes.fromhex("6742c01fda014016e840000003004000000ca3c60ca8")
 PPS = bytes.fromhex("68ce3c80")

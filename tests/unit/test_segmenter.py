@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csud.proto.media import ANNEXB_START_CODE, AccessUnit
-from csud.store.segmenter import H265_RULES, Action, Close, Drop, Frame, Mux, Open, Segmenter
+from csud.media.units import ANNEXB_START_CODE, AccessUnit
+from csud.recording.segmenter import H265_RULES, Action, Close, Drop, Frame, Mux, Open, Segmenter
 
 MS = 1_000_000
 SPS_A = bytes([0x67, 0x42, 0xC0, 0x0D, 0xAA])

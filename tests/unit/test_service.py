@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from csud.aio.httpd import Response, parse_request_line, render
-from csud.aio.systemd import Notifier, notify_address, watchdog_seconds
-from csud.commands.service import format_table, status_url
+from csud.cli.service import format_table, status_url
 from csud.config import LoadedConfig, parse_settings
-from csud.daemon import Daemon, RateMeter
 from csud.errors import ConfigError
+from csud.service.daemon import Daemon, RateMeter
+from csud.service.http import Response, parse_request_line, render
+from csud.service.systemd import Notifier, notify_address, watchdog_seconds
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.proto.h264 import NAL_IDR, NAL_PPS, NAL_SPS, NAL_TYPE_MASK, H264Depacketizer
-from csud.proto.media import AccessUnit
-from csud.proto.rtp import parse_header
+from csud.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, NAL_TYPE_MASK, H264Depacketizer
+from csud.media.rtp import parse_header
+from csud.media.units import AccessUnit
 from csud.sim import clip as clip_module
 from csud.sim.clip import Clip, ClipParams, load_clip, parse_annexb
 from csud.sim.packets import PAYLOAD_TYPE, packetize_clip, patch_frame

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from csud.proto.timeline import RTP_TIMESTAMP_MODULO, Timeline
+from csud.recording.timeline import RTP_TIMESTAMP_MODULO, Timeline
 
 T0_NS = 1_790_000_000_123_456_789  # some instant in 2026
 FRAME_TICKS = 3600  # 25 fps at 90 kHz

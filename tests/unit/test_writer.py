@@ -17,17 +17,17 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.aio.writer import (
+from csud.errors import StorageError
+from csud.media.units import AccessUnit
+from csud.recording.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
+from csud.recording.writer import (
     FragmentMuxer,
     SegmentInfo,
     SegmentWriter,
     iter_boxes,
     ns_to_ticks,
 )
-from csud.errors import StorageError
-from csud.proto.media import AccessUnit
 from csud.store.layout import segment_relpath
-from csud.store.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
 from tests.media import FRAME_NS, GOP, HEIGHT, T0_NS, WIDTH, encode
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import av
 import pytest
 
-from csud.aio.writer import SegmentInfo, SegmentWriter, iter_boxes
 from csud.errors import StorageError
-from csud.proto.media import AccessUnit
+from csud.media.units import AccessUnit
+from csud.recording.segmenter import Frame
+from csud.recording.writer import SegmentInfo, SegmentWriter, iter_boxes
 from csud.store.layout import segment_relpath
-from csud.store.segmenter import Frame
 from tests.conftest import skip_or_fail
 from tests.media import FRAME_NS, GOP, HEIGHT, T0_NS, WIDTH, encode
 

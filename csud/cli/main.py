@@ -22,10 +22,10 @@ from csud.errors import ConfigError, CsudError, UsageError
 # Each of these modules defines ``register(subparsers, with_config)``, which adds its
 # subcommands and sets ``handler`` (a function of the parsed arguments returning the exit code).
 COMMAND_MODULES: tuple[str, ...] = (
-    "csud.commands.check",
-    "csud.commands.evidence",
-    "csud.commands.retention",
-    "csud.commands.service",
+    "csud.cli.check",
+    "csud.cli.evidence",
+    "csud.cli.retention",
+    "csud.cli.service",
 )
 
 EXIT_OK = 0
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from csud import log
     from csud.config import load_config
-    from csud.daemon import run_daemon
+    from csud.service.daemon import run_daemon
 
     loaded = load_config(args.config)
     log.configure(args.log_level)
@@ -155,9 +155,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_segments(args: argparse.Namespace) -> int:
-    from csud.aio.index import Index
     from csud.config import load_config
-    from csud.daemon import INDEX_FILENAME
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.index import Index
 
     loaded = load_config(args.config)
     from_ns = parse_time(args.from_) if args.from_ else None

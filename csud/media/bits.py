@@ -7,7 +7,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from csud.proto.rtp import Buffer
+from csud.media.rtp import Buffer
 
 _EMULATION_PREVENTION = b"\x00\x00\x03"
 _ESCAPED = b"\x00\x00"

@@ -1,9 +1,9 @@
 """H.265/HEVC over RTP (RFC 7798) and the few H.265 bitstream facts csud needs.
 
-The same shape as :mod:`csud.proto.h264` (read that module's docstring first): NAL unit type
+The same shape as :mod:`csud.media.h264` (read that module's docstring first): NAL unit type
 constants, :data:`PAYLOAD_FORMAT` (what RFC 7798 is, for the machinery shared with H.264 in
-:mod:`csud.proto.depacketizer`), the sans-IO depacketizer built on it (RTP packets in,
-:mod:`csud.proto.media` events out), a packetizer for tests and the simulator, and the SPS
+:mod:`csud.media.depacketizer`), the sans-IO depacketizer built on it (RTP packets in,
+:mod:`csud.media.units` events out), a packetizer for tests and the simulator, and the SPS
 fields a recorder needs (picture size after the conformance window, profile/tier/level,
 chroma format, bit depths). No sockets, clocks, decoding, nor any import of
 av/aiortsp/asyncio.
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from csud.proto.bits import BitReader, unescape_rbsp
-from csud.proto.depacketizer import (
+from csud.media.bits import BitReader, unescape_rbsp
+from csud.media.depacketizer import (
     DEFAULT_CLOCK_RATE,
     DEFAULT_MTU_PAYLOAD,
     FU_HEADER_SIZE,
@@ -36,9 +36,9 @@ from csud.proto.depacketizer import (
     PayloadFormat,
     RtpDepacketizer,
 )
-from csud.proto.depacketizer import FU_END_BIT as FU_END_BIT
-from csud.proto.depacketizer import FU_START_BIT as FU_START_BIT
-from csud.proto.rtp import Buffer
+from csud.media.depacketizer import FU_END_BIT as FU_END_BIT
+from csud.media.depacketizer import FU_START_BIT as FU_START_BIT
+from csud.media.rtp import Buffer
 
 __all__ = [
     "DEFAULT_CLOCK_RATE",
@@ -149,7 +149,7 @@ class H265Depacketizer(RtpDepacketizer):
     """RTP packets of one H.265 stream in, :class:`AccessUnit`/:class:`Gap`/:class:`StreamReset`
     events out (appended to ``self.events``; drain with :meth:`take_events`).
 
-    The invariants of :class:`csud.proto.depacketizer.RtpDepacketizer` hold, with H.265 terms:
+    The invariants of :class:`csud.media.depacketizer.RtpDepacketizer` hold, with H.265 terms:
 
     * An emitted :class:`AccessUnit` is complete as far as RTP can tell (no sequence gap, no
       malformed packet, no unfinished FU inside it) and begins at a picture start. Its

@@ -3,11 +3,11 @@
 aiortsp does OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER and TEARDOWN, with Basic and Digest
 authentication. Its own RTP path makes a dpkt object per packet and queues it without bound;
 measured here it costs several times csud's, so the connection below replaces only
-``data_received``: :class:`~csud.proto.interleave.InterleavedDemux` splits the TCP stream by
+``data_received``: :class:`~csud.rtsp.interleave.InterleavedDemux` splits the TCP stream by
 offsets, hands ``$`` frames straight to the recorder's callback and passes the rare RTSP
 message to aiortsp's parser.
 
-With ``transport="udp"`` RTP and RTCP arrive on two UDP sockets (:mod:`csud.aio.udp`) and go to
+With ``transport="udp"`` RTP and RTCP arrive on two UDP sockets (:mod:`csud.rtsp.udp`) and go to
 the same packet callback.
 """
 
@@ -24,10 +24,10 @@ from aiortsp.rtsp.connection import RTSPConnection
 from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseError, RTSPTimeoutError
 from aiortsp.rtsp.session import RTSPMediaSession
 
-from csud.aio.udp import UdpMedia
 from csud.errors import AuthError, StreamError
-from csud.proto.interleave import InterleavedDemux
-from csud.proto.sdp import decode_sprop
+from csud.rtsp.interleave import InterleavedDemux
+from csud.rtsp.sdp import decode_sprop
+from csud.rtsp.udp import UdpMedia
 
 RTP_CHANNEL = 0
 RTCP_CHANNEL = 1

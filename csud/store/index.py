@@ -10,11 +10,11 @@ relative to the storage root.
 
 Schema versions live in ``PRAGMA user_version``; :data:`MIGRATIONS` ``[i]`` takes a database from
 version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, the journal
-(:mod:`csud.aio.journal`), the deletion intent (``segments.deleting_ns``: docs/storage.md,
+(:mod:`csud.store.journal`), the deletion intent (``segments.deleting_ns``: docs/storage.md,
 "Destroying segments") and a per-camera usage table kept by triggers, so that retention never
 scans the 14-million-row segments table to learn which cameras exist or how much they hold.
 Version 3 adds ``segments.missing_ns``: startup recovery marks a row whose file is gone
-(:mod:`csud.aio.recovery`).
+(:mod:`csud.store.recovery`).
 
 Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer returns them.
 """
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from csud.aio.journal import (
+from csud.errors import StorageError
+from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.journal import (
     HOLD_ADDED,
     HOLD_RELEASED,
     JOURNAL_SCHEMA,
@@ -40,9 +42,7 @@ from csud.aio.journal import (
     JournalEntry,
     os_actor,
 )
-from csud.aio.writer import FragmentInfo, SegmentInfo
-from csud.errors import StorageError
-from csud.store.retention import Hold, SegmentRef
+from csud.store.retention_plan import Hold, SegmentRef
 
 _SCHEMA_V1 = """
 CREATE TABLE segments (
@@ -231,7 +231,7 @@ _HOLD_COLUMNS = (
     "id, from_ns, to_ns, requisition, officer, reason, until_ns, created_ns, created_by,"
     " released_ns, released_by, release_reason"
 )
-# A segment row covered by an active hold at ``:now`` (same rule as csud.store.retention.Hold).
+# A segment row covered by an active hold at ``:now`` (same rule as csud.store.retention_plan.Hold).
 _HELD = (
     "EXISTS (SELECT 1 FROM hold_cameras hc JOIN holds h ON h.id = hc.hold_id"
     " WHERE hc.camera = segments.camera AND h.released_ns IS NULL"

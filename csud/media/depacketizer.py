@@ -10,7 +10,7 @@ types are keyframes, parameter sets or may begin a picture.
 What belongs here: :class:`PayloadFormat`, the table of those differences (one instance per
 codec, in ``h264.py`` and ``h265.py``), with the packetizer it drives (tests and the camera
 simulator); and :class:`RtpDepacketizer`, the receive-side sans-IO state machine both codecs'
-depacketizers are (RTP packets in, :mod:`csud.proto.media` events out: the hot path of the
+depacketizers are (RTP packets in, :mod:`csud.media.units` events out: the hot path of the
 daemon): RTP header, SSRC changes, sequence tracking, access unit boundaries, resynchronisation
 at a picture start, reassembly and the memory bounds. What does not: the codec facts
 themselves (type constants, the tables, SPS parsing), sockets, clocks, and any import of
@@ -23,8 +23,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from csud.proto.media import AccessUnit, Gap, MediaEvent, StreamReset
-from csud.proto.rtp import RTP_HEADER_SIZE, RTP_SEQ_MOD, RTP_VERSION, Buffer, parse_header
+from csud.media.rtp import RTP_HEADER_SIZE, RTP_SEQ_MOD, RTP_VERSION, Buffer, parse_header
+from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
 
 __all__ = [
     "DEFAULT_CLOCK_RATE",

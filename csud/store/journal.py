@@ -17,7 +17,7 @@ whole chain *and* the head consistently. Detecting that needs a copy of the head
 file: the daemon logs the head (id and hash) at every start and stop, so the system journal holds
 anchors to compare with (``csud journal --verify`` prints the current head).
 
-The schema is created by the index migrations (:mod:`csud.aio.index`); this class only reads and
+The schema is created by the index migrations (:mod:`csud.store.index`); this class only reads and
 appends. It is not thread-safe: use it from the thread that owns the connection (``Index``
 serialises it with its lock). ``append`` joins the caller's transaction if one is open (so a
 destruction's rows and its entry commit together), else runs its own ``BEGIN IMMEDIATE``.

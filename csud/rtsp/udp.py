@@ -3,7 +3,7 @@
 The RTP socket takes an even port and RTCP the next one (RFC 3550 §11), both bound on the
 configured address. Datagrams from any host but the camera's are dropped and counted: on an
 open port anyone can send, and only the camera may write footage. RTP goes through a small
-reorder window (:class:`~csud.proto.reorder.ReorderBuffer`) before the recorder's packet
+reorder window (:class:`~csud.media.reorder.ReorderBuffer`) before the recorder's packet
 handler, which gets the same ``(channel, buffer, start, end)`` calls as over TCP.
 """
 
@@ -16,7 +16,7 @@ import socket
 from typing import Any
 
 from csud.errors import StreamError
-from csud.proto.reorder import DEFAULT_WINDOW, ReorderBuffer
+from csud.media.reorder import DEFAULT_WINDOW, ReorderBuffer
 
 RTP_CHANNEL = 0
 RTCP_CHANNEL = 1

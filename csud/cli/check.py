@@ -31,10 +31,10 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from csud.aio.index import Index
-    from csud.aio.recovery import check_store
     from csud.config import load_config
-    from csud.daemon import INDEX_FILENAME
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.index import Index
+    from csud.store.recovery import check_store
 
     loaded = load_config(args.config)
     root = loaded.settings.storage.root

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csud.aio.index import Index
-from csud.aio.session import RTCP_CHANNEL, RTP_CHANNEL, RtspSession, StreamDescription
-from csud.aio.writer import SegmentInfo, SegmentWriter
 from csud.config import CameraConfig, CommuneConfig
 from csud.errors import AuthError, StorageError, StreamError
 from csud.log import get_logger
-from csud.proto import h264, h265
-from csud.proto.media import AccessUnit, Gap, StreamReset
-from csud.proto.rtcp import RtcpReceiver, clock_offset_ns
-from csud.proto.timeline import Timeline
+from csud.media import h264, h265
+from csud.media.rtcp import RtcpReceiver, clock_offset_ns
+from csud.media.units import AccessUnit, Gap, StreamReset
+from csud.recording.segmenter import H264_RULES, H265_RULES, Close, Drop, Mux, Open, Segmenter
+from csud.recording.timeline import Timeline
+from csud.recording.writer import SegmentInfo, SegmentWriter
+from csud.rtsp.client import RTCP_CHANNEL, RTP_CHANNEL, RtspSession, StreamDescription
+from csud.store.index import Index
 from csud.store.layout import segment_relpath, stagger_phase_ns
-from csud.store.segmenter import H264_RULES, H265_RULES, Close, Drop, Mux, Open, Segmenter
 
 NS_PER_SECOND = 1_000_000_000
 BACKOFF_INITIAL_SECONDS = 1.0
@@ -348,7 +348,7 @@ class CameraRecorder:
                     self.log.error("storage_error", error=str(exc))
                 self.stats.storage_errors += 1
                 self.stats.last_error = str(exc)
-                from csud import metrics  # not the hot path: one increment per failed segment
+                from csud.service import metrics  # not the hot path: one increment per failed segment
 
                 metrics.storage_write_errors.labels(self.camera.id, self.commune.id).inc()
                 if writer is not None:

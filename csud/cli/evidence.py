@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from csud.errors import CsudError, EvidenceError, UsageError
 
 if TYPE_CHECKING:
-    from csud.aio.index import Index
     from csud.config import Settings
     from csud.evidence.manifest import CameraRef
+    from csud.store.index import Index
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -96,12 +96,12 @@ class ProgressLine:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from csud.aio.index import Index
-    from csud.cli import parse_time
+    from csud.cli.main import parse_time
     from csud.config import load_config
-    from csud.daemon import INDEX_FILENAME
     from csud.evidence.extract import Request, cameras_from, extract
     from csud.evidence.signing import load_private_key
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.index import Index
 
     from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
     if to_ns <= from_ns:
@@ -205,12 +205,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_archive(args: argparse.Namespace) -> int:
-    from csud.aio.index import Index
-    from csud.aio.journal import INTEGRITY_FAILURE, os_actor
-    from csud.aio.recovery import QUARANTINE_DIR
     from csud.config import load_config
-    from csud.daemon import INDEX_FILENAME
     from csud.evidence.verify import verify_archive
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.index import Index
+    from csud.store.journal import INTEGRITY_FAILURE, os_actor
+    from csud.store.recovery import QUARANTINE_DIR
 
     loaded = load_config(args.config)
     root = loaded.settings.storage.root

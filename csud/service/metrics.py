@@ -1,7 +1,7 @@
 """Prometheus metrics: every name is declared here, and only here.
 
 The names are a contract (dashboards and alerts use them; see DESIGN.md). The hot path never
-touches these objects: recorders keep plain counters (:class:`csud.aio.recorder.CameraStats`)
+touches these objects: recorders keep plain counters (:class:`csud.recording.recorder.CameraStats`)
 and :func:`export` copies them into the registry in aggregate, every few seconds.
 """
 
@@ -25,7 +25,7 @@ from prometheus_client import (
 from csud import __version__
 
 if TYPE_CHECKING:
-    from csud.aio.recorder import CameraRecorder
+    from csud.recording.recorder import CameraRecorder
 
 # No ``*_created`` series: they would double the series per camera for nothing we alert on.
 disable_created_metrics()

@@ -1,7 +1,7 @@
 """When a segment opens and closes, and which frames go into it: one pure state machine per camera.
 
 Pure: no I/O, no clock, no PyAV. Access units (with their pts on the server's clock, from
-:mod:`csud.proto.timeline`) and gaps go in; small frozen actions come out, which the writer
+:mod:`csud.recording.timeline`) and gaps go in; small frozen actions come out, which the writer
 executes in order: ``Open``, ``Mux``, ``Close``, ``Drop`` (the last one only counts and logs).
 
 Invariants (tested, including over random streams):
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csud.proto.media import AccessUnit
+from csud.media.units import AccessUnit
 
 MIB = 1 << 20
 DEFAULT_MAX_GOP_FRAMES = 1000

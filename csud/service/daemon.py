@@ -31,17 +31,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from csud import __version__, metrics
-from csud.aio.health import LoopMonitor, WritableProbe
-from csud.aio.httpd import HttpServer, Response, text
-from csud.aio.index import Index
-from csud.aio.recorder import NS_PER_SECOND, CameraRecorder, IndexService
-from csud.aio.recovery import StoreLock, recover_at_startup
-from csud.aio.retention import RetentionService
-from csud.aio.systemd import Notifier
+from csud import __version__
 from csud.config import CameraConfig, CommuneConfig, LoadedConfig, load_config
 from csud.errors import ConfigError, CsudError
 from csud.log import get_logger
+from csud.recording.recorder import NS_PER_SECOND, CameraRecorder, IndexService
+from csud.service import metrics
+from csud.service.health import LoopMonitor, WritableProbe
+from csud.service.http import HttpServer, Response, text
+from csud.service.systemd import Notifier
+from csud.store.index import Index
+from csud.store.recovery import StoreLock, recover_at_startup
+from csud.store.retention import RetentionService
 
 METRICS_EXPORT_SECONDS = 2.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
@@ -115,7 +116,7 @@ class Daemon:
         self.retention: RetentionService | None = None
         self.http: HttpServer | None = None
         self.probe: WritableProbe | None = None
-        self.store_lock: StoreLock | None = None  # one daemon per store (csud.aio.recovery)
+        self.store_lock: StoreLock | None = None  # one daemon per store (csud.store.recovery)
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload: dict[str, Any] = {}

@@ -1,9 +1,9 @@
 """H.264 over RTP (RFC 6184) and the few H.264 bitstream facts csud needs.
 
 What belongs here: NAL unit type constants, :data:`PAYLOAD_FORMAT` (what RFC 6184 is, for
-the machinery H.264 and H.265 share in :mod:`csud.proto.depacketizer`), the receive-side
+the machinery H.264 and H.265 share in :mod:`csud.media.depacketizer`), the receive-side
 depacketizer built on it (a sans-IO state machine, the hot path of the daemon: RTP packets
-in, :mod:`csud.proto.media` events out), the send-side packetizer used by the camera
+in, :mod:`csud.media.units` events out), the send-side packetizer used by the camera
 simulator, Annex B splitting and the SPS fields a recorder needs (picture size, profile,
 level). What does not: sockets, clocks, timestamps mapped to wall time (``timeline.py``),
 decoding, and any import of av/aiortsp/asyncio.
@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from csud.proto.bits import BitReader as _BitReader
-from csud.proto.bits import unescape_rbsp
-from csud.proto.depacketizer import (
+from csud.media.bits import BitReader as _BitReader
+from csud.media.bits import unescape_rbsp
+from csud.media.depacketizer import (
     DEFAULT_CLOCK_RATE,
     FU_HEADER_SIZE,
     NAL_SIZE_FIELD_SIZE,
@@ -30,14 +30,14 @@ from csud.proto.depacketizer import (
 )
 
 # The memory bounds are part of this module's interface (explicit re-exports).
-from csud.proto.depacketizer import DEFAULT_MTU_PAYLOAD as DEFAULT_MTU_PAYLOAD
-from csud.proto.depacketizer import FU_END_BIT as FU_END_BIT
-from csud.proto.depacketizer import FU_START_BIT as FU_START_BIT
-from csud.proto.depacketizer import MAX_AU_NALS as MAX_AU_NALS
-from csud.proto.depacketizer import MAX_AU_SIZE as MAX_AU_SIZE
-from csud.proto.depacketizer import MAX_FU_FRAGMENTS as MAX_FU_FRAGMENTS
-from csud.proto.depacketizer import MAX_NAL_SIZE as MAX_NAL_SIZE
-from csud.proto.rtp import Buffer
+from csud.media.depacketizer import DEFAULT_MTU_PAYLOAD as DEFAULT_MTU_PAYLOAD
+from csud.media.depacketizer import FU_END_BIT as FU_END_BIT
+from csud.media.depacketizer import FU_START_BIT as FU_START_BIT
+from csud.media.depacketizer import MAX_AU_NALS as MAX_AU_NALS
+from csud.media.depacketizer import MAX_AU_SIZE as MAX_AU_SIZE
+from csud.media.depacketizer import MAX_FU_FRAGMENTS as MAX_FU_FRAGMENTS
+from csud.media.depacketizer import MAX_NAL_SIZE as MAX_NAL_SIZE
+from csud.media.rtp import Buffer
 
 # --- NAL unit types (H.264 table 7-1, RFC 6184 table 1) --------------------------------
 NAL_SLICE = 1
@@ -124,7 +124,7 @@ class H264Depacketizer(RtpDepacketizer):
     """RTP packets of one H.264 stream in, :class:`AccessUnit`/:class:`Gap`/:class:`StreamReset`
     events out (appended to ``self.events``; drain with :meth:`take_events`).
 
-    The invariants of :class:`csud.proto.depacketizer.RtpDepacketizer` hold, with H.264 terms:
+    The invariants of :class:`csud.media.depacketizer.RtpDepacketizer` hold, with H.264 terms:
 
     * An emitted :class:`AccessUnit` is complete as far as RTP can tell: no sequence gap, no
       malformed packet and no unfinished FU-A inside it, and it begins at a picture start.

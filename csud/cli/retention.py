@@ -3,7 +3,7 @@
 Each command opens the index at ``<storage.root>/index.sqlite3``: read-only for the ones that
 only read (``journal``, ``registre``, ``hold list``), writable for the
 others (the daemon may run at the same time: SQLite WAL and short transactions). Times are ISO
-8601 with an offset (:func:`csud.cli.parse_time`); output times are UTC.
+8601 with an offset (:func:`csud.cli.main.parse_time`); output times are UTC.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 
 def _open(args: argparse.Namespace, readonly: bool) -> tuple[Any, Any]:
     """(settings, Index) for the configured store."""
-    from csud.aio.index import Index
     from csud.config import load_config
-    from csud.daemon import INDEX_FILENAME
+    from csud.service.daemon import INDEX_FILENAME
+    from csud.store.index import Index
 
     settings = load_config(args.config).settings
     path = settings.storage.root / INDEX_FILENAME
@@ -87,7 +87,7 @@ def _mb(n: int) -> str:
 
 
 def _t(ns: int | None) -> str:
-    from csud.cli import format_time
+    from csud.cli.main import format_time
 
     return "-" if ns is None else format_time(ns)
 
@@ -96,8 +96,8 @@ def _t(ns: int | None) -> str:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from csud.aio.retention import Retention
-    from csud.cli import parse_time
+    from csud.cli.main import parse_time
+    from csud.store.retention import Retention
 
     now_ns = parse_time(args.now) if args.now else time.time_ns()
     settings, index = _open(args, readonly=False)
@@ -158,7 +158,7 @@ def _hold_status(hold: Any, now_ns: int) -> str:
 
 
 def cmd_hold_add(args: argparse.Namespace) -> int:
-    from csud.cli import parse_time
+    from csud.cli.main import parse_time
 
     from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
     until_ns = parse_time(args.until) if args.until else None
@@ -263,7 +263,7 @@ def cmd_hold_release(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from csud.cli import parse_time
+    from csud.cli.main import parse_time
 
     since_ns = parse_time(args.since) if args.since else None
     _, index = _open(args, readonly=True)
@@ -339,7 +339,7 @@ def _day_key(ns: int) -> str:
 def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[dict[str, Any]]:
     """Per camera and UTC day of ``month``: hours recorded (kept + destroyed), first and last
     segment, when destroyed, and the requisitions of holds covering that day."""
-    from csud.aio.journal import SEGMENTS_DESTROYED
+    from csud.store.journal import SEGMENTS_DESTROYED
 
     start, end = _month(month)
     start_ns, end_ns = _ns(start), _ns(end)

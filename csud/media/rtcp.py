@@ -1,6 +1,6 @@
 """The receiving side of RTCP for one stream (RFC 3550 §6.4): sender reports in, receiver reports out.
 
-Pure: no I/O, no clock (``now_ns`` is passed in). Wire formats live in :mod:`csud.proto.rtp`;
+Pure: no I/O, no clock (``now_ns`` is passed in). Wire formats live in :mod:`csud.media.rtp`;
 this module keeps the little state that links them: the last sender report (for LSR/DLSR and for
 the camera clock offset) and the counts at the previous report (for the interval loss fraction).
 
@@ -13,7 +13,7 @@ the hot path; the field is sent as 0, which RFC 3550 allows a receiver that does
 
 from __future__ import annotations
 
-from csud.proto.rtp import (
+from csud.media.rtp import (
     RTP_SEQ_MOD,
     ReportBlock,
     SenderReport,

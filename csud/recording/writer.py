@@ -41,10 +41,10 @@ from typing import Any, TypeVar
 import aiofiles
 import av
 
-from csud.aio.fsutil import fsync_dir, makedirs_durable
 from csud.errors import StorageError
+from csud.recording.segmenter import Frame
+from csud.store.durable import fsync_dir, makedirs_durable
 from csud.store.layout import partial_name
-from csud.store.segmenter import Frame
 
 MP4_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 MP4_TIMESCALE = 90000
