@@ -192,7 +192,7 @@ async def test_media_right_after_play_is_recorded(tmp_path: Path, monkeypatch: p
     """Media may arrive in the same read as PLAY's answer, before the recorder's task resumes
     (under load, 100 sessions starting at once: up to a second later). The pipeline is ready
     before PLAY is sent, so the camera's first keyframe and its GOP are recorded."""
-    from csud.rtsp import session as session_module
+    from csud.rtsp import client as session_module
 
     original = session_module.RtspSession.start
 
