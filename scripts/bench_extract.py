@@ -46,7 +46,7 @@ async def record(root: Path, minutes: int, params: ClipParams) -> tuple[int, int
     clip = load_clip(params)
     frame_ns = NS_PER_SECOND // params.fps
     seg = Segmenter(60 * NS_PER_SECOND, 0, default_frame_ns=frame_ns)
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     writer: SegmentWriter | None = None
     segments = total = 0
     try:

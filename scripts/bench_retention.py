@@ -135,7 +135,7 @@ def backlog(args: argparse.Namespace, work: Path) -> None:
     root = work / "store"
     root.mkdir()
     settings = settings_for(root, args.cameras, 1)  # 1-day window: the whole backlog is due
-    index = Index.open(root / INDEX_FILENAME)
+    index = Index.create(root / INDEX_FILENAME)
     t0 = time.perf_counter()
     rows = build(index, root, args.cameras, args.backlog_days, with_files=args.backlog_days * 1440)
     build_s = time.perf_counter() - t0
@@ -157,7 +157,7 @@ def backlog(args: argparse.Namespace, work: Path) -> None:
     failures: list[str] = []
 
     def recorder() -> None:  # a recorder's index thread: its own connection, 1 row + 30 fragments
-        live = Index.open(root / INDEX_FILENAME)
+        live = Index.create(root / INDEX_FILENAME)
         start = T_BEGIN + (args.backlog_days + 2) * DAY
         while not stop.is_set():
             start += 60 * S
@@ -219,7 +219,7 @@ def main() -> int:
     root.mkdir()
     try:
         settings = settings_for(root, args.cameras, args.days)
-        index = Index.open(root / INDEX_FILENAME)
+        index = Index.create(root / INDEX_FILENAME)
         t0 = time.perf_counter()
         rows = build(index, root, args.cameras, args.days, with_files=args.passes + 3)
         build_s = time.perf_counter() - t0

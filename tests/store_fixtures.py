@@ -13,6 +13,7 @@ from csud.cli.main import format_time
 from csud.config import Settings, load_config
 from csud.recording.writer import FragmentInfo, SegmentInfo
 from csud.service.daemon import INDEX_FILENAME
+from csud.store.identity import create_store
 from csud.store.index import Index
 from csud.store.layout import segment_relpath
 
@@ -53,7 +54,10 @@ url = "rtsp://10.20.1.21/s"
 """
 
 
-def write_config(tmp: Path, root: Path, min_free: float = 0) -> Path:
+def write_config(tmp: Path, root: Path, min_free: float = 0, init: bool = True) -> Path:
+    """The config, and (``init``) the store at ``root`` as ``csud init`` makes it."""
+    if init:
+        create_store(root)
     path = tmp / "csud.toml"
     path.write_text(
         CONFIG.replace("{root}", str(root)).replace("{min_free}", str(min_free)), encoding="utf-8"
@@ -66,7 +70,8 @@ def settings_of(path: Path) -> Settings:
 
 
 def open_index(root: Path) -> Index:
-    root.mkdir(parents=True, exist_ok=True)
+    """The index of the store at ``root``, created as ``csud init`` does if there is none."""
+    create_store(root)
     return Index.open(root / INDEX_FILENAME)
 
 

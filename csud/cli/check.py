@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from csud.errors import CsudError
-
 WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 MAX_LISTED = 20  # per category in the text output (--json lists everything)
 
@@ -32,16 +30,12 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from csud.config import load_config
-    from csud.service.daemon import INDEX_FILENAME
-    from csud.store.index import Index
+    from csud.store.identity import open_store_index
     from csud.store.recovery import check_store
 
     loaded = load_config(args.config)
     root = loaded.settings.storage.root
-    path = root / INDEX_FILENAME
-    if not path.exists():
-        raise CsudError(f"no index at {path}: nothing recorded yet")
-    index = Index.open(path, readonly=True)
+    index = open_store_index(root, readonly=True)  # exit 2 unless root is the csud store
     try:
         report = check_store(index, root, hashes=args.hashes)
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from csud.errors import CsudError, EvidenceError, UsageError
+from csud.errors import EvidenceError, UsageError
 
 if TYPE_CHECKING:
     from csud.config import Settings
@@ -101,6 +101,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from csud.evidence.extract import Request, cameras_from, extract
     from csud.evidence.signing import load_private_key
     from csud.service.daemon import INDEX_FILENAME
+    from csud.store.identity import verify_store
     from csud.store.index import Index
 
     from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
@@ -116,8 +117,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         signing_key = load_private_key(settings.evidence.signing_key)
     root = settings.storage.root
     index_path = root / INDEX_FILENAME
-    if not index_path.exists():
-        raise CsudError(f"no index at {index_path}: nothing recorded yet")
+    verify_store(root)  # exit 2 unless root is the csud store (csud/store/identity.py)
     progress = ProgressLine(f"csud extract {args.requisition}")
     index = Index.open(index_path)
     try:
@@ -208,6 +208,7 @@ def _verify_archive(args: argparse.Namespace) -> int:
     from csud.config import load_config
     from csud.evidence.verify import verify_archive
     from csud.service.daemon import INDEX_FILENAME
+    from csud.store.identity import verify_store
     from csud.store.index import Index
     from csud.store.journal import INTEGRITY_FAILURE, os_actor
     from csud.store.recovery import QUARANTINE_DIR
@@ -215,8 +216,7 @@ def _verify_archive(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     root = loaded.settings.storage.root
     index_path = root / INDEX_FILENAME
-    if not index_path.exists():
-        raise CsudError(f"no index at {index_path}: nothing recorded yet")
+    verify_store(root)  # exit 2 unless root is the csud store (csud/store/identity.py)
     progress = ProgressLine("csud verify --archive")
     index = Index.open(index_path, readonly=True)
     try:

@@ -24,6 +24,7 @@ from csud.errors import ConfigError, CsudError, UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "csud.cli.check",
     "csud.cli.evidence",
+    "csud.cli.init",
     "csud.cli.retention",
     "csud.cli.service",
 )
@@ -156,18 +157,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_segments(args: argparse.Namespace) -> int:
     from csud.config import load_config
-    from csud.service.daemon import INDEX_FILENAME
-    from csud.store.index import Index
+    from csud.store.identity import open_store_index
 
     loaded = load_config(args.config)
     from_ns = parse_time(args.from_) if args.from_ else None
     to_ns = parse_time(args.to) if args.to else None
     if from_ns is not None and to_ns is not None and to_ns <= from_ns:
         raise UsageError("--to must be after --from")
-    path = loaded.settings.storage.root / INDEX_FILENAME
-    if not path.exists():
-        raise CsudError(f"no index at {path}: nothing recorded yet")
-    index = Index.open(path, readonly=True)
+    index = open_store_index(loaded.settings.storage.root, readonly=True)
     try:
         rows = index.segments(args.camera, from_ns, to_ns)
     finally:

@@ -70,16 +70,11 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 def _open(args: argparse.Namespace, readonly: bool) -> tuple[Any, Any]:
     """(settings, Index) for the configured store."""
     from csud.config import load_config
-    from csud.service.daemon import INDEX_FILENAME
-    from csud.store.index import Index
+    from csud.store.identity import open_store_index
 
     settings = load_config(args.config).settings
-    path = settings.storage.root / INDEX_FILENAME
-    if readonly and not path.exists():
-        raise CsudError(f"no index at {path}: nothing recorded yet")
-    if not readonly:
-        settings.storage.root.mkdir(parents=True, exist_ok=True)
-    return settings, Index.open(path, readonly=readonly)
+    # Exit 2 unless the root is the csud store; never creates one (csud/store/identity.py).
+    return settings, open_store_index(settings.storage.root, readonly=readonly)
 
 
 def _mb(n: int) -> str:

@@ -40,9 +40,11 @@ from csud.service import metrics
 from csud.service.health import LoopMonitor, WritableProbe
 from csud.service.http import HttpServer, Response, text
 from csud.service.systemd import Notifier
+from csud.store.identity import verify_store
 from csud.store.index import Index
-from csud.store.recovery import StoreLock, recover_at_startup
+from csud.store.recovery import StoreLock
 from csud.store.retention import RetentionService
+from csud.store.startup import BackgroundCheck, recover_at_startup
 
 METRICS_EXPORT_SECONDS = 2.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
@@ -117,6 +119,7 @@ class Daemon:
         self.http: HttpServer | None = None
         self.probe: WritableProbe | None = None
         self.store_lock: StoreLock | None = None  # one daemon per store (csud.store.recovery)
+        self.store_check: BackgroundCheck | None = None  # startup step 7 (csud.store.startup)
         self.reloads = 0
         self.reload_failures = 0
         self.last_reload: dict[str, Any] = {}
@@ -138,7 +141,8 @@ class Daemon:
         ]
         retention_task: asyncio.Task[None] | None = None
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            # Refuse (exit 2) a root that is not our store: never create one (csud init does).
+            await asyncio.to_thread(verify_store, self.root)
             self.store_lock = StoreLock.acquire(self.root)
             enabled = [c for c in settings.cameras if c.enabled]
             passwords = {c.id: c.resolve_password() for c in enabled}  # ConfigError: exit 2
@@ -160,11 +164,14 @@ class Daemon:
             # config_loaded + daemon_started before any camera records (docs/storage.md, "Startup").
             self.retention = RetentionService(self.root / INDEX_FILENAME, settings)
             await self.retention.start(self.loaded, cameras=len(enabled))
-            # Then partial and orphan segment files, rows without a file ("Startup", steps 4-6).
-            await recover_at_startup(self.root / INDEX_FILENAME, self.root)
+            # Then partial and orphan segment files, rows without a file, of the latest days
+            # ("Startup", steps 4-6); the rest in the background once cameras record (step 7).
+            recent = await recover_at_startup(self.root / INDEX_FILENAME, self.root)
             communes = {c.id: c for c in settings.communes}
             for camera in enabled:
                 self._start_camera(camera, communes[camera.commune], passwords[camera.id])
+            self.store_check = BackgroundCheck(self.root / INDEX_FILENAME, self.root, recent)
+            self.store_check.start()
             background.append(asyncio.create_task(self._export_loop(stop), name="metrics-export"))
             background.append(asyncio.create_task(self._reload_loop(stop), name="reload"))
             retention_task = asyncio.create_task(self.retention.run(stop), name="retention")
@@ -184,6 +191,8 @@ class Daemon:
                     await retention_task  # a pass in progress finishes (its steps are not interrupted)
             if self.cameras:  # startup failed half-way: stop what did start
                 await self._stop_cameras(list(self.cameras))
+            if self.store_check is not None:
+                await asyncio.to_thread(self.store_check.stop)
             written = self._segments_of_stopped
             if self.retention is not None:
                 await self.retention.close(written)  # journals daemon_stopped
@@ -441,6 +450,7 @@ class Daemon:
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
             "last_reload": self.last_reload or None,
+            "store_check": self.store_check.status() if self.store_check is not None else None,
             "cameras": cameras,
         }
 

@@ -14,7 +14,11 @@ version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, th
 "Destroying segments") and a per-camera usage table kept by triggers, so that retention never
 scans the 14-million-row segments table to learn which cameras exist or how much they hold.
 Version 3 adds ``segments.missing_ns``: startup recovery marks a row whose file is gone
-(:mod:`csud.store.recovery`).
+(:mod:`csud.store.recovery`). Version 4 adds ``store_identity``, the UUID that ``csud init``
+also writes in the root's marker (:mod:`csud.store.identity`).
+
+Only :meth:`Index.create` (``csud init``, tests) creates a database file; :meth:`Index.open`
+refuses a missing one, so that an unmounted disk never gets a fresh index.
 
 Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer returns them.
 """
@@ -32,6 +36,7 @@ from typing import Any
 
 from csud.errors import StorageError
 from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.identity import StoreIdentity, migrate_store_identity
 from csud.store.journal import (
     HOLD_ADDED,
     HOLD_RELEASED,
@@ -161,6 +166,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    migrate_store_identity,  # 3 -> 4: the store's UUID (csud/store/identity.py)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -240,6 +246,11 @@ _HELD = (
 )
 
 
+def _prefix_end(prefix: str) -> str:
+    """The smallest string above every string that starts with ``prefix`` (which ends in ``/``)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 class Index:
     """The SQLite index. Create with :meth:`open`; every failure raises ``StorageError``."""
 
@@ -249,8 +260,13 @@ class Index:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path | str, readonly: bool = False) -> Index:
-        """Open (creating if needed) and migrate the index at ``path``.
+    def create(cls, path: Path | str) -> Index:
+        """Open the index at ``path``, creating it if missing (``csud init`` and tests only)."""
+        return cls.open(path, create=True)
+
+    @classmethod
+    def open(cls, path: Path | str, readonly: bool = False, create: bool = False) -> Index:
+        """Open and migrate the existing index at ``path`` (``create``: create it if missing).
 
         ``readonly`` (CLI queries): never creates, migrates or writes; the database must exist
         and be at this code's schema version.
@@ -258,8 +274,9 @@ class Index:
         path = Path(path)
         try:
             # isolation_level=None: no implicit transactions; we BEGIN/COMMIT explicitly.
-            if readonly:
-                uri = f"{path.resolve().as_uri()}?mode=ro"
+            if readonly or not create:
+                mode = "ro" if readonly else "rw"  # rw: never creates the file
+                uri = f"{path.resolve().as_uri()}?mode={mode}"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             else:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -408,6 +425,26 @@ class Index:
         )
         return [(int(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4]) for r in rows]
 
+    def day_files(self, prefix: str) -> list[tuple[int, str, int, str, int | None]]:
+        """Like :meth:`camera_files`, for the rows under one date directory ``prefix``
+        (``commune/camera/YYYY/MM/DD/``): a range scan of the unique index on ``path``."""
+        rows = self._query(
+            "SELECT id, path, bytes, sha256, missing_ns FROM segments"
+            " WHERE path >= ? AND path < ? AND deleting_ns IS NULL",
+            [prefix, _prefix_end(prefix)],
+        )
+        return [(int(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4]) for r in rows]
+
+    def camera_days(self, commune: str, camera: str) -> list[str]:
+        """``YYYY/MM/DD`` of the date directories that live rows of one camera name."""
+        prefix = f"{commune}/{camera}/"
+        rows = self._query(
+            "SELECT DISTINCT substr(path, ?, 10) FROM segments WHERE path >= ? AND path < ?"
+            " AND deleting_ns IS NULL",
+            [len(prefix) + 1, prefix, _prefix_end(prefix)],
+        )
+        return sorted(str(r[0]) for r in rows)
+
     def camera_dirs(self) -> list[tuple[str, str]]:
         """``(commune, camera)`` pairs that have rows (from the usage table: no scan)."""
         return [(u.commune, u.camera) for u in self.usage()]
@@ -422,9 +459,12 @@ class Index:
         the journal ``entries`` in the same transaction."""
         try:
             with self._lock, self._transaction() as conn:
+                # Never mark a row that retention has meanwhile marked for destruction: its file
+                # is rightly gone (the background check runs beside retention passes).
                 conn.execute(
-                    "UPDATE segments SET missing_ns = ? WHERE id IN (SELECT value FROM json_each(?))",
-                    (now_ns, json.dumps(list(ids))),
+                    "UPDATE segments SET missing_ns = ? WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND (? IS NULL OR deleting_ns IS NULL)",
+                    (now_ns, json.dumps(list(ids)), now_ns),
                 )
                 journal = Journal(conn)
                 for entry in entries:
@@ -738,6 +778,25 @@ class Index:
                     conn.execute("ROLLBACK")
         except sqlite3.Error as e:
             raise StorageError(f"index not writable: {e}") from e
+
+    def store_identity(self) -> StoreIdentity | None:
+        rows = self._query("SELECT uuid, created_ns, csud_version FROM store_identity", [])
+        return StoreIdentity(str(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None
+
+    def set_store_identity(self, identity: StoreIdentity) -> StoreIdentity:
+        """Record ``identity`` unless the index has one already; return the one it holds."""
+        try:
+            with self._lock, self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO store_identity (singleton, uuid, created_ns, csud_version)"
+                    " VALUES (1, ?, ?, ?) ON CONFLICT (singleton) DO NOTHING",
+                    (identity.uuid, identity.created_ns, identity.csud_version),
+                )
+        except sqlite3.Error as e:
+            raise StorageError(f"index set store identity: {e}") from e
+        held = self.store_identity()
+        assert held is not None
+        return held
 
     def cameras(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT camera FROM segments ORDER BY camera", [])]

@@ -33,7 +33,6 @@ partial files), and ``csud check`` knows whether ``.partial`` files are open or 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -126,6 +125,7 @@ class StoreFile:
     relpath: str  # of the final name (without ``.partial``)
     partial: bool
     size: int
+    mtime_ns: int = 0
 
     @property
     def disk_relpath(self) -> str:
@@ -159,46 +159,67 @@ def camera_files(root: Path, commune: str, camera: str, sizes: bool = True) -> d
     path on disk (a partial's key ends in ``.partial``, so ``NAME.mp4`` and its partial can
     both be present). ``sizes=False`` skips each file's ``stat`` (sizes are then 0)."""
     out: dict[str, StoreFile] = {}
-    base = root / commune / camera
-    for level in _date_dirs(base):
-        rel_dir = f"{commune}/{camera}/{level}"
-        with contextlib.suppress(FileNotFoundError), os.scandir(base / level) as entries:
-            for entry in entries:
-                name = entry.name
-                partial = name.endswith(SEGMENT_SUFFIX + PARTIAL_SUFFIX)
-                final_name = name[: -len(PARTIAL_SUFFIX)] if partial else name
-                try:
-                    parse_segment_filename(final_name)
-                except ValueError:
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                size = 0
-                if sizes:
-                    try:
-                        size = entry.stat(follow_symlinks=False).st_size
-                    except FileNotFoundError:
-                        continue
-                f = StoreFile(f"{rel_dir}/{final_name}", partial, size)
-                out[f.disk_relpath] = f
+    for level in _date_dirs(root / commune / camera):
+        out.update(day_files(root, commune, camera, level, sizes))
     return out
 
 
-def _date_dirs(base: Path) -> Iterator[str]:
-    def digits(path: Path, width: int) -> list[str]:
-        try:
-            with os.scandir(path) as it:
-                return sorted(
-                    e.name
-                    for e in it
-                    if len(e.name) == width and e.name.isdigit() and e.is_dir(follow_symlinks=False)
-                )
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+def day_files(root: Path, commune: str, camera: str, day: str, sizes: bool = True) -> dict[str, StoreFile]:
+    """:func:`camera_files` of one date directory ``day`` (``YYYY/MM/DD``)."""
+    out: dict[str, StoreFile] = {}
+    rel_dir = f"{commune}/{camera}/{day}"
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(root / rel_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            partial = name.endswith(SEGMENT_SUFFIX + PARTIAL_SUFFIX)
+            final_name = name[: -len(PARTIAL_SUFFIX)] if partial else name
+            try:
+                parse_segment_filename(final_name)
+            except ValueError:
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            size = mtime_ns = 0
+            if sizes:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            f = StoreFile(f"{rel_dir}/{final_name}", partial, size, mtime_ns)
+            out[f.disk_relpath] = f
+    return out
 
-    for year in digits(base, 4):
-        for month in digits(base / year, 2):
-            for day in digits(base / year / month, 2):
+
+def recent_date_dirs(base: Path, count: int) -> list[str]:
+    """The ``count`` latest ``YYYY/MM/DD`` directories under a camera directory, latest first
+    (lists only the year and month directories it needs)."""
+    out: list[str] = []
+    for year in reversed(_digits(base, 4)):
+        for month in reversed(_digits(base / year, 2)):
+            for day in reversed(_digits(base / year / month, 2)):
+                out.append(f"{year}/{month}/{day}")
+                if len(out) >= count:
+                    return out
+    return out
+
+
+def _digits(path: Path, width: int) -> list[str]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(
+                e.name
+                for e in it
+                if len(e.name) == width and e.name.isdigit() and e.is_dir(follow_symlinks=False)
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _date_dirs(base: Path) -> Iterator[str]:
+    for year in _digits(base, 4):
+        for month in _digits(base / year, 2):
+            for day in _digits(base / year / month, 2):
                 yield f"{year}/{month}/{day}"
 
 
@@ -264,34 +285,54 @@ class RecoveryReport:
 
 
 class _Recovery:
-    def __init__(self, index: Index, root: Path, now_ns: int, actor: str) -> None:
+    """Steps 4-6, one date directory at a time (:meth:`day`): the unit of work that startup
+    does for the most recent days before the cameras record, and the background check for
+    the others (csud/store/startup.py). ``skip_newer_ns``: files modified at or after it are
+    left alone (the running daemon's recorders wrote them)."""
+
+    def __init__(
+        self, index: Index, root: Path, now_ns: int, actor: str, skip_newer_ns: int | None = None
+    ) -> None:
         self.index = index
         self.root = root
         self.now_ns = now_ns
         self.actor = actor
+        self.skip_newer_ns = skip_newer_ns
         self.report = RecoveryReport()
 
     def run(self) -> RecoveryReport:
-        seen: set[tuple[str, str]] = set()
-        for commune, camera in camera_dirs(self.root):
-            seen.add((commune, camera))
-            self._camera(commune, camera, camera_files(self.root, commune, camera, sizes=True))
-        for commune, camera in self.index.camera_dirs():  # cameras whose directory is gone
-            if (commune, camera) not in seen:
-                self._camera(commune, camera, {})
+        for commune, camera in self.cameras():
+            for day in self.days(commune, camera):
+                self.day(commune, camera, day)
         return self.report
 
-    def _camera(self, commune: str, camera: str, files: dict[str, StoreFile]) -> None:
+    def cameras(self) -> list[tuple[str, str]]:
+        """Camera directories on disk, then cameras with rows whose directory is gone."""
+        pairs = list(camera_dirs(self.root))
+        seen = set(pairs)
+        return pairs + [p for p in self.index.camera_dirs() if p not in seen]
+
+    def days(self, commune: str, camera: str, exclude: frozenset[str] = frozenset()) -> list[str]:
+        """Date directories on disk or named by rows, latest first, minus ``exclude``."""
+        found = set(_date_dirs(self.root / commune / camera)) | set(self.index.camera_days(commune, camera))
+        return sorted(found - exclude, reverse=True)
+
+    def day(self, commune: str, camera: str, day: str) -> None:
+        files = day_files(self.root, commune, camera, day)
         rows = {
             path: (seg_id, missing)
-            for seg_id, path, _, _, missing in self.index.camera_files(commune, camera)
+            for seg_id, path, _, _, missing in self.index.day_files(f"{commune}/{camera}/{day}/")
         }
         for _, f in sorted(files.items()):
+            if self.skip_newer_ns is not None and f.mtime_ns >= self.skip_newer_ns:
+                continue
             try:
                 if f.partial:
                     self._partial(commune, camera, f, final_exists=f.relpath in files)
-                elif f.relpath not in rows:
+                elif f.relpath not in rows and not self.index.has_path(f.relpath):
                     self._orphan(commune, camera, f)
+            except FileNotFoundError:
+                continue  # destroyed by a retention pass since the listing
             except (OSError, StorageError) as e:  # one bad file must not stop the others
                 msg = f"{f.disk_relpath}: {e}"
                 self.report.errors.append(msg)
@@ -464,19 +505,6 @@ def recover_store(
         seconds=report.seconds,
     )
     return report
-
-
-async def recover_at_startup(index_path: Path, root: Path) -> RecoveryReport:
-    """The daemon's call: :func:`recover_store` in a worker thread on its own connection."""
-
-    def work() -> RecoveryReport:
-        index = Index.open(index_path)
-        try:
-            return recover_store(index, root)
-        finally:
-            index.close()
-
-    return await asyncio.to_thread(work)
 
 
 # -- csud check (read-only) ------------------------------------------------------------------

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from csud.store.identity import create_store
+
 CSUD = str(Path(sys.executable).parent / "csud")
 FPS = 25
 SMALL = ["--width", "320", "--height", "240", "--bitrate", "500000", "--fps", str(FPS), "--gop-seconds", "1"]
@@ -72,8 +74,10 @@ def write_config(
     auth: str = "",
     camera_options: Sequence[Mapping[str, str | float | int]] = (),
     metrics_listen: str = "",
+    init: bool = True,
 ) -> Path:
-    """A config for ``cameras`` cameras ``cam1``.. at ``rtsp://127.0.0.1:port/camN``.
+    """A config for ``cameras`` cameras ``cam1``.. at ``rtsp://127.0.0.1:port/camN``, and
+    (``init``) its store ``tmp/store``, made as ``csud init`` makes it.
 
     ``camera_options[i]`` overrides camera ``i + 1``: ``path`` (URL path, default ``/camN``)
     and any camera key (``username``, ``password``, ``transport``, ``stall_seconds``...).
@@ -107,6 +111,8 @@ def write_config(
         lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]  # JSON is valid TOML here
     path = tmp / "csud.toml"
     path.write_text("\n".join(lines) + "\n")
+    if init:
+        create_store(root)
     return path
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from csud.config import parse_settings
 from csud.recording.recorder import CameraRecorder, IndexService
 from csud.sim.server import SimOptions, SimServer, serve
+from csud.store.identity import create_store
 from csud.store.index import Index
 
 
@@ -42,7 +43,7 @@ def make_recorder(tmp_path: Path, port: int, password: str | None = None, **came
             "cameras": [cam],
         }
     )
-    (tmp_path / "store").mkdir(exist_ok=True)
+    create_store(tmp_path / "store")
     index = IndexService(Index.open(tmp_path / "store" / "index.sqlite3"))
     camera_cfg = settings.cameras[0]
     return CameraRecorder(

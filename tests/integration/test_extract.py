@@ -79,7 +79,7 @@ def write_config(path: Path, root: Path, signing_key: Path | None) -> Path:
 
 async def _record(root: Path) -> dict[str, Recording]:
     aus = encode(200)
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     try:
         cam1 = await record_store(
             root, index, timed_frames(aus, jumps={GAP_AT_FRAME: GAP_NS}), camera="cam-1"
@@ -442,7 +442,7 @@ def request(out: Path, from_ns: int, to_ns: int, ref: str = "R", camera: CameraR
 
 
 async def _record_at(root: Path, fps: int, start_ns: int) -> Recording:
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     try:
         aus = encode(200, gop=25, fps=fps)
         return await record_store(
@@ -460,7 +460,7 @@ def test_mid_segment_keyframes_at_30_fps(tmp_path: Path) -> None:
     recording = asyncio.run(_record_at(root, 30, T0_NS + 123_456_789))  # not on a whole tick
     starts = [f.start_ns for seg in recording.segments for f in seg.fragments[1:]]
     assert len(starts) >= 3
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     try:
         for k, start in enumerate(starts):
             to_ns = start + NS_PER_SECOND // 2

@@ -85,7 +85,7 @@ async def rig(tmp_path: Path, stall_seconds: float = 2.0, **sim: Any) -> AsyncIt
             ],
         }
     )
-    index = IndexService(Index.open(root / "index.sqlite3"))
+    index = IndexService(Index.create(root / "index.sqlite3"))
     recorders = [CameraRecorder(cam, settings.communes[0], root, 5, index, None) for cam in settings.cameras]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(r.run(stop)) for r in recorders]

@@ -110,7 +110,7 @@ async def test_real_index_probe(tmp_path: Path) -> None:
     from csud.recording.recorder import IndexService
     from csud.store.index import Index
 
-    service = IndexService(Index.open(tmp_path / "index.sqlite3"))
+    service = IndexService(Index.create(tmp_path / "index.sqlite3"))
     try:
         assert await WritableProbe(service.check_writable).problem() is None
     finally:

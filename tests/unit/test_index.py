@@ -26,13 +26,13 @@ def info(relpath: str, start_s: int, end_s: int, gops: int = 2) -> SegmentInfo:
 
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[Index]:
-    idx = Index.open(tmp_path / "index.db")
+    idx = Index.create(tmp_path / "index.db")
     yield idx
     idx.close()
 
 
 def test_schema_and_pragmas(tmp_path: Path, index: Index) -> None:
-    assert index.schema_version == SCHEMA_VERSION == 3
+    assert index.schema_version == SCHEMA_VERSION >= 4  # 4: store_identity
     conn = sqlite3.connect(tmp_path / "index.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
@@ -48,10 +48,10 @@ def test_schema_and_pragmas(tmp_path: Path, index: Index) -> None:
 
 
 def test_reopen_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
-    idx = Index.open(tmp_path / "i.db")
+    idx = Index.create(tmp_path / "i.db")
     idx.add_segment("cam", "metz", info("a.mp4", 0, 60), created_ns=T0)
     idx.close()
-    idx = Index.open(tmp_path / "i.db")
+    idx = Index.create(tmp_path / "i.db")
     assert [r.path for r in idx.segments("cam")] == ["a.mp4"]
     idx.close()
 
@@ -61,7 +61,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version=99")
     conn.close()
     with pytest.raises(StorageError, match="schema version 99, newer"):
-        Index.open(tmp_path / "i.db")
+        Index.create(tmp_path / "i.db")
 
 
 def test_insert_and_read_back(index: Index) -> None:
@@ -156,11 +156,11 @@ def test_usable_from_another_thread(index: Index) -> None:
 
 def test_open_failure_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="open index"):
-        Index.open(tmp_path / "missing-dir" / "index.db")
+        Index.create(tmp_path / "missing-dir" / "index.db")
 
 
 def test_readonly_open_reads_and_refuses_writes(tmp_path: Path) -> None:
-    idx = Index.open(tmp_path / "i.db")
+    idx = Index.create(tmp_path / "i.db")
     idx.add_segment("cam", "metz", info("a.mp4", 0, 60), T0)
     idx.close()
     ro = Index.open(tmp_path / "i.db", readonly=True)

@@ -45,7 +45,7 @@ def tamper(db: Path, *statements: str) -> None:
 
 
 def verify(db: Path) -> tuple[bool, int | None, str]:
-    index = Index.open(db)
+    index = Index.create(db)
     try:
         check = index.verify_journal()
     finally:
@@ -54,7 +54,7 @@ def verify(db: Path) -> tuple[bool, int | None, str]:
 
 
 def test_chain_links_and_hashes(journal_db: Path) -> None:
-    index = Index.open(journal_db)
+    index = Index.create(journal_db)
     entries = index.journal_entries()
     index.close()
     assert [e.id for e in entries] == [1, 2, 3, 4, 5]
@@ -72,14 +72,14 @@ def test_canonical_encoding_is_stable() -> None:
 
 
 def test_unknown_kind_is_refused(journal_db: Path) -> None:
-    index = Index.open(journal_db)
+    index = Index.create(journal_db)
     with pytest.raises(ValueError, match="unknown journal kind"):
         index.append_journal("coffee_break", now_ns=T0)
     index.close()
 
 
 def test_since_filter(journal_db: Path) -> None:
-    index = Index.open(journal_db)
+    index = Index.create(journal_db)
     assert [e.id for e in index.journal_entries(since_ns=T0 + 2 * S)] == [4, 5]
     index.close()
 

@@ -41,7 +41,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Segme
     import asyncio
 
     root = tmp_path_factory.mktemp("src")
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     rec = asyncio.run(record_store(root, index, timed_frames(encode(4 * GOP)), camera="cam-1"))
     index.close()
     assert len(rec.segments) == 2
@@ -53,7 +53,7 @@ def store(tmp_path: Path, recorded: tuple[Path, list[SegmentInfo]]) -> Iterator[
     src, _ = recorded
     root = tmp_path / "store"
     shutil.copytree(src, root)
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     yield root, index
     index.close()
 

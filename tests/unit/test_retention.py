@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from csud.store import retention as aio_retention
-from csud.store.index import Index
+from csud.store.index import SCHEMA_VERSION, Index
 from csud.store.retention import Retention, policies_from
 from csud.store.retention_plan import (
     NS_PER_DAY,
@@ -299,7 +299,7 @@ def test_crash_between_unlink_and_row_removal_is_completed_at_startup(
     index.close()
 
     # "Restart": a new connection, then the startup step.
-    index2 = Index.open(root / "index.sqlite3")
+    index2 = Index.create(root / "index.sqlite3")
     try:
         restarted = Retention(index2, root, retention.settings, actor="test")
         report = restarted.recover(T0 + 16 * DAY + S)
@@ -525,9 +525,9 @@ def test_migration_from_version_1_keeps_data_and_fills_usage(tmp_path: Path) -> 
     conn.execute("PRAGMA user_version=1")
     conn.execute("COMMIT")
     conn.close()
-    index = Index.open(path)
+    index = Index.create(path)
     try:
-        assert index.schema_version == 3
+        assert index.schema_version == SCHEMA_VERSION
         assert [(u.camera, u.segments, u.bytes) for u in index.usage()] == [("c", 1, 42)]
         assert index.verify_journal().ok and index.journal_entries() == []
     finally:
@@ -590,7 +590,7 @@ def test_disk_pressure_on_a_small_filesystem(tmpfs: Path, tmp_path: Path) -> Non
     """Fill a 4 MiB tmpfs with 100 KiB segments of two cameras, one of them partly held; with
     min_free_percent = 30 csud destroys the oldest unheld first until 31 % is free again."""
     root = tmpfs / "store"
-    index = Index.open(tmp_path / "index.sqlite3")  # index outside the small fs: only footage counts
+    index = Index.create(tmp_path / "index.sqlite3")  # index outside the small fs: only footage counts
     settings = settings_of(write_config(tmp_path, root, min_free=30))
     try:
         rows: list[tuple[str, int, str]] = []
