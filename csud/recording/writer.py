@@ -43,7 +43,7 @@ import av
 
 from csud.errors import StorageError
 from csud.recording.segmenter import Frame
-from csud.store.durable import fsync_dir, makedirs_durable
+from csud.store.durable import fsync_dir, fsync_fd, makedirs_durable
 from csud.store.layout import partial_name
 
 MP4_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
@@ -54,6 +54,9 @@ _TICKS_NUM = 9
 _TICKS_DEN = 100_000
 BOX_HEADER_SIZE = 8
 BOX_LARGESIZE_HEADER_SIZE = BOX_HEADER_SIZE + 8
+# fsync an open segment whenever this much was written since its last fsync: bounds what a
+# failed fsync can cost (docs/storage.md, "When fsync fails"); ~16 s at 4 Mbit/s.
+SYNC_EVERY_BYTES = 8 << 20
 
 T = TypeVar("T")
 
@@ -325,6 +328,7 @@ class SegmentWriter:
         await self._append(data)
         self._fragments.extend(self._muxer.take_fragments())
         self._mark_good(self._muxer.pending_gop_start_ns)
+        await self._sync_if_due()  # fsync failure section below
 
     def _mark_good(self, end_ns: int | None) -> None:
         """The file now ends on a box boundary (the muxer emits whole fragments): remember it."""
@@ -348,8 +352,7 @@ class SegmentWriter:
                 await self._append(data)
                 self._fragments.extend(self._muxer.take_fragments())
                 self._mark_good(end_ns)
-            fd = self._file.fileno()
-            await self._run(os.fsync, fd)
+            await self._sync_durable()  # fsync failure section below
             await self._file.close()
         except OSError as e:
             self._failed = True
@@ -399,6 +402,7 @@ class SegmentWriter:
         if self._published or self._abandoned:
             return None
         self._finished = True
+        self._keep_only_durable()  # fsync failure section below
         with contextlib.suppress(Exception):  # the muxer's remaining output is discarded
             await self._run(self._muxer.close)
         await self._close_file_quietly()
@@ -413,6 +417,42 @@ class SegmentWriter:
             raise _storage_error("salvage", partial_name(self.relpath), e) from e
         return self._info(self._good_end_ns, size, self._good_hash.hexdigest())
 
+    # -- fsync failure (docs/storage.md, "When fsync fails") ----------------------------------
+    # The file is fsynced every SYNC_EVERY_BYTES and at close; each success records a durable
+    # point (size, hash state, end, fragment count). After a failed fsync the bytes since the
+    # last durable point are of unknown state and a retried fsync proves nothing, so the
+    # salvage (close_at_last_fragment) keeps only the durable fragments: the segment is never
+    # indexed with bytes that may not be on disk. Counted and logged by csud.store.durable.
+
+    _sync_failed = False
+    _durable: tuple[int, Any, int, int] | None = None  # size, sha256 state, end_ns, fragments
+
+    async def _sync_if_due(self) -> None:
+        if self._size_bytes - (self._durable[0] if self._durable else 0) >= SYNC_EVERY_BYTES:
+            try:
+                await self._sync_durable()
+            except OSError as e:
+                self._failed = True
+                raise _storage_error("sync", partial_name(self.relpath), e) from e
+
+    async def _sync_durable(self) -> None:
+        """fsync the file (the writer's durable helper); on success the file as written so far,
+        which ends on a fragment boundary, is the new durable point."""
+        try:
+            await self._run(fsync_fd, self._file.fileno(), partial_name(self.relpath))
+        except OSError:
+            self._sync_failed = True
+            raise
+        self._durable = (self._good_size, self._good_hash.copy(), self._good_end_ns, len(self._fragments))
+
+    def _keep_only_durable(self) -> None:
+        """After a failed fsync: forget what was written after the last durable point."""
+        if not self._sync_failed:
+            return
+        size, state, end_ns, count = self._durable or (0, hashlib.sha256(), self.start_ns, 0)
+        self._good_size, self._good_hash, self._good_end_ns = size, state.copy(), end_ns
+        del self._fragments[count:]
+
     # -- internals --------------------------------------------------------------------------
 
     def _publish(self, truncate_to: int | None = None) -> None:
@@ -424,7 +464,7 @@ class SegmentWriter:
             fd = os.open(partial, os.O_WRONLY)
             try:
                 os.ftruncate(fd, truncate_to)
-                os.fsync(fd)
+                fsync_fd(fd, self.relpath)
             finally:
                 os.close(fd)
         if final.exists():

@@ -21,8 +21,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 
 from csud import __version__
+from csud.store.durable import FSYNC_FAILURES
 
 if TYPE_CHECKING:
     from csud.recording.recorder import CameraRecorder
@@ -112,6 +114,21 @@ storage_write_errors = Counter(
     _CAM,
     registry=REGISTRY,
 )
+
+
+class _FsyncFailures:
+    """``csud_storage_fsync_failures_total``, read at scrape time from csud.store.durable."""
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "csud_storage_fsync_failures",
+            "fsync calls on segment files that failed (EIO): only the fragments synced before are kept",
+        )
+        family.add_metric([], FSYNC_FAILURES.count)
+        yield family
+
+
+REGISTRY.register(_FsyncFailures())
 extractions = Counter(
     "csud_extractions",
     "Judicial extractions journaled (one per camera of a requisition), read from the journal",

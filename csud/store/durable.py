@@ -1,16 +1,68 @@
 """Small durable-file helpers shared by the writer, retention, recovery and extraction.
 
 Blocking calls: run them in a worker thread from the event loop.
+
+**fsync failures** (docs/storage.md, "When fsync fails"): after an ``fsync`` that failed (EIO
+after the kernel dropped dirty pages it could not write), the bytes written since the last
+successful ``fsync`` of that file are of unknown state, and a second ``fsync`` may well succeed
+without having written them: the kernel reports a writeback error once. :func:`fsync_fd` is the
+writer's one way to sync a segment file: it counts every failure (:data:`FSYNC_FAILURES`,
+exported as ``csud_storage_fsync_failures_total``) and logs ``fsync_failed`` once per episode
+(until an ``fsync`` succeeds again: ``fsync_recovered``). What to do with the file is the
+caller's (the writer keeps only what was durable before: :class:`csud.recording.writer.SegmentWriter`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from csud.log import get_logger
+
 HASH_CHUNK_BYTES = 1 << 20
+
+
+class FsyncFailures:
+    """Process-wide count of failed ``fsync`` calls, and the episode state (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.episode_failures = 0  # failures since the last success (0: no episode open)
+
+    def failed(self, what: str, exc: OSError) -> None:
+        with self._lock:
+            self.count += 1
+            self.episode_failures += 1
+            first = self.episode_failures == 1
+        if first:
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            get_logger(component="storage").error("fsync_failed", path=what, errno=name, error=str(exc))
+
+    def succeeded(self) -> None:
+        if not self.episode_failures:  # the common case: no lock, no log
+            return
+        with self._lock:
+            failures, self.episode_failures = self.episode_failures, 0
+        if failures:
+            get_logger(component="storage").warning("fsync_recovered", failures=failures)
+
+
+FSYNC_FAILURES = FsyncFailures()
+
+
+def fsync_fd(fd: int, what: str = "") -> None:
+    """``os.fsync(fd)``, counted and logged once per episode when it fails (re-raised)."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        FSYNC_FAILURES.failed(what, e)
+        raise
+    FSYNC_FAILURES.succeeded()
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:
