@@ -100,7 +100,7 @@ async def test_periodic_fsync_failure_keeps_exactly_the_synced_fragments(
     monkeypatch.setattr(durable.os, "fsync", failing)
     parts = gops(clip)
     synced_fragments = 0
-    with pytest.raises(StorageError, match="sync .*EIO"):
+    with pytest.raises(StorageError, match=r"sync .*EIO"):
         for gop in parts:
             await w.write(gop)  # a GOP's fragment is emitted when the next GOP starts
             synced_fragments = len(w._fragments) if failing.calls < 3 else synced_fragments
