@@ -68,6 +68,7 @@ def test_verify_refuses_what_is_not_the_store(tmp_path: Path, make: str, message
         (root / INDEX_FILENAME).unlink()
         if make == "swapped_index":
             shutil.copy(other / INDEX_FILENAME, root / INDEX_FILENAME)
+
     def names() -> list[str] | None:  # SQLite's -wal/-shm of a readable index aside
         return sorted(p.name for p in root.iterdir() if "sqlite3-" not in p.name) if root.exists() else None
 
@@ -111,9 +112,11 @@ def test_every_command_refuses_an_empty_root_with_exit_2(
         ["journal"],
         ["registre", "--commune", "metz", "--month", "2026-09"],
         ["verify", "--archive"],
-        ["extract", "--camera", "metz-gare-01", "--from", "2026-09-01T00:00:00+00:00"]
-        + ["--to", "2026-09-01T00:01:00+00:00", "--requisition", "R1", "--officer", "O", "--out"]
-        + [str(tmp_path / "out")],
+        [
+            *("extract", "--camera", "metz-gare-01", "--from", "2026-09-01T00:00:00+00:00"),
+            *("--to", "2026-09-01T00:01:00+00:00", "--requisition", "R1", "--officer", "O"),
+            *("--out", str(tmp_path / "out")),
+        ],
     ]
     for args in commands:
         assert main([*args, "--config", str(config)]) == 2, args
