@@ -56,8 +56,12 @@ def main() -> int:
     args = parser.parse_args()
 
     store = args.store.resolve()
-    store.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CSUD_STORAGE__ROOT=str(store), CSUD_CONFIG=str(REPO / "config" / "demo.toml"))
+    # The store is made by csud init (once; again it changes nothing): csud run never makes one.
+    init = subprocess.run([CSUD, "init"], env=env, capture_output=True, text=True, check=False)
+    if init.returncode != 0:
+        sys.exit(f"demo: csud init failed: {init.stderr.strip()}")
+    print(f"demo: {init.stdout.strip()}")
     print(f"demo: serving 3 simulated cameras on rtsp://127.0.0.1:{PORT}/cam1..cam3 (Digest auth)")
     sim_log = (store / "simulator.log").open("wb")
     sim = subprocess.Popen(

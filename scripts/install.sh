@@ -6,7 +6,7 @@
 #   /usr/local/bin/csud        symlink to /opt/csud/bin/csud (the unit's ExecStart)
 #   csud:csud                  system user and group, no login, home /var/lib/csud
 #   /etc/csud/csud.toml        from config/csud.example.toml if absent (never overwritten), 0640 root:csud
-#   /var/lib/csud              the store, 0750 csud:csud
+#   /var/lib/csud              the store, 0750 csud:csud, made by `csud init` (as csud)
 #   /etc/systemd/system/csud.service, then `systemctl daemon-reload`
 #
 # It does not enable or start the service: edit the config, `csud check-config`, then
@@ -47,6 +47,10 @@ if [ ! -e "$CONF_DIR/csud.toml" ]; then
   echo "install-service: wrote $CONF_DIR/csud.toml from config/csud.example.toml: edit it, then csud check-config"
 fi
 install -d -m 0750 -o csud -g csud "$STATE_DIR"
+# The store: csud init creates it (identity marker and index, root 0750), or finds it made
+# already and changes nothing. csud run never creates one: an unmounted disk is refused.
+# Mount the store's disk on storage.root before running this.
+runuser -u csud -- /usr/local/bin/csud init --config "$CONF_DIR/csud.toml"
 install -d -m 0755 /usr/local/share/doc/csud
 install -m 0644 docs/operations.md /usr/local/share/doc/csud/operations.md
 
