@@ -97,7 +97,9 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="csud-bench-extract-", dir=args.dir))
     try:
         root = scratch / "store"
-        root.mkdir()
+        from csud.store.identity import create_store
+
+        create_store(root)  # what csud init does
         t0 = time.perf_counter()
         segments, total = asyncio.run(record(root, args.minutes, params))
         mbps = total * 8 / (args.minutes * 60) / 1e6

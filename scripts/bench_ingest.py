@@ -247,6 +247,9 @@ def write_config(
             f'url = "rtsp://127.0.0.1:{port}/cam{k}"',
         ]
     path.write_text("\n".join(lines) + "\n")
+    from csud.store.identity import create_store
+
+    create_store(root)  # what csud init does: csud run never creates a store
     return path
 
 

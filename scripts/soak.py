@@ -137,6 +137,9 @@ def write_config(tmp: Path, port: int, metrics_port: int, cameras: int, segment_
         ]
     path = tmp / "csud.toml"
     path.write_text("\n".join(lines) + "\n")
+    from csud.store.identity import create_store
+
+    create_store(tmp / "store")  # what csud init does: csud run never creates a store
     return path
 
 

@@ -1,23 +1,16 @@
-"""Startup recovery of segment files, and the read-only consistency check behind ``csud check``.
+"""Startup recovery of segment files (steps 4-6 of docs/storage.md, "Startup"), and the
+read-only consistency check behind ``csud check``.
 
-The steps are numbered as in docs/storage.md ("Startup"); tests cite them. Before any camera
-records, the daemon calls :func:`recover_store` (in a worker thread, on its own SQLite
-connection) after retention has finished interrupted destructions:
+:class:`_Recovery` does steps 4-6 one date directory at a time; :mod:`csud.store.startup`
+runs it on the latest days before cameras record and on the rest in the background;
+:func:`recover_store` runs it on everything (tests, tools):
 
-4. **Partial segments.** Every ``NAME.mp4.partial`` under the root is scanned
-   (:func:`csud.store.scan.scan`): cut back (``ftruncate``) to its last whole fragment,
-   fsynced, hashed, renamed to ``NAME.mp4``, its directory fsynced, then indexed with a
-   ``recovered`` journal entry in the same transaction. A partial with no whole fragment (or
-   whose final name already exists) is moved to ``<root>/quarantine/`` with the same relative
-   path, and journaled; recovery deletes nothing (retention destroys a quarantined file once
-   it is past the legal maximum: :meth:`csud.store.retention.Retention.expire_quarantine`).
-5. **Files without a row.** A ``NAME.mp4`` the index does not know (a crash between the rename
-   and the row, or a power loss that rolled the row back) is indexed if the scanner finds it
-   whole from its first to its last byte, else quarantined; journaled either way.
-6. **Rows without a file.** A live row whose file is gone is marked (``segments.missing_ns``),
-   logged and journaled (``integrity_failure``, one entry per camera); it stays in the index,
-   which keeps saying the footage was recorded, and ``csud check`` reports it until retention
-   removes the row. A marked row whose file is back is unmarked.
+4. **Partial segments**: scanned, cut back to the last whole fragment, fsynced, hashed,
+   renamed, indexed with a ``recovered`` journal entry; with no whole fragment (or a final
+   name taken) moved to ``<root>/quarantine/`` and journaled. Recovery deletes nothing.
+5. **Files without a row**: indexed if whole from first to last byte, else quarantined.
+6. **Rows without a file**: marked (``segments.missing_ns``), logged and journaled
+   (``integrity_failure``); unmarked if the file comes back.
 
 Every step is idempotent: a crash during recovery is recovered by the next start.
 
