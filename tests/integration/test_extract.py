@@ -26,6 +26,7 @@ import pytest
 from csud.cli.main import format_time
 from csud.evidence import extract as ev
 from csud.evidence.manifest import CameraRef
+from csud.store.identity import create_store
 from csud.store.index import Index
 from tests.integration.helpers import CSUD
 from tests.media import FRAME_NS, NS_PER_SECOND, T0_NS, Recording, encode, record_store, timed_frames
@@ -92,7 +93,7 @@ async def _record(root: Path) -> dict[str, Recording]:
 
 def make_site(base: Path) -> Site:
     root = base / "store"
-    root.mkdir(parents=True)
+    create_store(root)  # as csud init does
     recordings = asyncio.run(_record(root))
     keys = base / "keys"
     done = run("keygen", "--out", keys)
