@@ -10,10 +10,10 @@ the inputs. Targets, in turn (``--only`` picks some):
   bytes inserted or dropped, and on random bytes; must never raise, reads stay in the file;
 - ``h264`` / ``h265``: the depacketizers fed real RTP packets of a real clip, mutated, dropped,
   duplicated and reordered; only ``ValueError``, and their state stays within its bounds;
-- ``rtsp``: ``_LeanConnection.data_received`` with RTSP responses and interleaved frames mutated
+- ``rtsp``: ``LeanConnection.data_received`` with RTSP responses and interleaved frames mutated
   and cut anywhere; nothing escapes, a failure is a ``StreamError``, the buffer stays bounded;
-- ``sdp``: csud's SDP parser (``ValueError`` only) and aiortsp's parser read by ``_describe``
-  inside ``_rtsp_errors`` (``StreamError`` only);
+- ``sdp``: csud's SDP parser (``ValueError`` only), then as the session reads a DESCRIBE answer
+  (``parse_description`` and ``stream_description`` inside ``rtsp_errors``: ``StreamError`` only);
 - ``rtcp``: ``parse_rtcp_packets`` (``ValueError`` only).
 
 Any other exception, or an input taking more than ``--slow`` seconds, is a finding: the input is
@@ -38,14 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from aiortsp.rtsp.sdp import SDP
-
 from csud.errors import StreamError
 from csud.media import h264, h265
 from csud.media.rtp import build_rtp, parse_rtcp_packets
 from csud.recording.segmenter import Frame
 from csud.recording.writer import FragmentMuxer
-from csud.rtsp.client import _describe, _LeanConnection, _rtsp_errors
+from csud.rtsp.aiortsp_adapter import LeanConnection, rtsp_errors
+from csud.rtsp.client import parse_description, stream_description
 from csud.rtsp.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
 from csud.rtsp.sdp import parse_sdp
 from csud.store.scan import MAX_MOOF_SIZE, scan
@@ -224,8 +223,8 @@ class Fuzzer:
         cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randint(0, 6)))
 
         def call(blob: bytes) -> None:
-            conn = _LeanConnection("127.0.0.1", 554, "u", "p", on_packet=lambda *a: None)
-            conn._transport = _Transport()
+            conn = LeanConnection("127.0.0.1", 554, "u", "p", on_packet=lambda *a: None)
+            conn.connection_made(_Transport())
             pos = 0
             for cut in [*cuts, len(blob)]:
                 conn.data_received(blob[pos:cut])
@@ -243,8 +242,9 @@ class Fuzzer:
             with contextlib.suppress(ValueError):
                 parse_sdp(text)
             try:
-                with _rtsp_errors("camera"):
-                    _describe(_FakeSession(SDP(text)))  # type: ignore[arg-type]
+                with rtsp_errors("camera"):
+                    description = stream_description(parse_description(text), 60)
+                assert description.encoding in ("H264", "H265")
             except StreamError:
                 pass
 
@@ -269,12 +269,6 @@ class _Transport:
 
     def is_closing(self) -> bool:
         return False
-
-
-class _FakeSession:
-    def __init__(self, sdp: SDP) -> None:
-        self.sdp = sdp
-        self.session_keepalive = 60
 
 
 TARGETS = ("scanner", "h264", "h265", "rtsp", "sdp", "rtcp")

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "simulate":
-        from csud.sim.server import main as simulate_main
+        from csud.sim.cli import main as simulate_main
 
         return simulate_main(args_list[1:])
     args = build_parser().parse_args(args_list)

@@ -1,14 +1,14 @@
-"""One RTSP session with one camera: aiortsp speaks RTSP, csud's own lean path carries RTP.
+"""One RTSP session with one camera: OPTIONS, DESCRIBE, SETUP, PLAY, keep-alive, TEARDOWN.
 
-aiortsp does OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER and TEARDOWN, with Basic and Digest
-authentication. Its own RTP path makes a dpkt object per packet and queues it without bound;
-measured here it costs several times csud's, so the connection below replaces only
-``data_received``: :class:`~csud.rtsp.interleave.InterleavedDemux` splits the TCP stream by
-offsets, hands ``$`` frames straight to the recorder's callback and passes the rare RTSP
-message to aiortsp's parser.
+The exchange is written here, against :class:`~csud.rtsp.aiortsp_adapter.LeanConnection`
+(aiortsp's connection, bent in that one module): it sends a request and returns the 2xx answer,
+answering a 401 challenge with Basic or Digest. The DESCRIBE body is read by csud's own SDP
+parser (:mod:`csud.rtsp.sdp`, the one the fuzzer fuzzes); control URLs are resolved by
+:func:`~csud.rtsp.sdp.resolve_control`.
 
-With ``transport="udp"`` RTP and RTCP arrive on two UDP sockets (:mod:`csud.rtsp.udp`) and go to
-the same packet callback.
+Media: TCP-interleaved by default (channels 0-1 on the RTSP connection, split by
+:class:`~csud.rtsp.interleave.InterleavedDemux`), or with ``transport="udp"`` on two UDP
+sockets (:mod:`csud.rtsp.udp`); either way each packet goes to the same callback.
 """
 
 from __future__ import annotations
@@ -18,28 +18,39 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from aiortsp.rtsp.auth import DigestAuth
-from aiortsp.rtsp.connection import RTSPConnection
-from aiortsp.rtsp.errors import RTSPConnectionError, RTSPError, RTSPResponseError, RTSPTimeoutError
-from aiortsp.rtsp.session import RTSPMediaSession
-
-from csud.errors import AuthError, StreamError
-from csud.rtsp.interleave import InterleavedDemux
-from csud.rtsp.sdp import decode_sprop
+from csud.errors import StreamError
+from csud.rtsp.aiortsp_adapter import (
+    TEARDOWN_ERRORS,
+    LeanConnection,
+    PacketHandler,
+    RtspReply,
+    rtsp_errors,
+)
+from csud.rtsp.sdp import SessionDescription, parse_sdp, resolve_control
 from csud.rtsp.udp import UdpMedia
 
 RTP_CHANNEL = 0
 RTCP_CHANNEL = 1
 TEARDOWN_TIMEOUT_SECONDS = 2.0
+DEFAULT_SESSION_TIMEOUT_SECONDS = 60  # RFC 2326 §12.37, when SETUP's Session header gives none
 
-# (channel, buffer, start, end): one interleaved frame, not copied.
-PacketHandler = Callable[[int, bytes, int, int], None]
+__all__ = [
+    "RTCP_CHANNEL",
+    "RTP_CHANNEL",
+    "PacketHandler",
+    "RtspSession",
+    "StreamDescription",
+    "parse_description",
+    "parse_session_header",
+    "stream_description",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class StreamDescription:
-    """What DESCRIBE told us about the video media."""
+    """What DESCRIBE (and SETUP, for the timeout) told us about the video media."""
 
     encoding: str  # "H264", "H265"
     payload_type: int
@@ -49,80 +60,80 @@ class StreamDescription:
     fmtp: dict[str, str] = field(default_factory=dict)  # a=fmtp parameters, keys lower-case
 
 
-class _LeanConnection(RTSPConnection):
-    """aiortsp's connection with csud's interleaved demultiplexer in front of its parser."""
-
-    def __init__(self, *args: Any, on_packet: PacketHandler, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bytes_received = 0
-        self.demux = InterleavedDemux(on_packet, self._on_message)
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        try:
-            self.demux.feed(data)
-        except ValueError as exc:
-            self._fail(StreamError(f"camera sent an invalid RTSP stream: {exc}"))
-
-    def _on_message(self, message: bytes) -> None:
-        try:
-            for msg in self.parser.parse(message):
-                if msg.type == "response":
-                    future = self.active_requests.get(msg.cseq)
-                    if future is not None and not future.done():
-                        future.set_result(msg)
-                elif msg.type == "request":
-                    # Some servers ping the client; a 200 keeps them happy without desynchronising.
-                    self.send_response(msg, 200, "OK")
-        except Exception as exc:  # aiortsp's parser raises assertions and ValueErrors alike
-            self._fail(StreamError(f"camera sent an unparsable RTSP message: {type(exc).__name__}"))
-
-    def _fail(self, error: Exception) -> None:
-        if not self.result.done():
-            self.result.set_exception(error)
-        if self._transport:
-            self._transport.close()
-
-    def handle_401(self, resp: Any) -> bool:
-        # aiortsp picks Basic whenever it is offered; prefer Digest, which does not send the
-        # password in the clear.
-        if not self._auth and self.username and self.password:  # type: ignore[has-type]
-            offers = resp.headers.get("www-authenticate") or []
-            offers = offers if isinstance(offers, list) else [offers]
-            if any(o.startswith("Digest ") for o in offers) and "digest" in self.accept_auth:
-                self._auth = DigestAuth(self.username, self.password)
-        return bool(super().handle_401(resp))
+def parse_description(body: str) -> SessionDescription:
+    """The DESCRIBE answer's SDP, by :func:`~csud.rtsp.sdp.parse_sdp`; ``StreamError`` when
+    csud cannot record from it (no H.264/H.265 video, malformed lines or parameter sets)."""
+    try:
+        return parse_sdp(body)
+    except ValueError as exc:
+        raise StreamError(f"the camera's SDP is unusable: {exc}") from None
 
 
-class _InterleavedTransport:
-    """The few transport hooks aiortsp's RTSPMediaSession calls, for TCP-interleaved RTP."""
+def stream_description(sdp: SessionDescription, session_timeout_seconds: int) -> StreamDescription:
+    video = sdp.video
+    return StreamDescription(
+        encoding=video.encoding_name,
+        payload_type=video.payload_type,
+        clock_rate=video.clock_rate,
+        parameter_sets=tuple(video.parameter_sets),
+        session_timeout_seconds=max(session_timeout_seconds, 1),
+        fmtp=dict(video.fmtp),
+    )
 
-    def on_transport_request(self, headers: dict[str, Any]) -> None:
-        headers["Transport"] = f"RTP/AVP/TCP;unicast;interleaved={RTP_CHANNEL}-{RTCP_CHANNEL}"
 
-    def on_transport_response(self, headers: dict[str, Any]) -> None:
-        transport = headers.get("transport", "")
+def parse_session_header(value: str) -> tuple[str, int]:
+    """``Session: <id>[;timeout=<seconds>]`` -> (id, timeout); ``StreamError`` without an id.
+
+    A timeout that is not a positive number is taken as the default: cameras get it wrong, and
+    a shorter keep-alive period than needed costs one request.
+    """
+    session_id, *params = value.split(";")
+    session_id = session_id.strip()
+    if not session_id:
+        raise StreamError("camera's SETUP answer has no Session header")
+    timeout = DEFAULT_SESSION_TIMEOUT_SECONDS
+    for param in params:
+        name, _, text = param.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            with contextlib.suppress(ValueError, OverflowError):
+                seconds = int(float(text.strip()))
+                if seconds > 0:
+                    timeout = seconds
+    return session_id, timeout
+
+
+def _request_url(url: str) -> str:
+    """The URL as sent in requests: scheme rtsp(s), no userinfo (config strips it anyway)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme if parts.scheme in ("rtsp", "rtsps") else "rtsp"
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Interleaved:
+    """SETUP's Transport for RTP and RTCP on channels 0-1 of the RTSP connection."""
+
+    def request_header(self) -> str:
+        return f"RTP/AVP/TCP;unicast;interleaved={RTP_CHANNEL}-{RTCP_CHANNEL}"
+
+    def accept(self, transport: str) -> None:
         if "interleaved" not in transport:
             raise StreamError(f"camera refused TCP-interleaved transport (Transport: {transport[:80]!r})")
         channels = transport.split("interleaved=", 1)[1].split(";", 1)[0].strip()
         if channels != f"{RTP_CHANNEL}-{RTCP_CHANNEL}":
             raise StreamError(f"camera chose interleaved channels {channels}, expected 0-1")
 
-    async def warmup(self) -> None:
-        return None
 
-
-class _UdpTransport(_InterleavedTransport):
-    """Transport hooks for RTP/RTCP over UDP on the ports :class:`UdpMedia` bound."""
+class _Udp(_Interleaved):
+    """SETUP's Transport for RTP/RTCP over UDP on the ports :class:`UdpMedia` bound."""
 
     def __init__(self, media: UdpMedia) -> None:
         self.media = media
 
-    def on_transport_request(self, headers: dict[str, Any]) -> None:
-        headers["Transport"] = f"RTP/AVP;unicast;client_port={self.media.rtp_port}-{self.media.rtcp_port}"
+    def request_header(self) -> str:
+        return f"RTP/AVP;unicast;client_port={self.media.rtp_port}-{self.media.rtcp_port}"
 
-    def on_transport_response(self, headers: dict[str, Any]) -> None:
-        transport = headers.get("transport", "")
+    def accept(self, transport: str) -> None:
         fields: dict[str, str] = {}
         for part in transport.split(";"):
             key, _, value = part.strip().partition("=")
@@ -164,12 +175,18 @@ class RtspSession:
         self._password = password
         self._on_packet = on_packet
         self._timeout = request_timeout_seconds
-        self._conn: _LeanConnection | None = None
-        self._session: RTSPMediaSession | None = None
+        self._conn: LeanConnection | None = None
         self._transport_name = transport
         self._udp_bind = udp_bind
         self._udp: UdpMedia | None = None
+        self._base_url = _request_url(url)  # Content-Base once DESCRIBE gave one
+        self._session_id: str | None = None
+        self._public: frozenset[str] = frozenset()
         self.description: StreamDescription | None = None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
 
     @property
     def bytes_received(self) -> int:
@@ -192,6 +209,13 @@ class RtspSession:
     def garbage_bytes(self) -> int:
         return self._conn.demux.garbage_bytes if self._conn else 0
 
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None = None) -> RtspReply:
+        assert self._conn is not None
+        headers = dict(headers or {})
+        if self._session_id is not None:
+            headers["Session"] = self._session_id
+        return await self._conn.request(method, url, headers)
+
     async def start(
         self, on_described: Callable[[StreamDescription], None] | None = None
     ) -> StreamDescription:
@@ -201,36 +225,44 @@ class RtspSession:
         take packets (the depacketizer for the described codec and payload type) is set up
         there, since media may follow PLAY's answer in the same TCP read.
         """
-        conn = _LeanConnection(
-            self.host,
-            self.port,
-            self._username,
-            self._password,
-            timeout=self._timeout,
-            on_packet=self._on_packet,
+        conn = LeanConnection(
+            self.host, self.port, self._username, self._password, self._on_packet, timeout=self._timeout
         )
         self._conn = conn
-        with _rtsp_errors(f"{self.host}:{self.port}"):
-            await conn.prepare()
-            shim = _InterleavedTransport()
+        url = _request_url(self.url)
+        with rtsp_errors(self._where):
+            await conn.open()
+            shim = _Interleaved()
             if self._transport_name == "udp":
                 self._udp = await UdpMedia.open(self._udp_bind, self.host, self._on_packet)
-                shim = _UdpTransport(self._udp)
-            session = RTSPMediaSession(conn, self.url, transport=shim)
-            self._session = session
-            await session.setup()
-            description = _describe(session)
+                shim = _Udp(self._udp)
+            options = await self._request("OPTIONS", url)
+            if "public" not in options.headers:
+                raise StreamError(f"{self._where}: RTSP exchange failed (no Public header in OPTIONS)")
+            self._public = frozenset(m.strip().upper() for m in options.header("public").split(","))
+            described = await self._request("DESCRIBE", url, {"Accept": "application/sdp"})
+            self._base_url = described.header("content-base") or url
+            sdp = parse_description(described.body)
+            setup_url = resolve_control(resolve_control(self._base_url, sdp.control), sdp.video.control)
+            setup = await self._request("SETUP", setup_url, {"Transport": shim.request_header()})
+            shim.accept(setup.header("transport"))
+            self._session_id, timeout = parse_session_header(setup.header("session"))
+            description = stream_description(sdp, timeout)
             self.description = description
             if on_described is not None:
                 on_described(description)
-            await session.play()
+            await self._request("PLAY", self._base_url, {"Scale": "1", "Range": "npt=now-"})
         return description
 
     async def keep_alive(self) -> None:
-        if self._session is None:
+        """GET_PARAMETER, or OPTIONS when the camera's Public list lacks it (or nothing)."""
+        if self._session_id is None or self._conn is None:
             return
-        with _rtsp_errors(f"{self.host}:{self.port}"):
-            await self._session.keep_alive()
+        for method in ("GET_PARAMETER", "OPTIONS"):
+            if method in self._public:
+                with rtsp_errors(self._where):
+                    await self._request(method, self._base_url)
+                return
 
     @property
     def closed(self) -> asyncio.Future[Any]:
@@ -241,78 +273,13 @@ class RtspSession:
 
     async def close(self) -> None:
         """TEARDOWN within a short bound, then close the socket. Never raises."""
-        conn, session = self._conn, self._session
-        self._session = None
+        conn, session_id = self._conn, self._session_id
         if self._udp is not None:
             self._udp.close()
         if conn is None:
             return
-        if session is not None and session.session_id and conn.running:
-            with contextlib.suppress(TimeoutError, RTSPError, StreamError, OSError):
-                await asyncio.wait_for(session.teardown(), TEARDOWN_TIMEOUT_SECONDS)
-        conn.close()
-        if not conn.result.done():
-            conn.result.set_result("closed")
-
-
-class _rtsp_errors:
-    """Turn aiortsp's errors into csud's, without leaking anything but status and host."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, StreamError):
-            return
-        if isinstance(exc, RTSPResponseError):
-            status = exc.response.status if exc.response is not None else 0
-            reason = exc.response.status_msg if exc.response is not None else ""
-            if status == 401:
-                raise AuthError(f"{self.where} refused the credentials (401 {reason})") from None
-            raise StreamError(f"{self.where} answered {status} {reason}".rstrip()) from None
-        if isinstance(exc, RTSPTimeoutError):
-            raise StreamError(f"{self.where} did not answer within the request timeout") from None
-        if isinstance(exc, RTSPConnectionError):
-            raise StreamError(f"cannot connect to {self.where}") from None
-        if isinstance(exc, RTSPError | AssertionError | KeyError | ValueError):
-            raise StreamError(f"{self.where}: RTSP exchange failed ({type(exc).__name__})") from None
-        if isinstance(exc, OSError):
-            raise StreamError(f"{self.where}: {exc.strerror or type(exc).__name__}") from None
-
-
-SPROP_KEYS = {
-    "H264": ("sprop-parameter-sets",),
-    "H265": ("sprop-vps", "sprop-sps", "sprop-pps"),
-}
-
-
-def _describe(session: RTSPMediaSession) -> StreamDescription:
-    sdp = session.sdp
-    media = sdp.get_media("video") if sdp else None
-    if not media:
-        raise StreamError("the camera's SDP has no video media")
-    attributes = media.get("attributes", {})
-    rtpmap = attributes.get("rtpmap")
-    if not isinstance(rtpmap, dict):
-        raise StreamError("the camera's SDP has no usable a=rtpmap for its video media")
-    raw_fmtp = attributes.get("fmtp") if isinstance(attributes.get("fmtp"), dict) else {}
-    fmtp = {str(k).lower(): str(v) for k, v in raw_fmtp.items()}
-    encoding = str(rtpmap["encoding"]).upper()
-    sets: list[bytes] = []
-    for key in SPROP_KEYS.get(encoding, ()):
-        try:
-            sets += decode_sprop(key, fmtp.get(key, ""))
-        except ValueError as exc:
-            raise StreamError(f"the camera's SDP has an invalid {key}: {exc}") from None
-    timeout = int(session.session_keepalive / 0.9) if session.session_keepalive else 60
-    return StreamDescription(
-        encoding=encoding,
-        payload_type=int(rtpmap["pt"]),
-        clock_rate=int(rtpmap["clockRate"]),
-        parameter_sets=tuple(sets),
-        session_timeout_seconds=max(timeout, 1),
-        fmtp=fmtp,
-    )
+        if session_id is not None and conn.running:
+            with contextlib.suppress(*TEARDOWN_ERRORS):
+                await asyncio.wait_for(self._request("TEARDOWN", self._base_url), TEARDOWN_TIMEOUT_SECONDS)
+        self._session_id = None
+        conn.finish()

@@ -129,9 +129,23 @@ def _parse_media(value: str, number: int) -> MediaDescription:
     return media
 
 
+def _read_format(media: MediaDescription, name: str, value: str) -> None:
+    """An ``rtpmap`` or ``fmtp`` attribute, kept when it is for the media's payload type."""
+    if name == "rtpmap":
+        pt, encoding, clock_rate, encoding_params = _parse_rtpmap(value)
+        if pt == media.payload_type:
+            media.encoding_name = encoding
+            media.clock_rate = clock_rate
+            media.encoding_params = encoding_params
+    else:
+        pt, fmtp_params = _parse_fmtp(value)
+        if pt == media.payload_type:
+            media.fmtp = fmtp_params
+
+
 def parse_sdp(text: str) -> SessionDescription:
     """Parse an SDP document; ``ValueError`` on malformed lines, on a bad ``rtpmap``/``fmtp``
-    for a media's payload type, on bad base64 parameter sets, and when no H.264/H.265 video
+    in a video media (elsewhere they are ignored), on bad base64 parameter sets, and when no H.264/H.265 video
     media is present (csud records nothing else)."""
     session = SessionDescription()
     current: MediaDescription | None = None
@@ -156,16 +170,13 @@ def parse_sdp(text: str) -> SessionDescription:
                     current.control = attr.strip()
             elif current is None:
                 continue
-            elif name == "rtpmap":
-                pt, encoding, clock_rate, encoding_params = _parse_rtpmap(attr)
-                if pt == current.payload_type:
-                    current.encoding_name = encoding
-                    current.clock_rate = clock_rate
-                    current.encoding_params = encoding_params
-            elif name == "fmtp":
-                pt, fmtp_params = _parse_fmtp(attr)
-                if pt == current.payload_type:
-                    current.fmtp = fmtp_params
+            elif name in ("rtpmap", "fmtp"):
+                try:
+                    _read_format(current, name, attr)
+                except ValueError:
+                    if current.media == "video":
+                        raise
+                    # Audio and metadata tracks are not recorded: their oddities are not ours.
     for media in session.media:
         fmtp = media.fmtp
         if media.encoding_name == "H264" and "sprop-parameter-sets" in fmtp:

@@ -2,5 +2,7 @@
 
 :mod:`csud.sim.clip` encodes (once, cached) the looped clip, :mod:`csud.sim.packets` turns it
 into ready-to-patch RTP blobs, :mod:`csud.sim.rtsp` parses requests and checks credentials,
-and :mod:`csud.sim.server` is the asyncio server (``serve``, ``SimServer``, ``main``).
+:mod:`csud.sim.options`, :mod:`csud.sim.session` and :mod:`csud.sim.protocol` are what the
+asyncio server (:mod:`csud.sim.server`: ``serve``, ``SimServer``) is made of,
+:mod:`csud.sim.faults` makes cameras misbehave, and :mod:`csud.sim.cli` is ``csud simulate``.
 """

@@ -53,21 +53,19 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from csud.sim.clip import load_clip
+from csud.sim.options import SimOptions
 from csud.sim.packets import (
     INTERLEAVED_HEADER_SIZE,
-    SEQ_MOD,
-    TS_MOD,
     PacketizedFrame,
     packetize_clip,
     patch_frame,
 )
-
-if TYPE_CHECKING:
-    from csud.sim.rtsp import Request
-    from csud.sim.server import RtspConnection, Session, SimOptions
+from csud.sim.protocol import RtspConnection
+from csud.sim.rtsp import Request
+from csud.sim.session import Host, Link, Session
 
 EVENTS = ("fu-close", "reboot", "garbage", "len65535")
 CONDITIONS = ("loss", "stall", "slow-rtsp", "401-loop", "sps-change")
@@ -341,13 +339,12 @@ class FaultInjector:
         connection = session.connection
         loop = asyncio.get_running_loop()
         if kind == "reboot":
-            session.ssrc = self.rng.getrandbits(32)
-            session.ts_start = (session.ts_start + self.rng.randrange(1 << 24, 1 << 31)) % TS_MOD
+            ssrc = self.rng.getrandbits(32)
+            ts_start = session.ts_start + self.rng.randrange(1 << 24, 1 << 31)
             seq = self.rng.getrandbits(16)
-            session.seq = (seq + frame.packet_count) % SEQ_MOD
-            timestamp = session.rtp_timestamp(session.frame_number - 1)
+            timestamp = session.restart_stream(ssrc, ts_start, seq, frame.packet_count)
             stats.frames_altered += 1
-            return patch_frame(frame, seq, timestamp, session.ssrc, session.rtp_channel)
+            return patch_frame(frame, seq, timestamp, ssrc, session.rtp_channel)
         if session.udp_rtp_dest is not None:
             return data  # the other events are about the TCP connection: nothing to do over UDP
         if kind == "garbage":
@@ -407,16 +404,16 @@ class FaultInjector:
         self._alt_pos[session.id] = pos + 1
         seq = data[_SEQ_AT] << 8 | data[_SEQ_AT + 1]
         timestamp = int.from_bytes(data[_TS_AT : _TS_AT + 4], "big")
-        session.seq = (seq + alt.packet_count) % SEQ_MOD
+        session.resequence(seq, alt.packet_count)
         self.stats["sps-change"].frames_altered += 1
         return patch_frame(alt, seq, timestamp, session.ssrc, session.rtp_channel)
 
-    def _kick(self, server: Any, spec: FaultSpec) -> None:
-        for connection in list(server._connections):
+    def _kick(self, server: Host, spec: FaultSpec) -> None:
+        for connection in list(server.connections):
             if any(spec.targets(s.camera.index) for s in connection.sessions.values()):
                 asyncio.get_running_loop().call_soon(self._close, connection, spec.kind)
 
-    def _close(self, connection: RtspConnection, kind: str) -> None:
+    def _close(self, connection: Link, kind: str) -> None:
         if connection.transport is not None and not connection.closing:
             self.stats[kind].connections_closed += 1
             connection.close()
@@ -424,7 +421,7 @@ class FaultInjector:
     # -- RTSP hooks --------------------------------------------------------------------------
 
     def _camera_of(self, connection: RtspConnection, request: Request) -> int | None:
-        camera, _ = connection._camera_for(request)
+        camera, _ = connection.camera_for(request)
         if camera is not None:
             return camera.index
         for session in connection.sessions.values():
@@ -443,7 +440,7 @@ class FaultInjector:
         now = connection.server.loop_time()
         if "401-loop" in self.active_kinds(camera, now):
             self.stats["401-loop"].requests_refused += 1
-            return 401, [("WWW-Authenticate", connection.server._challenge())], b""
+            return 401, [("WWW-Authenticate", connection.server.challenge())], b""
         return None
 
     def _response_hook(self, connection: RtspConnection, request: Request, response: bytes) -> bool:

@@ -1,11 +1,16 @@
 """The camera simulator: an asyncio RTSP server serving ``/cam1`` .. ``/camN`` on 127.0.0.1.
 
-``csud simulate`` runs :func:`main`; tests and benchmarks call :func:`serve`. Every camera
-plays the same H.264 clip (:mod:`csud.sim.clip`), encoded once and packetized once
+``csud simulate`` (:mod:`csud.sim.cli`) and tests and benchmarks call :func:`serve`. Every
+camera plays the same H.264 clip (:mod:`csud.sim.clip`), encoded once and packetized once
 (:mod:`csud.sim.packets`), looped with continuous RTP timestamps and sequence numbers; each
 camera starts at its own position in the clip, so keyframes are staggered across cameras as
 they are in a real site. RTP goes over the RTSP connection (TCP interleaved) or, when the
 client's SETUP asks for it, over UDP from one server socket pair (one datagram per packet).
+
+The parts: :mod:`csud.sim.options` (what to simulate, the hook types), :mod:`csud.sim.session`
+(the sender of one client session), :mod:`csud.sim.protocol` (one RTSP connection and its
+requests), this module (the server: shared state, the clock, credentials, SDP, stats) and
+:mod:`csud.sim.faults` (hostile cameras on demand). Imports go one way, in that order.
 
 One task clocks every session: it ticks at the frame rate against the loop clock (deadlines
 ``t0 + n / fps``, so there is no drift) and hands the due frame to every playing session,
@@ -18,15 +23,10 @@ plug in, with ``request_hook`` and ``response_hook`` for the RTSP ones: ``SimOpt
 (``csud simulate --fault [CAMERAS=]KIND[:ARG][@START[+DURATION]]``, e.g. ``cam2=loss:5``)
 installs all three; the kinds and the syntax are documented in :mod:`csud.sim.faults`.
 
-RTSP: OPTIONS, DESCRIBE, SETUP (``RTP/AVP/TCP``; the client's interleaved channels, or the
-first free pair), PLAY (``RTP-Info`` gives the first packet's seq and rtptime), GET_PARAMETER
-(keep-alive) and TEARDOWN (200, then the connection closes once it holds no session). 404 for
-a path other than ``/camK[/trackID=0]``, 454 for an unknown session, 455 for a method in the
-wrong state, 461 for UDP, 501 for other methods; bytes that are not RTSP get 400 and that
-connection is closed. Any request refreshes the sessions of its connection; a session without
-one for ``session_timeout`` seconds is torn down (RTCP receiver reports are counted, and do
-not refresh it). With credentials configured, every method but OPTIONS needs them (Digest
-MD5 with or without ``qop=auth``, realm ``csud-sim``, or Basic); the password is never logged.
+RTSP (:mod:`csud.sim.protocol` lists the methods and answers): a session without a request
+for ``session_timeout`` seconds is torn down (RTCP receiver reports are counted, and do not
+refresh it). With credentials configured, every method but OPTIONS needs them (Digest MD5
+with or without ``qop=auth``, realm ``csud-sim``, or Basic); the password is never logged.
 RTCP sender reports (with an SDES CNAME) go out on the RTCP channel after a session's first
 frame and then every ``sr_interval`` seconds.
 
@@ -66,554 +66,33 @@ a receiver can only start at a keyframe, so that is the count it can account for
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
 import contextlib
 import json
 import os
-import re
 import secrets
-import signal
-import socket
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import structlog
 
-from csud.media.rtp import build_sender_report, unix_ns_to_ntp
-from csud.sim.clip import Clip, ClipParams, load_clip
-from csud.sim.faults import FaultInjector
-from csud.sim.packets import (
-    DEFAULT_MTU_PAYLOAD,
-    PAYLOAD_TYPE,
-    RTP_CLOCK_RATE,
-    SEQ_MOD,
-    TS_MOD,
-    PacketizedFrame,
-    packetize_clip,
-    patch_frame,
-)
-from csud.sim.rtsp import (
-    InterleavedFrame,
-    MalformedRequest,
-    Request,
-    RequestReader,
-    basic_challenge,
-    check_basic,
-    check_digest,
-    digest_challenge,
-    format_response,
-    parse_transport,
-)
+from csud.sim.clip import Clip, load_clip
+from csud.sim.options import SimOptions
+from csud.sim.packets import RTP_CLOCK_RATE, PacketizedFrame, packetize_clip
+from csud.sim.protocol import TRACK_CONTROL, RtspConnection
+from csud.sim.rtsp import Request, basic_challenge, check_basic, check_digest, digest_challenge
+from csud.sim.session import NS_PER_SECOND, Camera, Session, SessionCounters
 
 log = structlog.get_logger("csud.sim")
 
-PUBLIC_METHODS = "OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN"
-TRACK_CONTROL = "trackID=0"
-MAX_WRITE_BUFFER = 8 * 1024 * 1024
 MAX_CLOCK_LAG_SECONDS = 1.0  # further behind than this, the ticker re-anchors instead of bursting
 MAX_NONCES = 4096
-SESSION_HISTORY = 64
-NS_PER_SECOND = 1_000_000_000
-_CAMERA_PATH = re.compile(r"^/cam([1-9][0-9]{0,5})(?:/(.*))?$")
 
-Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
-FrameHook = Callable[["Session", PacketizedFrame, bytearray], "bytes | bytearray | None"]
-# Fault hooks (csud.sim.faults): answer a request instead of the server; send a response otherwise.
-RequestHook = Callable[["RtspConnection", Request], "Reply | None"]
-ResponseHook = Callable[["RtspConnection", Request, bytes], bool]  # True: the hook sent it
-
-
-@dataclass(slots=True)
-class SimOptions:
-    cameras: int = 1
-    port: int = 8554  # 0: any free port (read it back from SimServer.port)
-    host: str = "127.0.0.1"
-    fps: int = 25
-    bitrate: int = 4_000_000  # bit/s
-    gop_seconds: float = 1.0
-    width: int = 1280
-    height: int = 720
-    username: str | None = None  # auth is on when both username and password are set
-    password: str | None = field(default=None, repr=False)
-    auth: Literal["digest", "basic"] = "digest"
-    digest_qop: bool = False  # advertise qop="auth" in the Digest challenge
-    inband_parameter_sets: bool = True  # False: SPS/PPS only in the SDP
-    session_timeout: float = 60.0  # seconds without a request before a session is torn down
-    sr_interval: float = 5.0  # seconds between RTCP sender reports, per session
-    max_write_buffer: int = MAX_WRITE_BUFFER  # per connection; beyond it frames are dropped
-    socket_send_buffer: int | None = None  # SO_SNDBUF of client sockets (None: the kernel's)
-    stats_file: Path | None = None
-    stats_interval: float = 1.0
-    mtu_payload: int = DEFAULT_MTU_PAYLOAD
-    stagger_cameras: bool = True  # each camera starts at its own clip position
-    play_from_keyframe: bool = False  # hold a new session's first frame until a keyframe is due
-    clip_cache_dir: Path | None = None
-    use_clip_cache: bool = True
-    frame_hook: FrameHook | None = field(default=None, repr=False)
-    request_hook: RequestHook | None = field(default=None, repr=False)
-    response_hook: ResponseHook | None = field(default=None, repr=False)
-    faults: FaultInjector | None = field(default=None, repr=False)  # installs the three hooks
-    # Camera quirks, for the recorder's tests:
-    payload_type: int = PAYLOAD_TYPE  # dynamic payload type in the SDP and the RTP headers
-    control: Literal["relative", "absolute", "star"] = "relative"  # the media's a=control
-    content_base: bool = True  # send Content-Base with DESCRIBE
-    nonce_lifetime: float | None = None  # Digest nonces expire (401 stale=TRUE) after this
-    server_request_interval: float | None = None  # send GET_PARAMETER to playing clients
-
-    @property
-    def auth_enabled(self) -> bool:
-        return self.username is not None and self.password is not None
-
-    def clip_params(self) -> ClipParams:
-        return ClipParams(
-            width=self.width,
-            height=self.height,
-            fps=self.fps,
-            bitrate=self.bitrate,
-            gop_seconds=self.gop_seconds,
-        )
-
-
-@dataclass(slots=True)
-class SessionCounters:
-    frames_sent: int = 0
-    frames_sent_from_first_keyframe: int = 0
-    frames_dropped: int = 0
-    packets_sent: int = 0
-    bytes_sent: int = 0
-    sender_reports_sent: int = 0
-    rtcp_received: int = 0
-
-    def add(self, other: SessionCounters) -> None:
-        self.frames_sent += other.frames_sent
-        self.frames_sent_from_first_keyframe += other.frames_sent_from_first_keyframe
-        self.frames_dropped += other.frames_dropped
-        self.packets_sent += other.packets_sent
-        self.bytes_sent += other.bytes_sent
-        self.sender_reports_sent += other.sender_reports_sent
-        self.rtcp_received += other.rtcp_received
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "frames_sent": self.frames_sent,
-            "frames_sent_from_first_keyframe": self.frames_sent_from_first_keyframe,
-            "frames_dropped": self.frames_dropped,
-            "packets_sent": self.packets_sent,
-            "bytes_sent": self.bytes_sent,
-            "sender_reports_sent": self.sender_reports_sent,
-            "rtcp_received": self.rtcp_received,
-        }
-
-
-class Session:
-    """One RTSP session: one camera's track sent over one connection."""
-
-    __slots__ = (
-        "camera",
-        "connection",
-        "counters",
-        "first_frame_index",
-        "first_frame_keyframe",
-        "frame_number",
-        "frames_before_first_keyframe",
-        "id",
-        "last_activity",
-        "next_sr_ns",
-        "payload_octets",
-        "rtcp_channel",
-        "rtp_channel",
-        "seq",
-        "seq_start",
-        "ssrc",
-        "state",
-        "ts_start",
-        "udp_rtcp_dest",
-        "udp_rtp_dest",
-        "waiting_for_keyframe",
-    )
-
-    def __init__(self, camera: Camera, connection: RtspConnection, channels: tuple[int, int], now: float):
-        self.id = secrets.token_hex(8)
-        self.camera = camera
-        self.connection = connection
-        self.rtp_channel, self.rtcp_channel = channels
-        self.ssrc = secrets.randbits(32)
-        self.seq_start = secrets.randbits(16)
-        self.ts_start = secrets.randbits(32)
-        self.seq = self.seq_start
-        self.frame_number = 0  # frames sent or dropped: the RTP timestamp is derived from it
-        self.state = "ready"
-        self.last_activity = now
-        self.next_sr_ns = 0
-        self.waiting_for_keyframe = False
-        self.first_frame_index: int | None = None
-        self.first_frame_keyframe: bool | None = None
-        self.frames_before_first_keyframe: int | None = None
-        self.counters = SessionCounters()
-        self.payload_octets = 0  # RTP payload bytes sent: the SR's octet count
-        self.udp_rtp_dest: tuple[str, int] | None = None  # set when the client chose UDP
-        self.udp_rtcp_dest: tuple[str, int] | None = None
-
-    def rtp_timestamp(self, frame_number: int) -> int:
-        return (self.ts_start + frame_number * RTP_CLOCK_RATE // self.camera.server.fps) % TS_MOD
-
-    def send_frame(self, frame: PacketizedFrame, wall_ns: int) -> None:
-        """Send (or drop) ``frame`` as this session's next frame. The hot path."""
-        if self.waiting_for_keyframe:
-            if not frame.keyframe:
-                return
-            self.waiting_for_keyframe = False
-        counters = self.counters
-        if self.first_frame_index is None:
-            self.first_frame_index = frame.index
-            self.first_frame_keyframe = frame.keyframe
-        timestamp = self.rtp_timestamp(self.frame_number)
-        self.frame_number += 1
-        seq = self.seq
-        self.seq = (seq + frame.packet_count) % SEQ_MOD
-        server = self.camera.server
-        transport = self.connection.transport
-        if transport is None or transport.get_write_buffer_size() > server.options.max_write_buffer:
-            counters.frames_dropped += 1
-            return
-        if wall_ns >= self.next_sr_ns:
-            # Reports follow the clock, not the frames: a camera whose encoder stalls (the frame
-            # hook dropping frames) keeps sending them, as real ones do.
-            self._send_sender_report(timestamp, wall_ns)
-        patched = patch_frame(frame, seq, timestamp, self.ssrc, self.rtp_channel)
-        hook = server.options.frame_hook
-        data: bytes | bytearray = patched
-        if hook is not None:  # the fault-injection point: rewrite, delay or drop the frame
-            hooked = hook(self, frame, patched)
-            if hooked is None:
-                counters.frames_dropped += 1
-                return
-            data = hooked
-        if self.udp_rtp_dest is None:
-            transport.write(data)
-        else:
-            server.send_udp(data, self.udp_rtp_dest)
-        if frame.keyframe and self.frames_before_first_keyframe is None:
-            self.frames_before_first_keyframe = counters.frames_sent
-        counters.frames_sent += 1
-        if self.frames_before_first_keyframe is not None:
-            counters.frames_sent_from_first_keyframe += 1
-        counters.packets_sent += frame.packet_count
-        counters.bytes_sent += len(frame.blob)
-        self.payload_octets += frame.payload_octets
-
-    def _send_sender_report(self, rtp_timestamp: int, wall_ns: int) -> None:
-        server = self.camera.server
-        self.next_sr_ns = wall_ns + int(server.options.sr_interval * NS_PER_SECOND)
-        transport = self.connection.transport
-        if transport is None:
-            return
-        counters = self.counters
-        report = build_sender_report(
-            self.ssrc,
-            unix_ns_to_ntp(wall_ns),
-            rtp_timestamp,
-            counters.packets_sent % TS_MOD,
-            self.payload_octets % TS_MOD,
-        ) + _sdes_cname(self.ssrc, f"csud-sim@{self.camera.name}".encode())
-        if self.udp_rtcp_dest is not None:
-            server.send_udp_rtcp(report, self.udp_rtcp_dest)
-        else:
-            transport.write(b"$" + bytes((self.rtcp_channel,)) + len(report).to_bytes(2, "big") + report)
-        counters.sender_reports_sent += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "ssrc": self.ssrc,
-            "first_frame_index": self.first_frame_index,
-            "first_frame_keyframe": self.first_frame_keyframe,
-            "frames_before_first_keyframe": self.frames_before_first_keyframe,
-            **self.counters.as_dict(),
-        }
-
-
-def _sdes_cname(ssrc: int, cname: bytes) -> bytes:
-    """RTCP SDES with one CNAME item (RFC 3550 §6.5): a compound packet must carry one."""
-    chunk = ssrc.to_bytes(4, "big") + bytes((1, len(cname))) + cname + b"\x00"
-    chunk += b"\x00" * (-len(chunk) % 4)
-    return bytes((0x81, 202)) + ((len(chunk) + 4) // 4 - 1).to_bytes(2, "big") + chunk
-
-
-class Camera:
-    __slots__ = (
-        "closed_counters",
-        "history",
-        "index",
-        "name",
-        "phase",
-        "playing",
-        "server",
-        "sessions_total",
-    )
-
-    def __init__(self, server: SimServer, index: int, phase: int) -> None:
-        self.server = server
-        self.index = index
-        self.name = f"cam{index}"
-        self.phase = phase
-        self.playing: set[Session] = set()
-        self.sessions_total = 0
-        self.closed_counters = SessionCounters()
-        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=SESSION_HISTORY)
-
-
-class RtspConnection(asyncio.Protocol):
-    """One client connection: parses requests, answers them, owns the sessions it set up."""
-
-    def __init__(self, server: SimServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader()
-        self.sessions: dict[str, Session] = {}
-        self.closing = False
-
-    # --- asyncio callbacks -------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                send_buffer = self.server.options.socket_send_buffer
-                if send_buffer is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        self.server._connections.add(self)
-        self.server._connections_total += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        for session in list(self.sessions.values()):
-            self.server._end_session(session)
-        self.sessions.clear()
-        self.server._connections.discard(self)
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        try:
-            items = self.reader.feed(data)
-        except MalformedRequest as exc:
-            self.server._malformed_connections += 1
-            log.info("sim.malformed_request", reason=str(exc))
-            self._write(format_response(400, None))
-            self.close()
-            return
-        for item in items:
-            if self.closing:
-                return
-            if isinstance(item, InterleavedFrame):
-                self._on_interleaved(item)
-            else:
-                self._on_request(item)
-
-    # --- requests ----------------------------------------------------------------------
-
-    def _on_interleaved(self, frame: InterleavedFrame) -> None:
-        for session in self.sessions.values():
-            if frame.channel == session.rtcp_channel:
-                session.counters.rtcp_received += 1
-                return
-
-    def _on_request(self, request: Request) -> None:
-        if request.method.startswith("RTSP/"):  # a client's answer to our own request
-            self.server.client_responses += 1
-            return
-        cseq = request.header("cseq")
-        status: int
-        headers: list[tuple[str, str]]
-        body: bytes
-        try:
-            if cseq is None:
-                status, headers, body = 400, [], b""
-            elif request.version != "RTSP/1.0":
-                status, headers, body = 505, [], b""
-            else:
-                status, headers, body = self._dispatch(request)
-        except Exception:  # one bad request must never take the simulator down
-            log.exception("sim.request_failed", method=request.method)
-            status, headers, body = 500, [], b""
-        response = format_response(status, cseq, headers, body)
-        response_hook = self.server.options.response_hook
-        if response_hook is None or not response_hook(self, request, response):
-            self._write(response)
-        if request.method == "TEARDOWN" and status == 200 and not self.sessions:
-            self.close()
-
-    def _dispatch(self, request: Request) -> Reply:
-        server = self.server
-        method = request.method
-        if method not in _HANDLERS:
-            return 501, [("Public", PUBLIC_METHODS)], b""
-        request_hook = server.options.request_hook
-        if request_hook is not None:
-            reply = request_hook(self, request)
-            if reply is not None:
-                return reply
-        now = server.loop_time()
-        # Any request keeps the sessions of this connection alive.
-        for own in self.sessions.values():
-            own.last_activity = now
-        if method != "OPTIONS":
-            authorized = server._authorized(request)
-            if not authorized:
-                return 401, [("WWW-Authenticate", server._challenge(stale=authorized is None))], b""
-        session: Session | None = None
-        session_header = request.header("session")
-        if session_header is not None:
-            session_id = session_header.split(";", 1)[0].strip()
-            session = server._sessions.get(session_id)
-            if session is None:
-                return 454, [], b""
-            session.last_activity = now
-        return _HANDLERS[method](self, request, session)
-
-    def _camera_for(self, request: Request) -> tuple[Camera | None, str]:
-        """The camera the URI names and the rest of its path (``""`` or the track control)."""
-        uri = request.uri
-        path = urlsplit(uri).path if "://" in uri else uri
-        match = _CAMERA_PATH.match(path)
-        if not match:
-            return None, ""
-        index = int(match.group(1))
-        if not 1 <= index <= len(self.server.cameras):
-            return None, ""
-        return self.server.cameras[index - 1], (match.group(2) or "").strip("/")
-
-    def _options(self, request: Request, session: Session | None) -> Reply:
-        return 200, [("Public", PUBLIC_METHODS)], b""
-
-    def _describe(self, request: Request, session: Session | None) -> Reply:
-        camera, _ = self._camera_for(request)
-        if camera is None:
-            return 404, [], b""
-        body = self.server.sdp(camera).encode()
-        headers = [("Content-Type", "application/sdp")]
-        if self.server.options.content_base:
-            headers.insert(0, ("Content-Base", self.server.camera_url(camera) + "/"))
-        return 200, headers, body
-
-    def _setup(self, request: Request, session: Session | None) -> Reply:
-        camera, rest = self._camera_for(request)
-        if camera is None or rest not in ("", TRACK_CONTROL):
-            return 404, [], b""
-        transport_header = request.header("transport")
-        if not transport_header:
-            return 400, [], b""
-        try:
-            specs = parse_transport(transport_header)
-        except ValueError:
-            return 400, [], b""
-        tcp = next((s for s in specs if s.tcp), None)
-        udp = next((s for s in specs if not s.tcp and s.client_port), None)
-        if tcp is None and udp is None:
-            return 461, [], b""
-        if tcp is None and udp is not None:
-            return self._setup_udp(camera, session, udp.client_port or (0, 0))
-        assert tcp is not None
-        channels = tcp.interleaved or self._free_channels()
-        if session is not None:
-            if session.connection is not self or session.camera is not camera:
-                return 459, [], b""
-            if session.state == "playing":
-                return 455, [("Allow", "PLAY, GET_PARAMETER, TEARDOWN")], b""
-            session.rtp_channel, session.rtcp_channel = channels
-        else:
-            session = self.server._new_session(camera, self, channels)
-        transport = (
-            f"RTP/AVP/TCP;unicast;interleaved={channels[0]}-{channels[1]};ssrc={session.ssrc:08X};mode=play"
-        )
-        return 200, [("Transport", transport), self.server._session_header(session)], b""
-
-    def _setup_udp(self, camera: Camera, session: Session | None, client_port: tuple[int, int]) -> Reply:
-        if session is not None:
-            return 459, [], b""  # one track per session: a second SETUP is not supported over UDP
-        if self.transport is None:
-            return 500, [], b""
-        peer = self.transport.get_extra_info("peername")[0]
-        session = self.server._new_session(camera, self, (0, 1))
-        session.udp_rtp_dest = (peer, client_port[0])
-        session.udp_rtcp_dest = (peer, client_port[1])
-        rtp_port, rtcp_port = self.server.udp_ports
-        transport = (
-            f"RTP/AVP;unicast;client_port={client_port[0]}-{client_port[1]};"
-            f"server_port={rtp_port}-{rtcp_port};ssrc={session.ssrc:08X};mode=play"
-        )
-        return 200, [("Transport", transport), self.server._session_header(session)], b""
-
-    def _free_channels(self) -> tuple[int, int]:
-        used = {s.rtp_channel for s in self.sessions.values()}
-        channel = 0
-        while channel in used:
-            channel += 2
-        return channel, channel + 1
-
-    def _play(self, request: Request, session: Session | None) -> Reply:
-        camera, _ = self._camera_for(request)
-        if camera is None:
-            return 404, [], b""
-        if session is None:
-            return 455, [("Allow", "OPTIONS, DESCRIBE, SETUP")], b""
-        if session.connection is not self:
-            return 454, [], b""
-        if session.state != "playing":
-            session.state = "playing"
-            session.waiting_for_keyframe = self.server.options.play_from_keyframe
-            camera.playing.add(session)
-        url = self.server.camera_url(session.camera) + "/" + TRACK_CONTROL
-        rtp_info = f"url={url};seq={session.seq};rtptime={session.rtp_timestamp(session.frame_number)}"
-        return (
-            200,
-            [("Range", "npt=0.000-"), ("RTP-Info", rtp_info), self.server._session_header(session)],
-            b"",
-        )
-
-    def _get_parameter(self, request: Request, session: Session | None) -> Reply:
-        headers = [self.server._session_header(session)] if session is not None else []
-        return 200, headers, b""
-
-    def _teardown(self, request: Request, session: Session | None) -> Reply:
-        if session is None:
-            return 455, [], b""
-        if session.connection is not self:
-            return 454, [], b""
-        self.server._teardowns += 1
-        self.server._end_session(session)
-        return 200, [], b""
-
-    # --- output ------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close(self, abort: bool = False) -> None:
-        self.closing = True
-        for session in list(self.sessions.values()):
-            self.server._end_session(session)
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
+__all__ = ["SimOptions", "SimServer", "serve"]  # SimOptions: where callers have always found it
 
 
 class _RtcpCounter(asyncio.DatagramProtocol):
@@ -624,17 +103,6 @@ class _RtcpCounter(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.server.udp_rtcp_received += 1
-
-
-Handler = Callable[[RtspConnection, Request, "Session | None"], Reply]
-_HANDLERS: dict[str, Handler] = {
-    "OPTIONS": RtspConnection._options,
-    "DESCRIBE": RtspConnection._describe,
-    "SETUP": RtspConnection._setup,
-    "PLAY": RtspConnection._play,
-    "GET_PARAMETER": RtspConnection._get_parameter,
-    "TEARDOWN": RtspConnection._teardown,
-}
 
 
 class SimServer:
@@ -655,10 +123,10 @@ class SimServer:
         self._sessions: dict[str, Session] = {}
         self._connections: set[RtspConnection] = set()
         self._connections_total = 0
-        self._malformed_connections = 0
+        self.malformed_connections = 0
         self._auth_failures = 0
         self._sessions_timed_out = 0
-        self._teardowns = 0  # sessions ended by the client's TEARDOWN
+        self.teardowns = 0  # sessions ended by the client's TEARDOWN
         self._ticks = 0
         self._clock_resets = 0
         self._nonces: collections.OrderedDict[str, float] = collections.OrderedDict()  # nonce: issued
@@ -694,6 +162,22 @@ class SimServer:
     def send_udp_rtcp(self, report: bytes, dest: tuple[str, int]) -> None:
         if self._udp_rtcp is not None:
             self._udp_rtcp.sendto(report, dest)
+
+    # --- connections (called by RtspConnection) -----------------------------------------
+
+    @property
+    def connections(self) -> frozenset[RtspConnection]:
+        return frozenset(self._connections)
+
+    def connection_opened(self, connection: RtspConnection) -> None:
+        self._connections.add(connection)
+        self._connections_total += 1
+
+    def connection_closed(self, connection: RtspConnection) -> None:
+        self._connections.discard(connection)
+
+    def find_session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -770,7 +254,7 @@ class SimServer:
                 cseq += 1
                 url = self.camera_url(session.camera)
                 request = f"GET_PARAMETER {url} RTSP/1.0\r\nCSeq: {cseq}\r\nSession: {session.id}\r\n\r\n"
-                session.connection._write(request.encode())
+                session.connection.write(request.encode())
                 self.server_requests_sent += 1
 
     async def _ticker(self) -> None:
@@ -812,20 +296,20 @@ class SimServer:
                 self._sessions_timed_out += 1
                 log.info("sim.session_timeout", camera=session.camera.name, session=session.id)
                 connection = session.connection
-                self._end_session(session)
+                self.end_session(session)
                 if not connection.sessions:
                     connection.close()
 
     # --- sessions --------------------------------------------------------------------------
 
-    def _new_session(self, camera: Camera, connection: RtspConnection, channels: tuple[int, int]) -> Session:
+    def new_session(self, camera: Camera, connection: RtspConnection, channels: tuple[int, int]) -> Session:
         session = Session(camera, connection, channels, self.loop_time())
         self._sessions[session.id] = session
         connection.sessions[session.id] = session
         camera.sessions_total += 1
         return session
 
-    def _end_session(self, session: Session) -> None:
+    def end_session(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
         session.connection.sessions.pop(session.id, None)
@@ -835,12 +319,12 @@ class SimServer:
         camera.closed_counters.add(session.counters)
         camera.history.append(session.as_dict())
 
-    def _session_header(self, session: Session) -> tuple[str, str]:
+    def session_header(self, session: Session) -> tuple[str, str]:
         return "Session", f"{session.id};timeout={round(self.options.session_timeout)}"
 
     # --- auth ------------------------------------------------------------------------------
 
-    def _challenge(self, stale: bool = False) -> str:
+    def challenge(self, stale: bool = False) -> str:
         if self.options.auth == "basic":
             return basic_challenge()
         nonce = secrets.token_hex(16)
@@ -849,7 +333,7 @@ class SimServer:
             self._nonces.popitem(last=False)
         return digest_challenge(nonce, self.options.digest_qop, stale)
 
-    def _authorized(self, request: Request) -> bool | None:
+    def authorized(self, request: Request) -> bool | None:
         """True: authorized; False: refused; None: right answer to an expired nonce (stale)."""
         options = self.options
         if options.username is None or options.password is None:
@@ -939,10 +423,10 @@ class SimServer:
             "uptime_seconds": round(self.loop_time() - self._started, 3),
             "connections_active": len(self._connections),
             "connections_total": self._connections_total,
-            "malformed_connections": self._malformed_connections,
+            "malformed_connections": self.malformed_connections,
             "auth_failures": self._auth_failures,
             "sessions_timed_out": self._sessions_timed_out,
-            "teardowns": self._teardowns,
+            "teardowns": self.teardowns,
             "stale_nonces": self.stale_nonces,
             "server_requests_sent": self.server_requests_sent,
             "client_responses": self.client_responses,
@@ -1005,102 +489,3 @@ async def serve(options: SimOptions) -> SimServer:
         await server.close()
         raise
     return server
-
-
-# --- command line ----------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="csud simulate",
-        description="Serve simulated RTSP/H.264 cameras rtsp://127.0.0.1:PORT/cam1..camN.",
-    )
-    parser.add_argument("--cameras", type=int, default=1, help="number of cameras (default 1)")
-    parser.add_argument("--port", type=int, default=8554, help="TCP port on 127.0.0.1 (default 8554; 0: any)")
-    parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--bitrate", type=int, default=4_000_000, help="bit/s (default 4000000)")
-    parser.add_argument("--gop-seconds", type=float, default=1.0)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--username")
-    parser.add_argument(
-        "--password", help="prefer --password-file or $CSUD_SIM_PASSWORD: argv is visible to every user"
-    )
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--auth", choices=("digest", "basic"), default="digest")
-    parser.add_argument("--no-inband-parameter-sets", action="store_true", help="SPS/PPS only in the SDP")
-    parser.add_argument("--session-timeout", type=float, default=60.0)
-    parser.add_argument("--stats-file", type=Path)
-    parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="[CAMERAS=]KIND[:ARG][@START[+DURATION]]",
-        help="inject a fault (repeatable), e.g. cam2=loss:5, 3=stall:20@10, reboot@12; see csud.sim.faults",
-    )
-    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the faults' randomness")
-    return parser
-
-
-def options_from_args(args: argparse.Namespace) -> SimOptions:
-    password = args.password or os.environ.get("CSUD_SIM_PASSWORD")
-    if args.password_file is not None:
-        password = args.password_file.read_text().rstrip("\r\n")
-    return SimOptions(
-        cameras=args.cameras,
-        port=args.port,
-        fps=args.fps,
-        bitrate=args.bitrate,
-        gop_seconds=args.gop_seconds,
-        width=args.width,
-        height=args.height,
-        username=args.username,
-        password=password,
-        auth=args.auth,
-        inband_parameter_sets=not args.no_inband_parameter_sets,
-        session_timeout=args.session_timeout,
-        stats_file=args.stats_file,
-        faults=FaultInjector.from_text(args.fault, args.fault_seed) if args.fault else None,
-    )
-
-
-async def _run(options: SimOptions, duration: float | None) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    server = await serve(options)
-    try:
-        for url in server.urls():
-            print(url, flush=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
-    finally:
-        await server.close()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``csud simulate ...``: exit 0 on SIGTERM/SIGINT or after ``--duration``, 2 on bad usage."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        options = options_from_args(args)
-        options.clip_params()  # validates sizes and rates
-        if options.cameras < 1 or not 0 <= options.port <= 65535:
-            raise ValueError("--cameras must be >= 1 and --port within 0..65535")
-        if (options.username is None) != (options.password is None):
-            raise ValueError("--username and a password go together")
-    except (ValueError, OSError) as exc:
-        print(f"csud simulate: {exc}", file=sys.stderr)
-        return 2
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_run(options, args.duration))

@@ -621,7 +621,7 @@ def test_main_exits_on_sigterm_and_after_duration(clip_cache: Path, tmp_path: Pa
         "--stats-file",
         str(tmp_path / "s.json"),
     ]
-    code = f"import sys; from csud.sim.server import main; sys.exit(main({args!r}))"
+    code = f"import sys; from csud.sim.cli import main; sys.exit(main({args!r}))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -645,7 +645,7 @@ def test_main_exits_on_sigterm_and_after_duration(clip_cache: Path, tmp_path: Pa
             proc.wait()
     started = time.monotonic()
     quick = [*args[:-2], "--duration", "0.5"]
-    code = f"import sys; from csud.sim.server import main; sys.exit(main({quick!r}))"
+    code = f"import sys; from csud.sim.cli import main; sys.exit(main({quick!r}))"
     assert (
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=15).returncode == 0
     )
@@ -654,7 +654,7 @@ def test_main_exits_on_sigterm_and_after_duration(clip_cache: Path, tmp_path: Pa
         [
             sys.executable,
             "-c",
-            "import sys; from csud.sim.server import main; sys.exit(main(['--cameras', '0']))",
+            "import sys; from csud.sim.cli import main; sys.exit(main(['--cameras', '0']))",
         ],
         env=env,
         capture_output=True,

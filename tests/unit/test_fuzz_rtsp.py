@@ -1,12 +1,13 @@
 """Property tests: bytes from a camera never escape csud's RTSP handling as anything but
 ``StreamError``, and its buffers stay bounded.
 
-- ``_LeanConnection.data_received`` (the TCP path of every camera: interleaved ``$`` frames and
+- ``LeanConnection.data_received`` (the TCP path of every camera: interleaved ``$`` frames and
   RTSP messages through aiortsp's parser) with arbitrary bytes cut at arbitrary places: no
   exception leaves it; a fatal input resolves the connection's ``result`` with ``StreamError``;
   the demultiplexer holds at most one frame or message.
-- The SDP of a DESCRIBE answer, parsed by aiortsp's ``SDP`` then read by ``_describe``, inside
-  ``_rtsp_errors`` as ``RtspSession.start`` does: only ``StreamError`` comes out.
+- The SDP of a DESCRIBE answer, read as ``RtspSession.start`` reads it (``parse_description``,
+  csud's own parser, then ``stream_description``, inside ``rtsp_errors``): only ``StreamError``
+  comes out, and what comes out is an H.264/H.265 description.
 Kept to a few seconds.
 """
 
@@ -17,12 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiortsp.rtsp.sdp import SDP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csud.errors import StreamError
-from csud.rtsp.client import _describe, _LeanConnection, _rtsp_errors
+from csud.rtsp.aiortsp_adapter import LeanConnection, rtsp_errors
+from csud.rtsp.client import parse_description, stream_description
 from csud.rtsp.interleave import INTERLEAVED_HEADER_SIZE, MAX_MESSAGE_BYTES
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -56,11 +57,11 @@ def event_loop_for_futures() -> Iterator[None]:
     loop.close()
 
 
-def new_connection(frames: list[tuple[int, int]]) -> _LeanConnection:
-    conn = _LeanConnection(
+def new_connection(frames: list[tuple[int, int]]) -> LeanConnection:
+    conn = LeanConnection(
         "127.0.0.1", 554, "user", "pass", on_packet=lambda ch, buf, s, e: frames.append((ch, e - s))
     )
-    conn._transport = FakeTransport()
+    conn.connection_made(FakeTransport())
     return conn
 
 
@@ -111,12 +112,6 @@ def test_an_endless_header_is_refused_not_buffered(pattern: bytes, chunk: int) -
     assert conn.result.done() and isinstance(conn.result.exception(), StreamError)
 
 
-class FakeSession:
-    def __init__(self, sdp: SDP, keepalive: Any) -> None:
-        self.sdp = sdp
-        self.session_keepalive = keepalive
-
-
 SDP_LINES = st.sampled_from(
     [
         "v=0",
@@ -145,14 +140,15 @@ SDP_LINES = st.sampled_from(
 
 
 @FAST
-@given(st.lists(SDP_LINES | st.text(max_size=30), max_size=14), st.sampled_from([None, 0, 60, 1]))
+@given(st.lists(SDP_LINES | st.text(max_size=30), max_size=14), st.sampled_from([0, 60, 1, -5]))
 def test_describe_of_any_sdp_is_a_stream_description_or_a_stream_error(
-    lines: list[str], keepalive: Any
+    lines: list[str], timeout: int
 ) -> None:
     text = "\r\n".join(lines)
     try:
-        with _rtsp_errors("camera"):
-            description = _describe(FakeSession(SDP(text), keepalive))  # type: ignore[arg-type]
+        with rtsp_errors("camera"):
+            description = stream_description(parse_description(text), timeout)
     except StreamError:
         return
-    assert description.encoding and description.session_timeout_seconds >= 1
+    assert description.encoding in ("H264", "H265") and description.session_timeout_seconds >= 1
+    assert 0 <= description.payload_type <= 127 and description.clock_rate > 0

@@ -162,3 +162,17 @@ def test_resolve_control_needs_an_absolute_base_and_never_echoes_it() -> None:
     with pytest.raises(ValueError) as info:
         resolve_control("stream1?password=secret", "trackID=1")
     assert str(info.value) == "base URL is not absolute"
+
+
+def test_malformed_format_lines_of_tracks_not_recorded_are_ignored() -> None:
+    """Audio and metadata tracks are not recorded: a camera's oddities there cost no footage."""
+    sdp = parse_sdp(
+        "m=video 0 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+        "m=audio 0 RTP/AVP 97\na=rtpmap:97 MPEG4-GENERIC\na=fmtp:x whatever\n"
+        "m=application 0 RTP/AVP 107\na=rtpmap:vnd.onvif.metadata/90000\n"
+    )
+    assert [(m.media, m.encoding_name) for m in sdp.media] == [
+        ("video", "H264"),
+        ("audio", ""),
+        ("application", ""),
+    ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from csud.sim.cli import build_parser, options_from_args
 from csud.sim.faults import FaultSpec, parse_fault
-from csud.sim.server import build_parser, options_from_args
 
 
 @pytest.mark.parametrize(
