@@ -34,7 +34,8 @@ GOP_MAX_BYTES = 16 * 1024 * 1024  # a longer GOP is not kept: new viewers wait f
 RTP_WRAP = 1 << 32
 MAX_FRAME_TICKS = 5 * fmp4.TIMESCALE  # a larger step (reset, long gap) counts as one frame
 
-Item = tuple[bytes | str, int]  # (message, received_ns of the frame, or 0 for other messages)
+# (message, n): n > 0 a frame's received_ns; n < 0 a skipped event for -n frames; 0 otherwise.
+Item = tuple[bytes | str, int]
 
 
 def event(kind: str, **fields: object) -> str:
@@ -68,14 +69,15 @@ class Viewer:
         self._wake.set()
         return True
 
-    def drop_all(self) -> int:
-        """Empty the queue; return how many frame fragments were dropped."""
-        frames = sum(1 for message, received_ns in self._items if received_ns)
+    def drop_all(self) -> tuple[int, int]:
+        """Empty the queue; return (frame fragments dropped, frames of unsent skipped events)."""
+        frames = sum(1 for _, received_ns in self._items if received_ns > 0)
+        unsent = sum(-received_ns for _, received_ns in self._items if received_ns < 0)
         if any(isinstance(m, bytes) and not r for m, r in self._items):
             self.needs_init = True  # an init segment was among them
         self._items.clear()
         self._bytes = 0
-        return frames
+        return frames, unsent
 
     def close(self, reason: str) -> None:
         if not self.closed:
@@ -181,7 +183,7 @@ class CameraFeed:
                 return
             viewer.waiting_keyframe = False
             if viewer.skipping:
-                viewer.push(event("skipped", frames=viewer.skipping))
+                viewer.push(event("skipped", frames=viewer.skipping), -viewer.skipping)
                 viewer.skipping = 0
         if viewer.needs_init and not self._push_init(viewer):
             self._skip(viewer, 1)
@@ -199,10 +201,10 @@ class CameraFeed:
         return False
 
     def _skip(self, viewer: Viewer, lost_now: int) -> None:
-        dropped = viewer.drop_all() + lost_now
+        dropped, unsent = viewer.drop_all()
         viewer.waiting_keyframe = True
-        viewer.skipping = max(viewer.skipping, 0) + dropped
-        self._count_skip(viewer, dropped)
+        viewer.skipping += dropped + lost_now + unsent
+        self._count_skip(viewer, dropped + lost_now)
 
     def _count_skip(self, viewer: Viewer, frames: int) -> None:
         viewer.skipped_total += frames
@@ -219,7 +221,7 @@ class CameraFeed:
             if self._push_init(viewer) and all(viewer.push(d, r) for d, r in self._gop):
                 viewer.waiting_keyframe = False
             else:
-                viewer.drop_all()
+                viewer.drop_all()  # a GOP larger than the queue: start at the next keyframe
                 viewer.needs_init, viewer.waiting_keyframe = True, True
         return viewer
 

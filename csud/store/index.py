@@ -42,6 +42,7 @@ from csud.store.journal import (
     JournalEntry,
     os_actor,
 )
+from csud.store.operators import migrate_operators
 from csud.store.retention_plan import Hold, SegmentRef
 
 _SCHEMA_V1 = """
@@ -161,6 +162,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    migrate_operators,  # live-viewing operators (csud.store.operators)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
