@@ -24,6 +24,7 @@ from csud.errors import ConfigError, CsudError, UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "csud.cli.check",
     "csud.cli.evidence",
+    "csud.cli.operator",
     "csud.cli.retention",
     "csud.cli.service",
 )

@@ -115,9 +115,7 @@ def init_segment(codec: str, parameter_sets: Sequence[bytes]) -> TrackInfo:
         if not sps or not pps:
             raise ValueError("H.264 init segment needs an SPS and a PPS")
         info: h264.SpsInfo | h265.H265SpsInfo = h264.parse_sps(sps[0])
-        entry = _visual_sample_entry(
-            b"avc1", info.width, info.height, box(b"avcC", avc_config(sps[0], pps))
-        )
+        entry = _visual_sample_entry(b"avc1", info.width, info.height, box(b"avcC", avc_config(sps[0], pps)))
         brand = b"avc1"
     elif codec == "hevc":
 

@@ -164,7 +164,9 @@ class Operators:
         return added
 
     def set_password(self, operator_id: str, password_hash: str, *, now_ns: int, actor: str) -> None:
-        self._change(operator_id, "password_hash = ?", [password_hash], OPERATOR_PASSWORD_CHANGED, now_ns, actor)
+        self._change(
+            operator_id, "password_hash = ?", [password_hash], OPERATOR_PASSWORD_CHANGED, now_ns, actor
+        )
 
     def disable(self, operator_id: str, *, now_ns: int, actor: str) -> None:
         self._change(operator_id, "disabled_ns = ?", [now_ns], OPERATOR_DISABLED, now_ns, actor)
@@ -174,7 +176,8 @@ class Operators:
     ) -> None:
         with self._locked(), self._index._transaction() as conn:
             cur = conn.execute(
-                f"UPDATE operators SET {assignment}, generation = generation + 1, updated_ns = ? WHERE id = ?",
+                f"UPDATE operators SET {assignment}, generation = generation + 1, updated_ns = ?"
+                " WHERE id = ?",
                 [*values, now_ns, operator_id],
             )
             if cur.rowcount == 0:
