@@ -57,7 +57,7 @@ class Session:
     expires: float  # monotonic
 
 
-@dataclass
+@dataclass(eq=False)  # identity: kept in a set
 class View:
     operator: str
     camera: str
@@ -111,6 +111,7 @@ class LiveServer:
         self._operators: dict[str, Operator] = {}
         self._up: dict[str, bool] = {}
         self._runner: web.AppRunner | None = None
+        self.tls = settings.web.tls_cert is not None
         self._recheck_task: asyncio.Task[None] | None = None
         self.log = get_logger(component="live")
 
@@ -442,6 +443,8 @@ def _same_origin(request: web.Request) -> bool:
 @web.middleware
 async def _security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
+    if response.prepared:  # a WebSocket: its headers are long sent
+        return response
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
