@@ -64,19 +64,22 @@ LIVE_KINDS = frozenset(
         OPERATOR_DISABLED,
     }
 )
-KINDS = frozenset(
-    {
-        SEGMENTS_DESTROYED,
-        HOLD_ADDED,
-        HOLD_RELEASED,
-        EXTRACTION,
-        RECOVERED,
-        INTEGRITY_FAILURE,
-        CONFIG_LOADED,
-        DAEMON_STARTED,
-        DAEMON_STOPPED,
-    }
-) | LIVE_KINDS
+KINDS = (
+    frozenset(
+        {
+            SEGMENTS_DESTROYED,
+            HOLD_ADDED,
+            HOLD_RELEASED,
+            EXTRACTION,
+            RECOVERED,
+            INTEGRITY_FAILURE,
+            CONFIG_LOADED,
+            DAEMON_STARTED,
+            DAEMON_STOPPED,
+        }
+    )
+    | LIVE_KINDS
+)
 
 JOURNAL_SCHEMA = (
     """

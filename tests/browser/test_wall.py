@@ -43,8 +43,18 @@ def _config(tmp: Path, rtsp_port: int, web_port: int) -> Path:
         "[metrics]", 'listen = ""',
         "[web]", f'listen = "127.0.0.1:{web_port}"', "session_minutes = 30",
     ]  # fmt: skip
-    for cid, name, service in (("metz", "Metz", "live"), ("woippy", "Woippy", "live"), ("ars", "Ars", "storage")):
-        lines += ["[[communes]]", f'id = "{cid}"', f'name = "{name}"', f'service = "{service}"', "retention_days = 15"]
+    for cid, name, service in (
+        ("metz", "Metz", "live"),
+        ("woippy", "Woippy", "live"),
+        ("ars", "Ars", "storage"),
+    ):
+        lines += [
+            "[[communes]]",
+            f'id = "{cid}"',
+            f'name = "{name}"',
+            f'service = "{service}"',
+            "retention_days = 15",
+        ]
     for i, (camera, commune) in enumerate(CAMERAS.items(), 1):
         lines += [
             "[[cameras]]", f'id = "{camera}"', f'name = "Caméra {i}"', f'commune = "{commune}"',
