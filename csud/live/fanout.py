@@ -36,6 +36,7 @@ MAX_FRAME_TICKS = 5 * fmp4.TIMESCALE  # a larger step (reset, long gap) counts a
 
 # (message, n): n > 0 a frame's received_ns; n < 0 a skipped event for -n frames; 0 otherwise.
 Item = tuple[bytes | str, int]
+REPLAYED = 1  # n of the kept GOP's frames sent to a new viewer: frames, but not live (no latency)
 
 
 def event(kind: str, **fields: object) -> str:
@@ -218,7 +219,7 @@ class CameraFeed:
         self.viewers.add(viewer)
         viewer.needs_init = True
         if self.track is not None and self._gop_complete and self._gop:
-            if self._push_init(viewer) and all(viewer.push(d, r) for d, r in self._gop):
+            if self._push_init(viewer) and all(viewer.push(d, REPLAYED) for d, _ in self._gop):
                 viewer.waiting_keyframe = False
             else:
                 viewer.drop_all()  # a GOP larger than the queue: start at the next keyframe

@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 
 from csud.config import Settings
 from csud.errors import ConfigError, CsudError
-from csud.live.fanout import CameraFeed, Viewer, event
+from csud.live.fanout import REPLAYED, CameraFeed, Viewer, event
 from csud.log import get_logger
 from csud.service import metrics
 from csud.store.index import Index
@@ -405,7 +405,7 @@ class LiveServer:
             except (ConnectionError, RuntimeError):
                 break
             view.bytes += len(message)
-            if received_ns > 0:
+            if received_ns > REPLAYED:
                 latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
         # A refusal's "closed" event was queued before the close: send what is left of it.
         if view.refusal and not ws.closed:

@@ -229,9 +229,9 @@ async def test_disabled_operator_stream_closes_within_a_second(live: Live) -> No
 
     seconds, last = await _watch_until_closed(live, "alice", "metz-1", disable)
     assert seconds < 1.0 and last == {"type": "closed", "reason": "operator_disabled"}
-    async with aiohttp.ClientSession() as s:  # and she cannot log in again
-        async with s.post(live.url("/login"), data={"username": "alice", "password": PASSWORD}) as r:
-            assert r.status == 401
+    form = {"username": "alice", "password": PASSWORD}
+    async with aiohttp.ClientSession() as s, s.post(live.url("/login"), data=form) as r:
+        assert r.status == 401  # and she cannot log in again
     for _ in range(50):
         if journal(live, "live_view_ended"):
             break
