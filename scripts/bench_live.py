@@ -41,6 +41,7 @@ BIN = Path(sys.executable).parent
 CSUD = str(BIN / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "benchmark password 1"
+DROPPED = r'^csud_camera_dropped_frames_total{.*reason="([^"]+)"} (\S+)$'
 
 
 def free_port() -> int:
@@ -162,7 +163,8 @@ def main() -> int:
     try:
         sim = [CSUD, "simulate", "--cameras", str(args.cameras), "--port", str(rtsp), "--bitrate",
                str(args.bitrate), "--width", str(args.width), "--height", str(args.height)]  # fmt: skip
-        procs.append(subprocess.Popen([*pin(other), *sim], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        quiet = subprocess.DEVNULL
+        procs.append(subprocess.Popen([*pin(other), *sim], stdout=quiet, stderr=quiet))
         wait_port(rtsp)
         daemon = subprocess.Popen([*pin(core), CSUD, "run", "--config", str(config)], stdout=log, stderr=log)
         procs.append(daemon)
@@ -210,8 +212,7 @@ def main() -> int:
             "first_viewer_frames_decoded_pyav": decoded,
             "frames_skipped": metric_sum(after, "csud_live_frames_skipped_total"),
             "recorded_frames_dropped_by_reason": {
-                m.group(1): float(m.group(2))
-                for m in re.finditer(r'^csud_camera_dropped_frames_total{.*reason="([^"]+)"} (\S+)$', after, re.M)
+                m.group(1): float(m.group(2)) for m in re.finditer(DROPPED, after, re.M)
             },
             "rtp_packets_lost": metric_sum(after, "csud_camera_rtp_packets_lost_total"),
         }
