@@ -99,6 +99,49 @@ class EvidenceConfig(_Strict):
     signing_key: Path | None = None
 
 
+class WebConfig(_Strict):
+    """The operator-facing live-viewing server (csud.live.web); docs/live.md."""
+
+    # "" (the default) disables it; the example config sets 127.0.0.1:8080. TLS required off loopback.
+    listen: str = ""
+    tls_cert: Path | None = None  # PEM
+    tls_key: Path | None = None
+    session_minutes: int = Field(480, ge=1, le=24 * 60)
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        return MetricsConfig._host_port(value)
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> WebConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert: give both tls_cert and tls_key, or neither")
+        if self.listen and self.tls_cert is None and not self.loopback:
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address: set tls_cert and tls_key "
+                "(operators' passwords and the images must not cross the network in clear)"
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
 class CommuneConfig(_Strict):
     id: str
     name: str
@@ -232,6 +275,7 @@ class Settings(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     network: NetworkConfig = NetworkConfig()
+    web: WebConfig = WebConfig()
     communes: list[CommuneConfig] = []
     cameras: list[CameraConfig] = []
 

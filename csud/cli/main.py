@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "csud.cli.check",
     "csud.cli.evidence",
     "csud.cli.init",
+    "csud.cli.operator",
     "csud.cli.retention",
     "csud.cli.service",
 )

@@ -389,10 +389,13 @@ def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[d
 
 
 def cmd_registre(args: argparse.Namespace) -> int:
+    from csud.live.registre import format_rows, live_view_rows
+
     _month(args.month)  # usage errors before touching the index
     settings, index = _open(args, readonly=True)
     try:
         rows = registre_rows(settings, index, args.commune, args.month)
+        views = live_view_rows(index, args.commune, *(_ns(m) for m in _month(args.month)))
     finally:
         index.close()
     columns = ["camera", "day", "hours_recorded", "first_segment", "last_segment", "destroyed_on", "held"]
@@ -419,4 +422,5 @@ def cmd_registre(args: argparse.Namespace) -> int:
         )
     if not rows:
         print("(nothing recorded this month)")
+    print("\n".join(format_rows(views, _t)))  # live viewing (csud.live.registre)
     return 0

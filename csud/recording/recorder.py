@@ -109,7 +109,9 @@ class CameraRecorder:
         index: IndexService,
         password: str | None,
         udp_bind: str = "0.0.0.0",
+        frame_sink: Callable[[AccessUnit, str, list[bytes], int], None] | None = None,
     ) -> None:
+        self.frame_sink = frame_sink  # live viewing: once per complete access unit, never awaited
         self.camera = camera
         self.udp_bind = udp_bind
         self.commune = commune
@@ -175,7 +177,8 @@ class CameraRecorder:
                 self._size = (info.width, info.height)
             except ValueError as exc:
                 self.log.warning("sps_unparsable", error=str(exc))
-        self._segmenter.parameter_sets([n for n in (vps, sps, pps) if n])
+        self._param_sets = [n for n in (vps, sps, pps) if n]
+        self._segmenter.parameter_sets(self._param_sets)
 
     # -- hot path --------------------------------------------------------------------------
 
@@ -241,6 +244,8 @@ class CameraRecorder:
         stats.last_frame_ns = now_ns
         if au.keyframe and (self._depack.sps is not self._sps or self._depack.pps is not self._pps):
             self._sync_params()
+        if self.frame_sink is not None:
+            self.frame_sink(au, self._rules.codec, self._param_sets, now_ns)
         if self._writer_failed:
             self._writer_failed = False
             self._apply(self._segmenter.gap("storage_error"))

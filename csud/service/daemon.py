@@ -118,6 +118,7 @@ class Daemon:
         self.retention: RetentionService | None = None
         self.http: HttpServer | None = None
         self.probe: WritableProbe | None = None
+        self.live: Any = None  # csud.live.web.LiveServer when [web] listen is set
         self.store_lock: StoreLock | None = None  # one daemon per store (csud.store.recovery)
         self.store_check: BackgroundCheck | None = None  # startup step 7 (csud.store.startup)
         self.reloads = 0
@@ -149,6 +150,11 @@ class Daemon:
             self.index = IndexService(await asyncio.to_thread(Index.open, self.root / INDEX_FILENAME))
             self.probe = WritableProbe(self.index.check_writable)
             await self._start_http(settings.metrics.listen)
+            if settings.web.listen:  # live viewing (csud.live): operators' wall and streams
+                from csud.live.web import LiveServer
+
+                self.live = LiveServer(settings, self.index.index, self._camera_up)
+                await self.live.start()
             self.log.info(
                 "daemon_started",
                 version=__version__,
@@ -196,6 +202,8 @@ class Daemon:
             written = self._segments_of_stopped
             if self.retention is not None:
                 await self.retention.close(written)  # journals daemon_stopped
+            if self.live is not None:
+                await self.live.close()
             if self.http is not None:
                 await self.http.close()
             if self.probe is not None:
@@ -220,6 +228,7 @@ class Daemon:
             self.index,
             password,
             udp_bind=self.loaded.settings.network.udp_bind,
+            frame_sink=self.live.frame_sink(camera.id) if self.live is not None else None,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(recorder.run(stop), name=f"camera:{camera.id}")
@@ -303,6 +312,8 @@ class Daemon:
                 f"metrics.listen changed ({old_s.metrics.listen!r} -> {new_s.metrics.listen!r}): "
                 "needs a restart; reload refused"
             )
+        if new_s.web != old_s.web:
+            raise ConfigError("[web] changed: the live-viewing server needs a restart; reload refused")
         communes = {c.id: c for c in new_s.communes}
         wanted = {c.id: c for c in new_s.cameras if c.enabled}
         passwords = {cid: cam.resolve_password() for cid, cam in wanted.items()}  # all or nothing
@@ -341,6 +352,8 @@ class Daemon:
             else:
                 metrics.forget(*old_labels[camera.id])
         self.loaded = new
+        if self.live is not None:
+            self.live.update_settings(new.settings)  # a withdrawn right closes its streams now
         for camera, commune, password in plan.added + plan.changed:
             self._start_camera(camera, commune, password)
         summary = {
@@ -384,6 +397,10 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(timeout / 2)
+
+    def _camera_up(self, camera_id: str) -> bool:
+        running = self.cameras.get(camera_id)
+        return running is not None and running.recorder.stats.up
 
     def _status_line(self) -> str:
         up = sum(1 for cam in self.cameras.values() if cam.recorder.stats.up)

@@ -146,6 +146,17 @@ config_reload_failures = Counter(
     registry=REGISTRY,
 )
 config_reloads = Counter("csud_config_reloads", "Configuration reloads (SIGHUP) applied", registry=REGISTRY)
+# Live viewing (csud.live.web updates these from the event loop, once per view or per skip).
+live_viewers = Gauge("csud_live_viewers", "Open live-view WebSockets", ("camera",), registry=REGISTRY)
+live_frames_skipped = Counter(
+    "csud_live_frames_skipped", "Frames a slow live viewer skipped to the next keyframe", registry=REGISTRY
+)
+live_send_latency = Histogram(
+    "csud_live_send_latency_seconds",
+    "From a frame's last packet received to its fragment handed to the viewer's socket",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 build_info = Info("csud_build", "csud version", registry=REGISTRY)
 build_info.info({"version": __version__})
 

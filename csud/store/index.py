@@ -47,6 +47,7 @@ from csud.store.journal import (
     JournalEntry,
     os_actor,
 )
+from csud.store.operators import migrate_operators
 from csud.store.retention_plan import Hold, SegmentRef
 
 _SCHEMA_V1 = """
@@ -167,6 +168,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_1_to_2,
     _migrate_2_to_3,
     migrate_store_identity,  # 3 -> 4: the store's UUID (csud/store/identity.py)
+    migrate_operators,  # 4 -> 5: live-viewing operators (csud.store.operators)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

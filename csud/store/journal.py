@@ -47,18 +47,38 @@ INTEGRITY_FAILURE = "integrity_failure"
 CONFIG_LOADED = "config_loaded"
 DAEMON_STARTED = "daemon_started"
 DAEMON_STOPPED = "daemon_stopped"
-KINDS = frozenset(
+# Live viewing (CSI R252-12: named operators, consultations traced); csud.live and csud operator.
+LIVE_VIEW_STARTED = "live_view_started"
+LIVE_VIEW_ENDED = "live_view_ended"
+LIVE_VIEW_REFUSED = "live_view_refused"
+OPERATOR_ADDED = "operator_added"
+OPERATOR_PASSWORD_CHANGED = "operator_password_changed"
+OPERATOR_DISABLED = "operator_disabled"
+LIVE_KINDS = frozenset(
     {
-        SEGMENTS_DESTROYED,
-        HOLD_ADDED,
-        HOLD_RELEASED,
-        EXTRACTION,
-        RECOVERED,
-        INTEGRITY_FAILURE,
-        CONFIG_LOADED,
-        DAEMON_STARTED,
-        DAEMON_STOPPED,
+        LIVE_VIEW_STARTED,
+        LIVE_VIEW_ENDED,
+        LIVE_VIEW_REFUSED,
+        OPERATOR_ADDED,
+        OPERATOR_PASSWORD_CHANGED,
+        OPERATOR_DISABLED,
     }
+)
+KINDS = (
+    frozenset(
+        {
+            SEGMENTS_DESTROYED,
+            HOLD_ADDED,
+            HOLD_RELEASED,
+            EXTRACTION,
+            RECOVERED,
+            INTEGRITY_FAILURE,
+            CONFIG_LOADED,
+            DAEMON_STARTED,
+            DAEMON_STOPPED,
+        }
+    )
+    | LIVE_KINDS
 )
 
 JOURNAL_SCHEMA = (
