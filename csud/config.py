@@ -379,7 +379,7 @@ def _scalar(annotation: Any) -> type | None:
     if get_origin(annotation) is Annotated:
         return _scalar(get_args(annotation)[0])
     if annotation in (int, float, bool):
-        return annotation  # type: ignore[no-any-return]
+        return annotation
     args = [a for a in get_args(annotation) if a is not type(None)]
     return _scalar(args[0]) if len(args) == 1 else None
 
