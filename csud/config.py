@@ -11,6 +11,7 @@ Environment overrides use ``__`` between levels: ``CSUD_STORAGE__ROOT=/srv/csud`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tomllib
@@ -87,7 +88,6 @@ class SiteConfig(_Strict):
 def system_zone() -> tuple[tzinfo, str]:
     """The system's zone and its name: ``$TZ``, else ``/etc/localtime``'s IANA name, else the C
     library's abbreviation (then the offsets are still right, only the name is vague)."""
-    import contextlib
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     candidates = []
@@ -394,10 +394,9 @@ def _coerce(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out[name] = _coerce(annotation, value)
         elif isinstance(value, str) and (kind := _scalar(annotation)) is not None:
-            try:
+            # Left as is when it does not parse: the strict field refuses it with the usual message.
+            with contextlib.suppress(ValidationError):
                 out[name] = TypeAdapter(kind).validate_python(value)
-            except ValidationError:
-                pass  # left as is: the strict field refuses it with the usual message
     return out
 
 

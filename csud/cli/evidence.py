@@ -60,7 +60,7 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
         description="PATH: an extraction folder or its manifest.json; needs nothing but its files. "
         "--archive: re-hash stored segments against the index (reads the configuration).",
     )
-    ver.add_argument("path", nargs="?", metavar="PATH")
+    ver.add_argument("path", nargs="?", metavar="PATH", help="an extraction folder or its manifest.json")
     ver.add_argument("--public-key", metavar="FILE", help="the site's public key, received separately")
     ver.add_argument("--archive", action="store_true", help="check the store against the index instead")
     ver.add_argument("--camera", metavar="ID", help="with --archive: only this camera")
