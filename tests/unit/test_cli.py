@@ -346,7 +346,8 @@ def test_json_on_retention_registre_check_config_verify(
     assert report["dry_run"] is True and report["at"].endswith(("+01:00", "+02:00"))
     cams = {c["camera"]: c for c in report["cameras"]}
     assert cams["metz-gare-01"]["window_days"] == 15
-    assert report["total"] == {"retention": 0, "disk_pressure": 0}
+    assert report["total"] == {"retention": 4, "disk_pressure": 0}  # September is past every window
+    assert sum(d["segments"] for d in report["destroyed"]) == 4
     assert main(["registre", "--commune", "metz", "--month", "2026-09", "--json", "--config", store]) == 0
     assert json.loads(capsys.readouterr().out)[0]["hours_recorded"] == 0.05
     assert main(["check-config", "--json", "--config", store]) == 0
