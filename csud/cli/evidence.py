@@ -131,8 +131,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         out = clip["output"]
         gaps = f", {len(clip['gaps'])} gap(s)" if clip["gaps"] else ""
         print(
-            f"{out['file']}: {clip['actual']['from']} -> {clip['actual']['to']}, {out['frames']} frames, "
-            f"{out['bytes']} B{gaps}, sha256 {out['sha256']}"
+            f"{out['file']}: {clip['actual']['from_local']} -> {clip['actual']['to_local']}, "
+            f"{out['frames']} frames, {out['bytes']} B{gaps}, sha256 {out['sha256']}"
         )
     signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
