@@ -11,19 +11,24 @@ Environment overrides use ``__`` between levels: ``CSUD_STORAGE__ROOT=/srv/csud`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
+    Strict,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -42,16 +47,73 @@ _SECRET_QUERY_KEYS = frozenset(
 )
 
 
+# The file's scalars are taken as written: `enabled = "yes"` or `retention_days = "7"` is an
+# error, not a guess. (CSUD_ environment variables are strings by nature: _LaxEnv converts them
+# to the field's type first, so CSUD_STORAGE__SEGMENT_SECONDS=30 still works.)
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict()]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SiteConfig(_Strict):
+    # IANA time zone of the site ("Europe/Paris"): every time the CLI prints carries its offset,
+    # the registre's days are its days, manifests give times in it. "": the system's zone.
+    timezone: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        if value:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"not an IANA time zone name: {value!r} (e.g. Europe/Paris)") from None
+        return value
+
+    def zone(self) -> tuple[tzinfo, str]:
+        """The zone and its name: the configured one, else the system's (:func:`system_zone`)."""
+        if self.timezone:
+            from zoneinfo import ZoneInfo
+
+            return ZoneInfo(self.timezone), self.timezone
+        return system_zone()
+
+
+def system_zone() -> tuple[tzinfo, str]:
+    """The system's zone and its name: ``$TZ``, else ``/etc/localtime``'s IANA name, else the C
+    library's abbreviation (then the offsets are still right, only the name is vague)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    candidates = []
+    if os.environ.get("TZ"):
+        candidates.append(os.environ["TZ"].removeprefix(":"))
+    with contextlib.suppress(OSError):
+        target = os.path.realpath("/etc/localtime")
+        marker = "/zoneinfo/"
+        if marker in target:
+            candidates.append(target.split(marker, 1)[1])
+    with contextlib.suppress(OSError):
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    for name in candidates:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo(name), name
+    here = datetime.now().astimezone().tzinfo
+    assert here is not None
+    return here, str(here.tzname(None) or "local")
+
+
 class StorageConfig(_Strict):
     root: Path = Path("/var/lib/csud")
-    segment_seconds: int = Field(60, ge=2, le=3600)
+    segment_seconds: Int = Field(60, ge=2, le=3600)
     # Below this share of free space on the root's filesystem, the oldest unheld footage is
     # destroyed early (reason "disk_pressure"). 0 disables it.
-    min_free_percent: float = Field(5.0, ge=0, lt=100)
+    min_free_percent: Float = Field(5.0, ge=0, lt=100)
 
 
 class MetricsConfig(_Strict):
@@ -69,7 +131,7 @@ class MetricsConfig(_Strict):
 
 
 class LegalConfig(_Strict):
-    max_retention_days: int = Field(LEGAL_MAX_RETENTION_DAYS, ge=1, le=LEGAL_MAX_RETENTION_DAYS)
+    max_retention_days: Int = Field(LEGAL_MAX_RETENTION_DAYS, ge=1, le=LEGAL_MAX_RETENTION_DAYS)
 
 
 class NetworkConfig(_Strict):
@@ -90,7 +152,7 @@ class NetworkConfig(_Strict):
 
 
 class RetentionConfig(_Strict):
-    interval_seconds: int = Field(60, ge=1, le=86400)  # between two retention passes
+    interval_seconds: Int = Field(60, ge=1, le=86400)  # between two retention passes
 
 
 class EvidenceConfig(_Strict):
@@ -146,7 +208,7 @@ class CommuneConfig(_Strict):
     id: str
     name: str
     service: Literal["live", "storage"]
-    retention_days: int = Field(gt=0)
+    retention_days: Int = Field(gt=0)
     authorisation: str = ""
 
     @field_validator("id")
@@ -165,9 +227,12 @@ class CameraConfig(_Strict):
     password: SecretStr | None = None
     password_file: Path | None = None
     transport: Literal["tcp", "udp"] = "tcp"
-    retention_days: int | None = Field(None, gt=0)
-    stall_seconds: float = Field(10.0, gt=0, le=300)
-    enabled: bool = True
+    retention_days: Int | None = Field(None, gt=0)
+    stall_seconds: Float = Field(10.0, gt=0, le=300)
+    enabled: Bool = True
+    # The file this camera was read from, for error lines raised after loading (password_file).
+    # Only the path: equal cameras of two loads of the same file stay equal (reload diffs them).
+    _source: str = PrivateAttr("")
 
     @field_validator("id")
     @classmethod
@@ -215,6 +280,9 @@ class CameraConfig(_Strict):
     def _one_password_source(self) -> CameraConfig:
         if self.password is not None and self.password_file is not None:
             raise ValueError("password: give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            which = "password" if self.password is not None else "password_file"
+            raise ValueError(f"{which}: given without username (the password would be ignored)")
         return self
 
     @property
@@ -254,8 +322,9 @@ class CameraConfig(_Strict):
         try:
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
+            where = f"{self._source}: " if self._source else ""
             raise ConfigError(
-                f"cameras[{self.id}].password_file: cannot read {path}: {exc.strerror}"
+                f"{where}cameras[{self.id}].password_file: cannot read {path}: {exc.strerror}"
             ) from None
 
 
@@ -269,6 +338,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    site: SiteConfig = SiteConfig()
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
     legal: LegalConfig = LegalConfig()
@@ -289,7 +359,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; CSUD_ variables must win over it.
-        return (env_settings, init_settings)
+        return (_LaxEnv(env_settings), init_settings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -331,6 +401,47 @@ class Settings(BaseSettings):
             if camera.id == camera_id:
                 return camera
         raise KeyError(camera_id)
+
+
+class _LaxEnv(PydanticBaseSettingsSource):
+    """The environment source, its strings converted to the field's int, float or bool first
+    (``"30"`` -> 30, ``"true"`` -> True), so that strict fields accept CSUD_ overrides."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)  # pragma: no cover - __call__ is used
+
+    def __call__(self) -> dict[str, Any]:
+        return _coerce(self.settings_cls, self.inner())
+
+
+def _scalar(annotation: Any) -> type | None:
+    """int, float or bool when ``annotation`` is one of them (possibly Annotated or Optional)."""
+    if get_origin(annotation) is Annotated:
+        return _scalar(get_args(annotation)[0])
+    if annotation in (int, float, bool):
+        return annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return _scalar(args[0]) if len(args) == 1 else None
+
+
+def _coerce(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for name, value in values.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        annotation = field.annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out[name] = _coerce(annotation, value)
+        elif isinstance(value, str) and (kind := _scalar(annotation)) is not None:
+            # Left as is when it does not parse: the strict field refuses it with the usual message.
+            with contextlib.suppress(ValidationError):
+                out[name] = TypeAdapter(kind).validate_python(value)
+    return out
 
 
 class _FieldError(ValueError):
@@ -375,12 +486,17 @@ def load_config(explicit: str | Path | None = None) -> LoadedConfig:
 
 
 def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
+    """Validate ``data`` (the file's tables) under the environment's overrides. Every error is one
+    line, ``SOURCE: FIELD: MESSAGE``, including those raised later by ``resolve_password``."""
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc, data)}") from None
     except _FieldError as exc:  # raised from the after-validator outside pydantic's wrapping
         raise ConfigError(f"{source}: {exc}") from None
+    for camera in settings.cameras:
+        camera._source = source
+    return settings
 
 
 def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
@@ -393,7 +509,7 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
     if isinstance(err.get("ctx", {}).get("error"), _FieldError):
         return str(err["ctx"]["error"])
     field = _dotted(loc)
-    if msg.startswith(("url:", "password:")) and loc:
+    if msg.startswith(("url:", "password:", "password_file:")) and loc:
         # A before/after model validator names its own field; point at it.
         name, _, msg = msg.partition(": ")
         field = f"{field}.{name}" if field else name

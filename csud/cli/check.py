@@ -23,7 +23,7 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
     check = with_config(
         subparsers.add_parser("check", help="index and disk agree (read-only; exit 1 on any inconsistency)")
     )
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help="machine-readable report (lists everything)")
     check.add_argument("--hashes", action="store_true", help="also re-hash every file (reads it all)")
     check.set_defaults(handler=cmd_check)
 

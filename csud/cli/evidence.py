@@ -7,12 +7,22 @@ PATH`` reads no configuration at all (an OPJ has none); ``--archive`` does.
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from csud.cli.common import (
+    CONFIG_HELP,
+    TIME_HELP,
+    ProgressLine,
+    format_time,
+    parse_time,
+    print_json,
+    require_camera,
+    site_zone,
+)
 from csud.errors import EvidenceError, UsageError
 
 if TYPE_CHECKING:
@@ -22,8 +32,6 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-PROGRESS_INTERVAL_SECONDS = 0.25
-MIB = 1 << 20
 
 
 def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
@@ -36,13 +44,14 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
         )
     )
     ext.add_argument("--camera", action="append", required=True, metavar="ID", help="repeat for several")
-    ext.add_argument("--from", dest="from_", required=True, metavar="T", help="ISO 8601 time with offset")
-    ext.add_argument("--to", required=True, metavar="T", help="ISO 8601 time with offset (excluded)")
+    ext.add_argument("--from", dest="from_", required=True, metavar="T", help=TIME_HELP)
+    ext.add_argument("--to", required=True, metavar="T", help=f"{TIME_HELP} (excluded)")
     ext.add_argument("--requisition", required=True, metavar="REF", help="reference of the requisition")
     ext.add_argument("--officer", required=True, metavar="NAME", help="the requesting OPJ")
     ext.add_argument("--service", metavar="TEXT", help="the OPJ's service or unit")
     ext.add_argument("--out", required=True, metavar="DIR", help="the requisition folder goes in DIR/<REF>/")
     ext.add_argument("--force", action="store_true", help="replace an existing DIR/<REF>/")
+    ext.add_argument("--json", action="store_true", help="print the manifest written (JSON) instead")
     ext.set_defaults(handler=cmd_extract)
 
     ver = sub.add_parser(
@@ -51,13 +60,12 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
         description="PATH: an extraction folder or its manifest.json; needs nothing but its files. "
         "--archive: re-hash stored segments against the index (reads the configuration).",
     )
-    ver.add_argument("path", nargs="?", metavar="PATH")
+    ver.add_argument("path", nargs="?", metavar="PATH", help="an extraction folder or its manifest.json")
     ver.add_argument("--public-key", metavar="FILE", help="the site's public key, received separately")
     ver.add_argument("--archive", action="store_true", help="check the store against the index instead")
     ver.add_argument("--camera", metavar="ID", help="with --archive: only this camera")
-    ver.add_argument(
-        "--config", help="with --archive: config file (default: $CSUD_CONFIG, then /etc/csud/csud.toml)"
-    )
+    ver.add_argument("--config", help=f"with --archive: {CONFIG_HELP}")
+    ver.add_argument("--json", action="store_true", help="the report as JSON (same exit codes)")
     ver.set_defaults(handler=cmd_verify)
 
     key = sub.add_parser("keygen", help="make the site's Ed25519 signing key pair")
@@ -67,36 +75,7 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
     key.set_defaults(handler=cmd_keygen)
 
 
-class ProgressLine:
-    """``\\r``-rewritten percentage on a terminal; silent when ``stream`` is not a TTY."""
-
-    def __init__(self, label: str, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
-        self.label = label
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL_SECONDS and done < total:
-            return
-        self._last = now
-        percent = 100 * done // total if total else 100
-        self.stream.write(f"\r{self.label}: {percent:3d}% ({done // MIB}/{total // MIB} MiB)")
-        self.stream.flush()
-        self._shown = True
-
-    def finish(self) -> None:
-        if self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
-    from csud.cli.main import parse_time
     from csud.config import load_config
     from csud.evidence.extract import Request, cameras_from, extract
     from csud.evidence.signing import load_private_key
@@ -133,11 +112,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
             force=args.force,
         )
         result = extract(
-            request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key, progress=progress
-        )
+            request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key,
+            progress=progress, zone=settings.site.zone(),
+        )  # fmt: skip
     finally:
         progress.finish()
         index.close()
+    if args.json:
+        print_json({"folder": str(result.folder), "signed": result.signed, "manifest": result.manifest})
+        return EXIT_OK
     for ref in request.cameras:
         if not ref.in_config:
             print(
@@ -148,8 +131,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         out = clip["output"]
         gaps = f", {len(clip['gaps'])} gap(s)" if clip["gaps"] else ""
         print(
-            f"{out['file']}: {clip['actual']['from']} -> {clip['actual']['to']}, {out['frames']} frames, "
-            f"{out['bytes']} B{gaps}, sha256 {out['sha256']}"
+            f"{out['file']}: {clip['actual']['from_local']} -> {clip['actual']['to_local']}, "
+            f"{out['frames']} frames, {out['bytes']} B{gaps}, sha256 {out['sha256']}"
         )
     signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
@@ -195,6 +178,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     report = verify_extraction(path, Path(args.public_key) if args.public_key else None)
+    if args.json:
+        print_json({"ok": report.ok, **dataclasses.asdict(report)})
+        if not report.ok:
+            raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
+        return EXIT_OK
     for line in report.lines:
         print(line)
     print(report.signature_line)
@@ -220,25 +208,16 @@ def _verify_archive(args: argparse.Namespace) -> int:
     progress = ProgressLine("csud verify --archive")
     index = Index.open(index_path, readonly=True)
     try:
+        if args.camera:
+            require_camera(loaded.settings, index, args.camera)
         report = verify_archive(root, index, args.camera, progress)
     finally:
         progress.finish()
         index.close()
-    for row, why in report.mismatched:
-        print(f"MISMATCH  {row.path}: {why}")
-    for row in report.missing:
-        print(f"MISSING   {row.path}")
-    for path in report.unindexed:
-        print(f"UNINDEXED {path}")
-    print(
-        f"checked {report.checked} segment(s), {report.bytes} B: {len(report.mismatched)} mismatched, "
-        f"{len(report.missing)} missing, {len(report.unindexed)} unindexed"
-    )
-    if report.quarantined:
-        print(
-            f"note: {report.quarantined} file(s) in {root / QUARANTINE_DIR} "
-            "(set aside by recovery, journaled; not checked)"
-        )
+    if args.json:
+        print_json(_archive_json(report, site_zone(loaded.settings)))
+    else:
+        _print_archive(report, root / QUARANTINE_DIR)
     if report.ok:
         return EXIT_OK
     if report.mismatched or report.missing:
@@ -261,6 +240,42 @@ def _verify_archive(args: argparse.Namespace) -> int:
     )
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     raise EvidenceError(f"archive check FAILED: {shown}")
+
+
+def _archive_json(report: Any, tz: Any) -> dict[str, Any]:
+    def row(r: Any) -> dict[str, Any]:
+        return {
+            "camera": r.camera, "commune": r.commune, "path": r.path, "sha256": r.sha256,
+            "start": format_time(r.start_ns, tz), "end": format_time(r.end_ns, tz),
+        }  # fmt: skip
+
+    return {
+        "ok": report.ok,
+        "checked": report.checked,
+        "bytes": report.bytes,
+        "mismatched": [{**row(r), "why": why} for r, why in report.mismatched],
+        "missing": [row(r) for r in report.missing],
+        "unindexed": list(report.unindexed),
+        "quarantined": report.quarantined,
+    }
+
+
+def _print_archive(report: Any, quarantine: Path) -> None:
+    for row, why in report.mismatched:
+        print(f"MISMATCH  {row.path}: {why}")
+    for row in report.missing:
+        print(f"MISSING   {row.path}")
+    for path in report.unindexed:
+        print(f"UNINDEXED {path}")
+    print(
+        f"checked {report.checked} segment(s), {report.bytes} B: {len(report.mismatched)} mismatched, "
+        f"{len(report.missing)} missing, {len(report.unindexed)} unindexed"
+    )
+    if report.quarantined:
+        print(
+            f"note: {report.quarantined} file(s) in {quarantine} "
+            "(set aside by recovery, journaled; not checked)"
+        )
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

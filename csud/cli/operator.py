@@ -25,22 +25,28 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
     op = subparsers.add_parser("operator", help="live-viewing operator accounts")
     sub = op.add_subparsers(dest="operator_command", required=True, parser_class=type(op))
     add = with_config(sub.add_parser("add", help="create an operator account"))
-    add.add_argument("id")
+    add.add_argument("id", help="account id: lower-case letters, digits, dot, dash, underscore")
     add.add_argument("--name", required=True, help="the person's full name")
     add.add_argument("--communes", required=True, help="comma-separated commune ids they may watch")
-    add.add_argument("--password-file", type=Path)
+    add.add_argument(
+        "--password-file",
+        type=Path,
+        help="file whose first line is the password (default: ask on the terminal)",
+    )
     add.set_defaults(handler=cmd_add)
     ls = with_config(sub.add_parser("list", help="list operator accounts"))
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(handler=cmd_list)
     pw = with_config(sub.add_parser("passwd", help="set an operator's password (ends their sessions)"))
-    pw.add_argument("id")
-    pw.add_argument("--password-file", type=Path)
+    pw.add_argument("id", help="account id")
+    pw.add_argument(
+        "--password-file", type=Path, help="file whose first line is the new password (default: ask)"
+    )
     pw.set_defaults(handler=cmd_passwd)
     dis = with_config(
         sub.add_parser("disable", help="disable an account (its streams close within a second)")
     )
-    dis.add_argument("id")
+    dis.add_argument("id", help="account id")
     dis.set_defaults(handler=cmd_disable)
 
 

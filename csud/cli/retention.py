@@ -3,22 +3,23 @@
 Each command opens the index at ``<storage.root>/index.sqlite3``: read-only for the ones that
 only read (``journal``, ``registre``, ``hold list``), writable for the
 others (the daemon may run at the same time: SQLite WAL and short transactions). Times are ISO
-8601 with an offset (:func:`csud.cli.main.parse_time`); output times are UTC.
+8601 with an offset (:func:`csud.cli.common.parse_time`); output times carry the site's zone
+(``[site] timezone``), and the registre's days and months are that zone's days.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+from csud.cli.common import TIME_HELP, format_time, open_index, parse_time, print_json, site_zone
 from csud.errors import CsudError, EvidenceError, UsageError
 
 NS_PER_SECOND = 1_000_000_000
@@ -30,37 +31,39 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
     ret = with_config(subparsers.add_parser("retention", help="run one retention pass (or --dry-run)"))
     ret.add_argument("--dry-run", action="store_true", help="list what would be destroyed; destroy nothing")
     ret.add_argument("--now", metavar="T", help="pretend it is T (ISO 8601 with offset)")
+    ret.add_argument("--json", action="store_true", help="the pass's report as JSON")
     ret.set_defaults(handler=cmd_retention)
 
     hold = subparsers.add_parser("hold", help="judicial holds: add, list, release")
     hold_sub = hold.add_subparsers(dest="hold_command", required=True, parser_class=type(hold))
     add = with_config(hold_sub.add_parser("add", help="protect cameras' footage over an interval"))
     add.add_argument("--camera", action="append", required=True, help="camera id (repeat for several)")
-    add.add_argument("--from", dest="from_", metavar="T", required=True)
-    add.add_argument("--to", metavar="T", required=True)
+    add.add_argument("--from", dest="from_", metavar="T", required=True, help=f"start; {TIME_HELP}")
+    add.add_argument("--to", metavar="T", required=True, help=f"end (excluded); {TIME_HELP}")
     add.add_argument("--requisition", required=True, help="reference of the judicial requisition")
     add.add_argument("--officer", required=True, help="the requesting officer (OPJ)")
-    add.add_argument("--reason", required=True)
+    add.add_argument("--reason", required=True, help="why the footage is held (shown by hold list)")
     add.add_argument("--until", metavar="T", help="the hold lapses at T (default: until released)")
     add.set_defaults(handler=cmd_hold_add)
     lst = with_config(hold_sub.add_parser("list", help="list holds"))
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(handler=cmd_hold_list)
     rel = with_config(hold_sub.add_parser("release", help="release a hold"))
-    rel.add_argument("id", type=int)
-    rel.add_argument("--reason", required=True)
+    rel.add_argument("id", type=int, help="the hold's number (csud hold list)")
+    rel.add_argument("--reason", required=True, help="why it is released (journaled)")
     rel.set_defaults(handler=cmd_hold_release)
 
     jr = with_config(subparsers.add_parser("journal", help="list or verify the tamper-evident journal"))
-    jr.add_argument("--since", metavar="T")
-    jr.add_argument("--json", action="store_true")
+    jr.add_argument("--since", metavar="T", help=f"only entries from T; {TIME_HELP}")
+    jr.add_argument("--json", action="store_true", help="machine-readable output")
     jr.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 naming the bad entry")
     jr.set_defaults(handler=cmd_journal)
 
     reg = with_config(subparsers.add_parser("registre", help="a commune's register of recordings, one month"))
-    reg.add_argument("--commune", required=True)
-    reg.add_argument("--month", required=True, metavar="YYYY-MM")
-    reg.add_argument("--csv", action="store_true")
+    reg.add_argument("--commune", required=True, metavar="ID", help="the commune's id")
+    reg.add_argument("--month", required=True, metavar="YYYY-MM", help="the month, in the site's time zone")
+    reg.add_argument("--csv", action="store_true", help="CSV, one row per camera and day")
+    reg.add_argument("--json", action="store_true", help="JSON, one object per camera and day")
     reg.set_defaults(handler=cmd_registre)
 
 
@@ -70,28 +73,23 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 def _open(args: argparse.Namespace, readonly: bool) -> tuple[Any, Any]:
     """(settings, Index) for the configured store."""
     from csud.config import load_config
-    from csud.store.identity import open_store_index
 
     settings = load_config(args.config).settings
-    # Exit 2 unless the root is the csud store; never creates one (csud/store/identity.py).
-    return settings, open_store_index(settings.storage.root, readonly=readonly)
+    return settings, open_index(settings, readonly=readonly)
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _t(ns: int | None) -> str:
-    from csud.cli.main import format_time
-
-    return "-" if ns is None else format_time(ns)
+def _t(ns: int | None, tz: tzinfo) -> str:
+    return "-" if ns is None else format_time(ns, tz)
 
 
 # -- csud retention ----------------------------------------------------------------------------
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from csud.cli.main import parse_time
     from csud.store.retention import Retention
 
     now_ns = parse_time(args.now) if args.now else time.time_ns()
@@ -102,8 +100,15 @@ def cmd_retention(args: argparse.Namespace) -> int:
         pressure = retention.relieve_disk_pressure(now_ns, dry_run=args.dry_run)
     finally:
         index.close()
+    tz = site_zone(settings)
+    errors = report.errors + pressure.errors
+    if args.json:
+        print_json(_retention_json(report, pressure, now_ns, args.dry_run, tz))
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1 if errors else 0
     verb = "would destroy" if args.dry_run else "destroyed"
-    print(f"retention pass at {_t(now_ns)}{' (dry run: nothing destroyed)' if args.dry_run else ''}")
+    print(f"retention pass at {_t(now_ns, tz)}{' (dry run: nothing destroyed)' if args.dry_run else ''}")
     destroyed = {(d.commune, d.camera): d for d in report.destroyed}
     communes = sorted({c for c, _ in report.windows})
     for commune in communes:
@@ -119,7 +124,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
             d = destroyed.get((commune, camera))
             line = f"  camera {camera} ({cam_days} days): "
             line += (
-                f"{verb} {d.count} segment(s), {_t(d.from_ns)} .. {_t(d.to_ns)}, {_mb(d.bytes)}"
+                f"{verb} {d.count} segment(s), {_t(d.from_ns, tz)} .. {_t(d.to_ns, tz)}, {_mb(d.bytes)}"
                 if d
                 else "nothing due"
             )
@@ -132,13 +137,39 @@ def cmd_retention(args: argparse.Namespace) -> int:
     for d in pressure.destroyed:
         print(
             f"disk pressure: {verb} {d.count} segment(s) of {d.commune}/{d.camera}, "
-            f"{_t(d.from_ns)} .. {_t(d.to_ns)}, {_mb(d.bytes)}"
+            f"{_t(d.from_ns, tz)} .. {_t(d.to_ns, tz)}, {_mb(d.bytes)}"
         )
     print(f"total: {verb} {report.count} segment(s) by retention, {pressure.count} by disk pressure")
-    errors = report.errors + pressure.errors
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _retention_json(report: Any, pressure: Any, now_ns: int, dry_run: bool, tz: tzinfo) -> dict[str, Any]:
+    def destroyed(d: Any) -> dict[str, Any]:
+        return {
+            "commune": d.commune, "camera": d.camera, "segments": d.count, "bytes": d.bytes,
+            "from": _t(d.from_ns, tz), "to": _t(d.to_ns, tz),
+        }  # fmt: skip
+
+    return {
+        "at": _t(now_ns, tz),
+        "dry_run": dry_run,
+        "cameras": [
+            {
+                "commune": commune,
+                "camera": camera,
+                "window_days": days,
+                "held_past_window": report.held.get((commune, camera), 0),
+            }
+            for (commune, camera), days in sorted(report.windows.items())
+        ],
+        "destroyed": [destroyed(d) for d in report.destroyed],
+        "disk_pressure": [destroyed(d) for d in pressure.destroyed],
+        "overdue": dict(report.overdue),
+        "total": {"retention": report.count, "disk_pressure": pressure.count},
+        "errors": [str(e) for e in report.errors + pressure.errors],
+    }
 
 
 # -- csud hold -------------------------------------------------------------------------------
@@ -153,8 +184,6 @@ def _hold_status(hold: Any, now_ns: int) -> str:
 
 
 def cmd_hold_add(args: argparse.Namespace) -> int:
-    from csud.cli.main import parse_time
-
     from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
     until_ns = parse_time(args.until) if args.until else None
     now_ns = time.time_ns()
@@ -183,57 +212,57 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
         )
     finally:
         index.close()
-    until = f", until {_t(hold.until_ns)}" if hold.until_ns is not None else ", until released"
+    tz = site_zone(settings)
+    until = f", until {_t(hold.until_ns, tz)}" if hold.until_ns is not None else ", until released"
     print(
-        f"hold {hold.id} added: {', '.join(hold.cameras)} [{_t(hold.from_ns)}, {_t(hold.to_ns)}), "
+        f"hold {hold.id} added: {', '.join(hold.cameras)} [{_t(hold.from_ns, tz)}, {_t(hold.to_ns, tz)}), "
         f"requisition {hold.requisition}, officer {hold.officer}{until}"
     )
     return 0
 
 
-def _hold_json(hold: Any, now_ns: int) -> dict[str, Any]:
+def _hold_json(hold: Any, now_ns: int, tz: tzinfo) -> dict[str, Any]:
     return {
         "id": hold.id,
         "status": _hold_status(hold, now_ns),
         "cameras": list(hold.cameras),
-        "from": _t(hold.from_ns),
-        "to": _t(hold.to_ns),
+        "from": _t(hold.from_ns, tz),
+        "to": _t(hold.to_ns, tz),
         "from_ns": hold.from_ns,
         "to_ns": hold.to_ns,
         "requisition": hold.requisition,
         "officer": hold.officer,
         "reason": hold.reason,
-        "until": None if hold.until_ns is None else _t(hold.until_ns),
-        "created": _t(hold.created_ns),
+        "until": None if hold.until_ns is None else _t(hold.until_ns, tz),
+        "created": _t(hold.created_ns, tz),
         "created_by": hold.created_by,
-        "released": None if hold.released_ns is None else _t(hold.released_ns),
+        "released": None if hold.released_ns is None else _t(hold.released_ns, tz),
         "released_by": hold.released_by,
         "release_reason": hold.release_reason,
     }
 
 
 def cmd_hold_list(args: argparse.Namespace) -> int:
-    _, index = _open(args, readonly=True)
+    settings, index = _open(args, readonly=True)
     try:
         holds = index.holds()
     finally:
         index.close()
-    now_ns = time.time_ns()
+    now_ns, tz = time.time_ns(), site_zone(settings)
     if args.json:
-        json.dump([_hold_json(h, now_ns) for h in holds], sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print_json([_hold_json(h, now_ns, tz) for h in holds])
         return 0
     if not holds:
         print("no holds")
     for h in holds:
         status = _hold_status(h, now_ns)
-        extra = f", until {_t(h.until_ns)}" if h.until_ns is not None else ""
+        extra = f", until {_t(h.until_ns, tz)}" if h.until_ns is not None else ""
         if h.released_ns is not None:
-            extra += f", released {_t(h.released_ns)} by {h.released_by}: {h.release_reason}"
+            extra += f", released {_t(h.released_ns, tz)} by {h.released_by}: {h.release_reason}"
         print(
-            f"{h.id:4d} {status:8s} {','.join(h.cameras)} [{_t(h.from_ns)}, {_t(h.to_ns)}) "
-            f"requisition {h.requisition}, officer {h.officer}, by {h.created_by} at {_t(h.created_ns)}"
-            f"{extra}"
+            f"{h.id:4d} {status:8s} {','.join(h.cameras)} [{_t(h.from_ns, tz)}, {_t(h.to_ns, tz)}) "
+            f"requisition {h.requisition}, officer {h.officer}, reason {h.reason!r}, by {h.created_by} "
+            f"at {_t(h.created_ns, tz)}{extra}"
         )
     return 0
 
@@ -258,10 +287,9 @@ def cmd_hold_release(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from csud.cli.main import parse_time
-
     since_ns = parse_time(args.since) if args.since else None
-    _, index = _open(args, readonly=True)
+    settings, index = _open(args, readonly=True)
+    tz = site_zone(settings)
     try:
         if args.verify:
             check = index.verify_journal()
@@ -275,18 +303,16 @@ def cmd_journal(args: argparse.Namespace) -> int:
         print(f"journal OK: {check.entries} entries, head {check.head_id} sha256 {check.head_hash}")
         return 0
     if args.json:
-        out = [{**e.to_json(), "time": _t(e.time_ns)} for e in entries]
-        json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print_json([{**e.to_json(), "time": _t(e.time_ns, tz)} for e in entries])
         return 0
     for e in entries:
-        parts = [f"{e.id:6d} {_t(e.time_ns)} {e.kind:18s} by {e.actor}"]
+        parts = [f"{e.id:6d} {_t(e.time_ns, tz)} {e.kind:18s} by {e.actor}"]
         if e.commune:
             parts.append(f"commune {e.commune}")
         if e.camera:
             parts.append(f"camera {e.camera}")
         if e.from_ns is not None and e.to_ns is not None:
-            parts.append(f"[{_t(e.from_ns)}, {_t(e.to_ns)})")
+            parts.append(f"[{_t(e.from_ns, tz)}, {_t(e.to_ns, tz)})")
         if e.requisition:
             parts.append(f"requisition {e.requisition}")
         if e.reason:
@@ -314,36 +340,70 @@ class _Day:
         self.last_ns = last_ns if self.last_ns is None else max(self.last_ns, last_ns)
 
 
-def _month(text: str) -> tuple[datetime, datetime]:
+def _month(text: str, tz: tzinfo) -> tuple[datetime, datetime]:
+    """The month's first local midnight and the next month's, in ``tz``."""
     m = re.fullmatch(r"(\d{4})-(\d{2})", text)
     if not m or not 1 <= int(m.group(2)) <= 12:
         raise UsageError(f"--month must be YYYY-MM, not {text!r}")
-    start = datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=UTC)
+    start = datetime(int(m.group(1)), int(m.group(2)), 1)
     end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
+    return start.replace(tzinfo=tz), end.replace(tzinfo=tz)
 
 
 def _ns(moment: datetime) -> int:
     return int(moment.timestamp()) * NS_PER_SECOND
 
 
-def _day_key(ns: int) -> str:
-    return datetime.fromtimestamp(ns // NS_PER_SECOND, UTC).strftime("%Y-%m-%d")
+def _day_key(ns: int, tz: tzinfo) -> str:
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, tz).strftime("%Y-%m-%d")
+
+
+def _day_bounds(day: str, tz: tzinfo) -> tuple[int, int]:
+    """[local midnight, next local midnight) of ``day``: 23 or 25 hours on a DST change."""
+    start = datetime.strptime(day, "%Y-%m-%d")
+    return _ns(start.replace(tzinfo=tz)), _ns((start + timedelta(days=1)).replace(tzinfo=tz))
+
+
+def _local_parts(first_ns: int, last_ns: int, ns: int, tz: tzinfo) -> list[tuple[str, int, int, int]]:
+    """A destruction journals its footage per UTC day (count, ns, first start, last end). Split it
+    over the local days that [first, last] spans, in proportion to the overlap (exact when the
+    footage is continuous): (day, ns, first_ns, last_ns) per local day."""
+    parts: list[tuple[str, int, int, int]] = []
+    cursor = first_ns
+    while cursor < last_ns or not parts:
+        day = _day_key(cursor, tz)
+        _, day_end = _day_bounds(day, tz)
+        end = min(day_end, last_ns)
+        share = ns if last_ns <= first_ns else ns * (end - cursor) // (last_ns - first_ns)
+        parts.append((day, share, cursor, end))
+        cursor = end
+        if last_ns <= first_ns:
+            break
+    if len(parts) > 1:  # rounding: the last part takes the remainder
+        day, _, a, b = parts[-1]
+        parts[-1] = (day, ns - sum(p[1] for p in parts[:-1]), a, b)
+    return parts
 
 
 def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[dict[str, Any]]:
-    """Per camera and UTC day of ``month``: hours recorded (kept + destroyed), first and last
-    segment, when destroyed, and the requisitions of holds covering that day."""
+    """Per camera and local day (``[site] timezone``) of ``month``: hours recorded (kept +
+    destroyed), first and last segment, when destroyed, and the requisitions of holds covering
+    that day."""
     from csud.store.journal import SEGMENTS_DESTROYED
 
-    start, end = _month(month)
+    tz = site_zone(settings)
+    start, end = _month(month, tz)
     start_ns, end_ns = _ns(start), _ns(end)
     cameras = {c.id for c in settings.cameras if c.commune == commune}
     cameras |= {u.camera for u in index.usage() if u.commune == commune}
+    margin = 86_400 * NS_PER_SECOND  # a destruction's UTC days may straddle the local month
     destroyed = [
         e
         for e in index.journal_entries(kind=SEGMENTS_DESTROYED)
-        if e.commune == commune and e.from_ns is not None and e.from_ns < end_ns and (e.to_ns or 0) > start_ns
+        if e.commune == commune
+        and e.from_ns is not None
+        and e.from_ns < end_ns + margin
+        and (e.to_ns or 0) > start_ns - margin
     ]
     cameras |= {e.camera for e in destroyed if e.camera}
     known = {c.id for c in settings.communes}
@@ -356,19 +416,21 @@ def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[d
             if seg.commune != commune:
                 continue
             if start_ns <= seg.start_ns < end_ns:
-                row = table.setdefault((camera, _day_key(seg.start_ns)), _Day())
+                row = table.setdefault((camera, _day_key(seg.start_ns, tz)), _Day())
                 row.add(seg.end_ns - seg.start_ns, seg.start_ns, seg.end_ns)
     for e in destroyed:
-        on = _day_key(e.time_ns)
-        for day, d in e.details.get("days", {}).items():
-            if start.strftime("%Y-%m") != day[:7]:
-                continue
-            row = table.setdefault((e.camera or "", day), _Day())
-            row.add(int(d["ns"]), int(d["first_ns"]), int(d["last_ns"]))
-            row.destroyed_on.add(on)
+        on = _day_key(e.time_ns, tz)
+        for d in e.details.get("days", {}).values():
+            for day, ns, first_ns, last_ns in _local_parts(
+                int(d["first_ns"]), int(d["last_ns"]), int(d["ns"]), tz
+            ):
+                if not start_ns <= first_ns < end_ns:
+                    continue
+                row = table.setdefault((e.camera or "", day), _Day())
+                row.add(ns, first_ns, last_ns)
+                row.destroyed_on.add(on)
     for (camera, day), row in table.items():
-        day_start = _ns(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC))
-        day_end = day_start + 86_400 * NS_PER_SECOND
+        day_start, day_end = _day_bounds(day, tz)
         for h in holds:
             if camera in h.cameras and h.from_ns < day_end and day_start < h.to_ns:
                 row.held.add(h.requisition)
@@ -379,8 +441,8 @@ def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[d
                 "camera": camera,
                 "day": day,
                 "hours_recorded": round(row.ns / 3600 / NS_PER_SECOND, 2),
-                "first_segment": _t(row.first_ns),
-                "last_segment": _t(row.last_ns),
+                "first_segment": _t(row.first_ns, tz),
+                "last_segment": _t(row.last_ns, tz),
                 "destroyed_on": ",".join(sorted(row.destroyed_on)),
                 "held": ",".join(sorted(row.held)),
             }
@@ -389,16 +451,22 @@ def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[d
 
 
 def cmd_registre(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
     from csud.live.registre import format_rows, live_view_rows
 
-    _month(args.month)  # usage errors before touching the index
+    _month(args.month, UTC)  # usage errors before touching the index
     settings, index = _open(args, readonly=True)
     try:
         rows = registre_rows(settings, index, args.commune, args.month)
-        views = live_view_rows(index, args.commune, *(_ns(m) for m in _month(args.month)))
+        zone = settings.site.zone()[0]
+        views = live_view_rows(index, args.commune, *(_ns(m) for m in _month(args.month, zone)))
     finally:
         index.close()
     columns = ["camera", "day", "hours_recorded", "first_segment", "last_segment", "destroyed_on", "held"]
+    if args.json:
+        print_json({"recordings": rows, "live_views": views})
+        return 0
     if args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -410,7 +478,7 @@ def cmd_registre(args: argparse.Namespace) -> int:
         title += f"retention {commune.retention_days} days"
     except KeyError:
         title = f"{args.commune} (no longer configured)"
-    print(f"Registre des enregistrements — {title} — {args.month} (days in UTC)")
+    print(f"Registre des enregistrements — {title} — {args.month} (days in {settings.site.zone()[1]})")
     print(
         f"{'camera':24s} {'day':10s} {'hours':>6s}  {'first segment':24s} {'last segment':24s} "
         f"{'destroyed on':12s} held"
@@ -422,5 +490,5 @@ def cmd_registre(args: argparse.Namespace) -> int:
         )
     if not rows:
         print("(nothing recorded this month)")
-    print("\n".join(format_rows(views, _t)))  # live viewing (csud.live.registre)
+    print("\n".join(format_rows(views, lambda ns: _t(ns, zone))))  # live viewing (csud.live.registre)
     return 0

@@ -125,6 +125,8 @@ class Daemon:
         self.reload_failures = 0
         self.last_reload: dict[str, Any] = {}
         self._segments_of_stopped = 0  # segments written by recorders a reload stopped
+        # Last segment per camera across recorder sessions (reload, restart): `csud status`.
+        self.last_segments: dict[str, tuple[str, int]] = {}
         self._reload_requested = asyncio.Event()
         self._lock = asyncio.Lock()  # one reload at a time; shutdown waits for it
 
@@ -147,7 +149,11 @@ class Daemon:
             self.store_lock = StoreLock.acquire(self.root)
             enabled = [c for c in settings.cameras if c.enabled]
             passwords = {c.id: c.resolve_password() for c in enabled}  # ConfigError: exit 2
-            self.index = IndexService(await asyncio.to_thread(Index.open, self.root / INDEX_FILENAME))
+            index = await asyncio.to_thread(Index.open, self.root / INDEX_FILENAME)
+            self.last_segments = await asyncio.to_thread(
+                last_segments, index, [c.id for c in enabled], time.time_ns()
+            )
+            self.index = IndexService(index)
             self.probe = WritableProbe(self.index.check_writable)
             await self._start_http(settings.metrics.listen)
             if settings.web.listen:  # live viewing (csud.live): operators' wall and streams
@@ -250,6 +256,12 @@ class Daemon:
             await asyncio.wait(pending, timeout=5)
         for cam in running:
             self._segments_of_stopped += cam.recorder.stats.segments_written
+            if cam.recorder.stats.last_segment_end_ns:
+                stats = cam.recorder.stats
+                self.last_segments[cam.recorder.camera.id] = (
+                    stats.last_segment_relpath,
+                    stats.last_segment_end_ns,
+                )
             if cam.task.done() and not cam.task.cancelled() and cam.task.exception() is not None:
                 self.log.error(
                     "camera_task_failed", camera=cam.recorder.camera.id, error=str(cam.task.exception())
@@ -440,6 +452,11 @@ class Daemon:
         for cid in sorted(self.cameras):
             cam = self.cameras[cid]
             stats = cam.recorder.stats
+            last_path, last_end_ns = (
+                (stats.last_segment_relpath, stats.last_segment_end_ns)
+                if stats.last_segment_end_ns
+                else self.last_segments.get(cid, ("", 0))
+            )
             cameras.append(
                 {
                     "camera": cid,
@@ -448,9 +465,9 @@ class Daemon:
                     "last_frame_age_seconds": _age(stats.last_frame_ns, now_ns),
                     "bitrate_bps": round(cam.rates.bitrate_bps),
                     "fps": round(cam.rates.fps, 2),
-                    "last_segment": stats.last_segment_relpath or None,
-                    "last_segment_end_ns": stats.last_segment_end_ns or None,
-                    "last_segment_age_seconds": _age(stats.last_segment_end_ns, now_ns),
+                    "last_segment": last_path or None,
+                    "last_segment_end_ns": last_end_ns or None,
+                    "last_segment_age_seconds": _age(last_end_ns, now_ns),
                     "segments_written": stats.segments_written,
                     "reconnects": stats.reconnects,
                     "clock_offset_seconds": stats.clock_offset_seconds,
@@ -470,6 +487,23 @@ class Daemon:
             "store_check": self.store_check.status() if self.store_check is not None else None,
             "cameras": cameras,
         }
+
+
+LAST_SEGMENT_LOOKBACKS_SECONDS = (3600, 86_400, 31 * 86_400)  # widened until one is found
+
+
+def last_segments(index: Index, cameras: list[str], now_ns: int) -> dict[str, tuple[str, int]]:
+    """(path, end) of each camera's last indexed segment, for `csud status` after a restart.
+    Looks back one hour first (one query of a few rows per camera), then wider."""
+    found: dict[str, tuple[str, int]] = {}
+    for camera in cameras:
+        for lookback in LAST_SEGMENT_LOOKBACKS_SECONDS:
+            rows = index.segments(camera, now_ns - lookback * NS_PER_SECOND)
+            if rows:
+                last = max(rows, key=lambda r: r.end_ns)
+                found[camera] = (last.path, last.end_ns)
+                break
+    return found
 
 
 def _age(then_ns: int, now_ns: int) -> float | None:

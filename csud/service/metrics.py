@@ -24,6 +24,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 
 from csud import __version__
+from csud.recording.segmenter import (
+    DROP_DISCONTINUITY,
+    DROP_GAP,
+    DROP_GOP_TOO_LARGE,
+    DROP_NO_PARAMETER_SETS,
+    DROP_WAIT_KEYFRAME,
+)
 from csud.store.durable import FSYNC_FAILURES
 
 if TYPE_CHECKING:
@@ -160,7 +167,17 @@ live_send_latency = Histogram(
 build_info = Info("csud_build", "csud version", registry=REGISTRY)
 build_info.info({"version": __version__})
 
+# Label values known in advance, so that every series exists at 0 before its first event: an
+# alert on increase() or rate() needs a sample before the first increment to see it.
+DROP_REASONS = (
+    DROP_WAIT_KEYFRAME, DROP_NO_PARAMETER_SETS, DROP_GAP, DROP_DISCONTINUITY, DROP_GOP_TOO_LARGE,
+    "overload", "storage_error",
+)  # fmt: skip
+RTP_ERROR_REASONS = ("malformed", "payload_type", "malformed_rtcp")
+DELETION_REASONS = ("retention", "disk_pressure")
+
 _last: dict[tuple[str, str], dict[str, int]] = {}
+_initialised: set[tuple[str, str]] = set()
 _extractions_seen: dict[tuple[str, str], dict[str, int]] = {}
 # Every series labelled exactly (camera, commune); forget() removes a camera's from each.
 _PER_CAMERA = (
@@ -187,10 +204,31 @@ def _inc(counter: Counter, labels: tuple[str, ...], key: str, value: int, seen: 
     seen[key] = value
 
 
+def initialise(camera: str, commune: str) -> None:
+    """Create a configured camera's counter series (and its commune's) at 0, once."""
+    labels = (camera, commune)
+    if labels in _initialised:
+        return
+    _initialised.add(labels)
+    for counter in (
+        camera_received_bytes, camera_frames, camera_lost, camera_reconnects, camera_auth_failures,
+        segments_written, storage_write_errors, extractions,
+    ):  # fmt: skip
+        counter.labels(*labels)
+    segment_write_seconds.labels(*labels)
+    for reason in DROP_REASONS:
+        camera_dropped_frames.labels(*labels, reason)
+    for reason in RTP_ERROR_REASONS:
+        camera_rtp_errors.labels(*labels, reason)
+    for reason in DELETION_REASONS:
+        retention_deleted.labels(commune, reason)
+
+
 def export(recorders: Iterable[CameraRecorder]) -> None:
     """Copy the recorders' plain counters into the registry (counters advance by their delta)."""
     for rec in recorders:
         labels = (rec.camera.id, rec.commune.id)
+        initialise(*labels)
         stats = rec.stats
         seen = _last.setdefault(labels, {})
         camera_up.labels(*labels).set(1 if stats.up else 0)
@@ -206,7 +244,7 @@ def export(recorders: Iterable[CameraRecorder]) -> None:
         for reason, count in stats.dropped_frames.items():
             _inc(camera_dropped_frames, (*labels, reason), f"drop:{reason}", count, seen)
         _inc(camera_auth_failures, labels, "auth", stats.auth_failures, seen)
-        for reason, count in (
+        for reason, count in (  # the order of RTP_ERROR_REASONS
             ("malformed", stats.malformed_packets),
             ("payload_type", stats.foreign_packets),
             ("malformed_rtcp", stats.malformed_rtcp),
@@ -226,10 +264,12 @@ def forget(camera: str, commune: str) -> None:
     """Remove a camera's series (removed by a reload, or moved to another commune)."""
     labels = (camera, commune)
     seen = _last.pop(labels, {})
+    _initialised.discard(labels)
     for metric in _PER_CAMERA:
         with contextlib.suppress(KeyError):
             metric.remove(*labels)
-    for key in seen:
+    reasons = {f"drop:{r}" for r in DROP_REASONS} | {f"rtp:{r}" for r in RTP_ERROR_REASONS}
+    for key in reasons | set(seen):
         for prefix, metric in (("drop:", camera_dropped_frames), ("rtp:", camera_rtp_errors)):
             if key.startswith(prefix):
                 with contextlib.suppress(KeyError):

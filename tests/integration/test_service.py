@@ -123,7 +123,8 @@ def test_metrics_follow_cameras_down_and_back(tmp_path: Path) -> None:
             lines = table.stdout.splitlines()
             assert lines[0].split()[:3] == ["CAMERA", "COMMUNE", "STATE"]
             assert [line.split()[:3] for line in lines[1:4]] == [[c, "metz", "up"] for c in cams]
-            assert lines[-1].startswith("3/3 cameras up")
+            assert lines[-2].startswith("3/3 cameras up")
+            assert lines[-1].startswith("config reloads: 0 applied, 0 refused")
             sim.kill()  # the cameras vanish without TEARDOWN
             sim.wait()
             killed = time.monotonic()
@@ -134,15 +135,12 @@ def test_metrics_follow_cameras_down_and_back(tmp_path: Path) -> None:
                 10,
                 "reconnects counted",
             )
-        status = json.loads(
-            subprocess.run(
-                [CSUD, "status", "--config", str(config), "--json"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
+        down = subprocess.run(
+            [CSUD, "status", "--config", str(config), "--json"], capture_output=True, text=True, timeout=30
         )
+        assert down.returncode == 1  # cameras down: monitoring scripts see it in the exit code
+        assert down.stderr == "csud status: 3 camera(s) down: cam1, cam2, cam3\n"
+        status = json.loads(down.stdout)
         assert [(c["camera"], c["up"]) for c in status["cameras"]] == [(c, False) for c in cams]
         assert all(c["last_segment"] for c in status["cameras"])
         with simulator(tmp_path, port, 3, name="sim-b"):  # the same port: the cameras reboot

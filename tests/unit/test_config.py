@@ -236,3 +236,74 @@ def test_unencoded_password_is_never_echoed(tmp_path: Path, capsys: pytest.Captu
     assert main(["check-config", "--config", str(path)]) == 2
     captured = capsys.readouterr()
     assert "s3/cret" not in captured.err + captured.out and "cret" not in captured.err
+
+
+# -- issue 12, point 12: strict types, one error format ----------------------------------------
+
+STRICT_BAD = {
+    "enabled as a string": (
+        BASE + 'enabled = "yes"\n',
+        "cameras[0].enabled: Input should be a valid boolean",
+    ),
+    "retention as a string": (
+        BASE.replace("retention_days = 15", 'retention_days = "7"'),
+        "communes[0].retention_days: Input should be a valid integer",
+    ),
+    "segment_seconds as a string": (
+        BASE.replace("[storage]", '[storage]\nsegment_seconds = "60"'),
+        "storage.segment_seconds: Input should be a valid integer",
+    ),
+    "password without username": (
+        BASE + 'password = "secret"\n',
+        "cameras[0].password: given without username",
+    ),
+    "password_file without username": (
+        BASE + 'password_file = "/run/pw"\n',
+        "cameras[0].password_file: given without username",
+    ),
+    "unknown time zone": (
+        '[site]\ntimezone = "Europe/Metz"\n' + BASE,
+        "site.timezone: not an IANA time zone",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STRICT_BAD)
+def test_strict_config_names_file_and_field(tmp_path: Path, case: str) -> None:
+    text, expected = STRICT_BAD[case]
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message
+    assert "secret" not in message and "\n" not in message
+
+
+def test_environment_overrides_still_parse_strings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSUD_STORAGE__SEGMENT_SECONDS", "30")
+    monkeypatch.setenv("CSUD_STORAGE__MIN_FREE_PERCENT", "2.5")
+    monkeypatch.setenv("CSUD_LEGAL__MAX_RETENTION_DAYS", "20")
+    monkeypatch.setenv("CSUD_SITE__TIMEZONE", "Europe/Paris")
+    s = load_config(write(tmp_path, BASE)).settings
+    assert (s.storage.segment_seconds, s.storage.min_free_percent) == (30, 2.5)
+    assert s.legal.max_retention_days == 20
+    assert s.site.zone()[1] == "Europe/Paris"
+    monkeypatch.setenv("CSUD_STORAGE__SEGMENT_SECONDS", "thirty")
+    with pytest.raises(ConfigError, match=r"storage\.segment_seconds"):
+        load_config(write(tmp_path, BASE))
+
+
+def test_password_file_error_has_the_common_format(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + 'username = "csud"\npassword_file = "/nonexistent/pw"\n')
+    camera = load_config(path).settings.cameras[0]
+    with pytest.raises(ConfigError) as info:
+        camera.resolve_password()
+    expected = f"{path}: cameras[metz-gare-01].password_file: cannot read /nonexistent/pw"
+    assert str(info.value).startswith(expected)
+
+
+def test_site_timezone_default_is_the_system_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/Cayenne")
+    assert load_config(write(tmp_path, BASE)).settings.site.zone()[1] == "America/Cayenne"
+    settings = load_config(write(tmp_path, '[site]\ntimezone = "Europe/Paris"\n' + BASE)).settings
+    assert settings.site.zone()[1] == "Europe/Paris"

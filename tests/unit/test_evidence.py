@@ -139,7 +139,7 @@ def test_progress_line_only_on_a_terminal() -> None:
     line(5 << 20, 10 << 20)
     line(10 << 20, 10 << 20)
     line.finish()
-    assert tty.getvalue() == "\rx:  50% (5/10 MiB)\rx: 100% (10/10 MiB)\n"
+    assert tty.getvalue() == "\rx:  50% (5/10 MiB)\x1b[K\rx: 100% (10/10 MiB)\x1b[K\n"
 
 
 def make_folder(folder: Path, key_dir: Path | None = None, officer: str = "Lt. Élodie Müller") -> None:

@@ -198,6 +198,9 @@ def test_status_url_and_table() -> None:
         "ago)",
         "2",
         "-0.250s",
+        "-",
     ]
     assert lines[2].split()[:4] == ["metz-port-02", "metz", "DOWN", "-"]
-    assert lines[-1].startswith("1/2 cameras up; csud 0.1.0 pid 42")
+    assert lines[2].split()[-1] == "connecting"  # the reason for DOWN (issue 12, point 13)
+    assert lines[-2].startswith("1/2 cameras up; csud 0.1.0 pid 42")
+    assert lines[-1] == "config reloads: 0 applied, 0 refused"
