@@ -29,7 +29,9 @@ WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 def register(subparsers: Any, with_config: WithConfig) -> None:
     ret = with_config(subparsers.add_parser("retention", help="run one retention pass (or --dry-run)"))
     ret.add_argument("--dry-run", action="store_true", help="list what would be destroyed; destroy nothing")
-    ret.add_argument("--now", metavar="T", help="pretend it is T (ISO 8601 with offset)")
+    ret.add_argument(
+        "--now", metavar="T", help="with --dry-run only: list what would be due at T (ISO 8601 with offset)"
+    )
     ret.set_defaults(handler=cmd_retention)
 
     hold = subparsers.add_parser("hold", help="judicial holds: add, list, release")
@@ -94,6 +96,10 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from csud.cli.main import parse_time
     from csud.store.retention import Retention
 
+    if args.now and not args.dry_run:
+        # A real pass destroys at real time only: a pretended date would destroy footage early
+        # and date the register wrongly (issue 12).
+        raise UsageError("--now goes with --dry-run only: a real pass destroys at the real time")
     now_ns = parse_time(args.now) if args.now else time.time_ns()
     settings, index = _open(args, readonly=False)
     try:
