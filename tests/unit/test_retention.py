@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from csud.config import LoadedConfig
 from csud.store import retention as aio_retention
 from csud.store.index import SCHEMA_VERSION, Index
 from csud.store.retention import Retention, policies_from
@@ -637,3 +638,55 @@ def test_disk_pressure_on_a_small_filesystem(tmpfs: Path, tmp_path: Path) -> Non
 def test_module_constants_are_sane() -> None:
     assert aio_retention.DISK_PRESSURE_HYSTERESIS_PERCENT > 0
     assert aio_retention.BATCH_PER_CAMERA >= 1440
+
+
+# -- unclean stop (issue 12, point 9) -----------------------------------------------------------
+
+
+def _start_service(tmp_path: Path) -> tuple[aio_retention.RetentionService, LoadedConfig]:
+    from csud.config import load_config
+
+    root = tmp_path / "store"
+    open_index(root).close()
+    loaded = load_config(write_config(tmp_path, root))
+    return aio_retention.RetentionService(root / "index.sqlite3", loaded.settings), loaded
+
+
+def test_a_start_after_an_unclean_stop_journals_it_with_what_recovery_did(tmp_path: Path) -> None:
+    import asyncio
+
+    from csud.store.recovery import RecoveryReport
+
+    async def scenario() -> None:
+        service, loaded = _start_service(tmp_path)
+        await service.start(loaded, cameras=3)
+        assert await service.journal_unclean_stop(RecoveryReport()) is None  # first start: nothing
+        service._executor.shutdown(wait=True)  # killed: no close(), no daemon_stopped
+        assert service.retention is not None
+        service.retention.index.close()
+
+        again, loaded = _start_service(tmp_path)
+        await again.start(loaded, cameras=3)
+        report = RecoveryReport(published=["metz/cam/a.mp4"], truncated_bytes=123, frames_recovered=40)
+        entry = await again.journal_unclean_stop(report)
+        assert entry is not None and entry.kind == "unclean_stop_detected"
+        assert entry.details["previous_start_id"] == 2  # config_loaded 1, daemon_started 2
+        assert entry.details["previous_pid"] == os.getpid()
+        recovery = entry.details["recovery"]
+        assert recovery["partials_published"] == 1 and recovery["published"] == ["metz/cam/a.mp4"]
+        assert recovery["truncated_bytes"] == 123 and recovery["frames_recovered"] == 40
+        assert recovery["interrupted_destructions_completed"] == 0
+        await again.close(segments_written=0)  # clean: daemon_stopped
+
+        third, loaded = _start_service(tmp_path)
+        await third.start(loaded, cameras=3)
+        assert await third.journal_unclean_stop(RecoveryReport()) is None  # the previous stop was clean
+        await third.close(segments_written=0)
+
+    asyncio.run(scenario())
+    index = open_index(tmp_path / "store")
+    try:
+        kinds = [e.kind for e in index.journal_entries()]
+        assert kinds.count("unclean_stop_detected") == 1 and index.verify_journal().ok
+    finally:
+        index.close()
