@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# csud verify PATH: the files match the manifest, but nothing the verifier supplied vouches for the
+# manifest (unsigned, or signed with a key merely found in the folder). Never 0 (issue 12).
+EXIT_NOT_AUTHENTICATED = 3
 PROGRESS_INTERVAL_SECONDS = 0.25
 MIB = 1 << 20
 
@@ -49,10 +52,19 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
         "verify",
         help="check an extraction offline, or (--archive) the stored segments",
         description="PATH: an extraction folder or its manifest.json; needs nothing but its files. "
-        "--archive: re-hash stored segments against the index (reads the configuration).",
+        "Exit 0: every file matches and the signature verifies under the key you supply "
+        "(--public-key or --fingerprint); 3: the files match but authenticity is not established "
+        "(unsigned, or no key of yours given); 1: something does not match; 2: bad usage (also a "
+        "folder without manifest.json). --archive: re-hash stored segments against the index "
+        "(reads the configuration).",
     )
     ver.add_argument("path", nargs="?", metavar="PATH")
     ver.add_argument("--public-key", metavar="FILE", help="the site's public key, received separately")
+    ver.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="the site's key fingerprint (printed by csud keygen and by every extraction)",
+    )
     ver.add_argument("--archive", action="store_true", help="check the store against the index instead")
     ver.add_argument("--camera", metavar="ID", help="with --archive: only this camera")
     ver.add_argument(
@@ -151,7 +163,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"{out['file']}: {clip['actual']['from']} -> {clip['actual']['to']}, {out['frames']} frames, "
             f"{out['bytes']} B{gaps}, sha256 {out['sha256']}"
         )
-    signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
+    if signing_key is not None:
+        from csud.evidence.signing import fingerprint
+
+        signed = f"signed with the site's key, fingerprint {fingerprint(signing_key.public_key())}"
+    else:
+        signed = "NOT signed (no evidence.signing_key configured)"
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
     return EXIT_OK
 
@@ -182,25 +199,35 @@ def _camera_ref(
 
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.archive:
-        if args.path or args.public_key:
-            raise UsageError("--archive takes no PATH nor --public-key")
+        if args.path or args.public_key or args.fingerprint:
+            raise UsageError("--archive takes no PATH, --public-key nor --fingerprint")
         return _verify_archive(args)
     if args.camera or args.config:
         raise UsageError("--camera and --config go with --archive")
     if not args.path:
         raise UsageError("give PATH (an extraction folder or its manifest.json), or --archive")
-    from csud.evidence.verify import verify_extraction
+    from csud.evidence.verify import NOT_ESTABLISHED, parse_fingerprint, verify_extraction
 
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    report = verify_extraction(path, Path(args.public_key) if args.public_key else None)
+    expected = parse_fingerprint(args.fingerprint) if args.fingerprint else None
+    report = verify_extraction(path, Path(args.public_key) if args.public_key else None, expected)
     for line in report.lines:
         print(line)
     print(report.signature_line)
     if not report.ok:
         raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
-    print(f"verification OK: {report.folder}")
+    if not report.authenticated:
+        print(NOT_ESTABLISHED)
+        print(f"integrity consistent, authenticity NOT established: {report.folder}")
+        print(
+            f"csud verify: the files match manifest.json but authenticity is not established "
+            f"({report.signature_line.split(':')[0]}); exit {EXIT_NOT_AUTHENTICATED}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_AUTHENTICATED
+    print(f"verification OK: {report.folder} (authentic: signed with the key you supplied)")
     return EXIT_OK
 
 

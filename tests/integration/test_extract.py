@@ -44,6 +44,7 @@ class Site:
     config: Path
     keys: Path
     recordings: dict[str, Recording]
+    fingerprint: str  # as csud keygen printed it
 
 
 def t(seconds: float) -> str:
@@ -98,8 +99,9 @@ def make_site(base: Path) -> Site:
     keys = base / "keys"
     done = run("keygen", "--out", keys)
     assert done.returncode == 0, done.stderr
+    (print_line,) = [line for line in done.stdout.splitlines() if line.startswith("fingerprint ")]
     config = write_config(base / "csud.toml", root, keys / "signing_key.pem")
-    return Site(root, config, keys, recordings)
+    return Site(root, config, keys, recordings, print_line.split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +200,7 @@ def test_clip_across_a_gap_keeps_real_time(site: Site, tmp_path: Path) -> None:
 def test_manifest_fields_and_journal(site: Site, tmp_path: Path) -> None:
     done = extract(site, tmp_path, "cam-1", "cam-2", start=0.9, end=7.5, ref="PV 2026/0042")
     assert done.returncode == 0, done.stderr
+    assert f"signed with the site's key, fingerprint {site.fingerprint}" in done.stdout  # issue 12.3
     folder = tmp_path / "PV_2026_0042"  # the reference is kept as is in the manifest
     raw = (folder / "manifest.json").read_bytes()
     manifest = json.loads(raw)
@@ -253,11 +256,14 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
         return run("verify", *args, cwd=opj, env=env)
 
     ok = verify("PV-2026-0042")
-    assert ok.returncode == 0, ok.stderr
-    assert "signature valid" in ok.stdout and "IN THIS FOLDER" in ok.stdout and "verification OK" in ok.stdout
+    assert ok.returncode == 3, ok.stderr  # consistent, but no key of the OPJ's vouches for it
+    assert "signature valid" in ok.stdout and "IN THIS FOLDER" in ok.stdout
+    assert "AUTHENTICITY NOT ESTABLISHED" in ok.stdout and "verification OK" not in ok.stdout
     ok = verify(folder / "manifest.json", "--public-key", opj / "site-key.pem")
     assert ok.returncode == 0, ok.stderr
-    assert "signature valid under the given key" in ok.stdout
+    assert "signature valid under the given key" in ok.stdout and "verification OK" in ok.stdout
+    ok = verify(folder, "--fingerprint", site.fingerprint)
+    assert ok.returncode == 0, ok.stderr
 
     # Another key (a forged signature would need the site's private key).
     other = tmp_path / "other"
@@ -292,6 +298,11 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
     bad = verify(folder)
     assert bad.returncode == 1 and f"{clip.name}: missing" in bad.stderr
 
+    # The manifest gone: not an extraction folder (usage, exit 2).
+    manifest.unlink()
+    bad = verify(folder)
+    assert bad.returncode == 2 and "holds no manifest.json" in bad.stderr
+
 
 def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) -> None:
     config = write_config(tmp_path / "unsigned.toml", site.root, None)
@@ -303,9 +314,9 @@ def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) 
     assert "NOT signed" in done.stdout
     assert not (tmp_path / "R1" / "manifest.json.sig").exists()
     ok = run("verify", tmp_path / "R1")
-    assert ok.returncode == 0 and "NOT SIGNED" in ok.stdout
+    assert ok.returncode == 3 and "NOT SIGNED" in ok.stdout
     bad = run("verify", tmp_path / "R1", "--public-key", site.keys / "public_key.pem")
-    assert bad.returncode == 1 and "manifest.json.sig missing" in bad.stderr
+    assert bad.returncode == 3 and "NOT SIGNED" in bad.stdout and "AUTHENTICITY NOT ESTABLISHED" in bad.stdout
 
 
 def test_altered_segment_is_refused_and_named(tmp_path: Path) -> None:
@@ -416,7 +427,7 @@ def test_existing_folder_refused_unless_force(site: Site, tmp_path: Path) -> Non
     done = extract(site, tmp_path, "cam-2", start=1, end=2, extra=("--force",))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "PV-2026-0042" / "old.txt").exists()
-    assert run("verify", tmp_path / "PV-2026-0042").returncode == 0
+    assert run("verify", tmp_path / "PV-2026-0042", "--fingerprint", site.fingerprint).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PV-2026-0042"]  # nothing aside left
 
 
@@ -484,7 +495,7 @@ def copy_site(site: Site, base: Path) -> Site:
     root = base / "store"
     shutil.copytree(site.root, root)
     config = write_config(base / "csud.toml", root, site.keys / "signing_key.pem")
-    return Site(root, config, site.keys, site.recordings)
+    return Site(root, config, site.keys, site.recordings, site.fingerprint)
 
 
 def test_verify_archive_counts_quarantine_apart(site: Site, tmp_path: Path) -> None:

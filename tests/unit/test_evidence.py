@@ -171,31 +171,64 @@ def verify_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[i
 
 
 def test_verify_unsigned_folder_says_not_signed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Consistent but unsigned: exit 0 (nothing to compare against), but never a bare "OK"."""
+    """Consistent but unsigned: exit 3 (integrity consistent, authenticity not established)."""
     make_folder(tmp_path / "PV")
-    code, out, _ = verify_cli(capsys, tmp_path / "PV")
-    assert code == 0
+    code, out, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3 and err.count("\n") == 1 and "authenticity is not established" in err
     assert "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself" in out
+    assert "AUTHENTICITY NOT ESTABLISHED" in out and "verification OK" not in out
     _, site_key, _ = generate_keypair(tmp_path / "site")
     code, out, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
-    assert code == 1 and "not signed" in err and err.count("\n") == 1
+    assert code == 3 and "NOT SIGNED" in out
 
 
 def test_verify_key_substitution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An altered manifest re-signed with another key, that key shipped in the folder."""
+    """Issue 12, point 3: an altered manifest re-signed with another key, that key shipped in the
+    folder, never verifies with exit 0; only a key the verifier supplies does."""
     _, site_key, site_print = generate_keypair(tmp_path / "site")
     _, _, other_print = generate_keypair(tmp_path / "other")
     make_folder(tmp_path / "PV", tmp_path / "site")
     code, out, _ = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
     assert code == 0 and f"signature valid under the given key {site_key} ({site_print})" in out
+    code, out, _ = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print)
+    assert code == 0 and f"signature valid under the site's key (fingerprint {site_print}" in out
+    code, out, _ = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print.upper().replace("SHA256:", "sha256: "))
+    assert code == 0  # as read out over the phone
+    code, out, _ = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3  # the genuine folder too: nothing of the verifier's vouches for it
 
     make_folder(tmp_path / "PV", tmp_path / "other", officer="someone else")
-    code, out, _ = verify_cli(capsys, tmp_path / "PV")
-    assert code == 0  # internally consistent: only the fingerprint can tell
+    code, out, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3  # internally consistent: only the verifier's key can tell
     assert (
         f"signature valid under the key IN THIS FOLDER (fingerprint {other_print}): compare it with "
         "the site's published fingerprint, or pass --public-key"
     ) in out.splitlines()
-    assert site_print not in out
+    assert site_print not in out and "verification OK" not in out
     code, _, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
     assert code == 1 and "signature invalid" in err
+    code, _, err = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print)
+    assert code == 1 and f"the key in the folder is {other_print}, the site's is {site_print}" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--fingerprint", "SHA256:abc"),
+        ("--fingerprint", "MD5:" + "0" * 64),
+        ("--fingerprint", "SHA256:" + "0" * 64, "--public-key", "k.pem"),
+    ],
+)
+def test_verify_bad_fingerprint_is_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    make_folder(tmp_path / "PV")
+    code, _, err = verify_cli(capsys, tmp_path / "PV", *args)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_verify_folder_without_manifest_is_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "PV").mkdir()
+    (tmp_path / "PV" / "clip.mp4").write_bytes(b"x")
+    code, _, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 2 and "holds no manifest.json" in err
