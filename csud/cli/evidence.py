@@ -169,6 +169,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         signed = f"signed with the site's key, fingerprint {fingerprint(signing_key.public_key())}"
     else:
         signed = "NOT signed (no evidence.signing_key configured)"
+    if result.replaced is not None:
+        print(
+            f"replaced the previous {result.folder} (--force): {result.replaced['file_count']} file(s) "
+            "destroyed, listed with their SHA-256 in the journal (extraction_replaced)"
+        )
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
     return EXIT_OK
 

@@ -19,8 +19,14 @@ Steps, in order; any failure leaves nothing in the output directory:
    signing key, ``manifest.json.sig`` and a copy of the public key (``public_key.pem``).
 5. fsync every file and the folder, then journal the ``extraction`` (with the output hashes).
    The journal entry comes first so that no extraction is ever handed over unjournaled.
-6. Rename the folder to ``DIR/<REF>`` (with ``--force``, the old folder is moved aside first
-   and removed after), fsync ``DIR``.
+6. Rename the folder to ``DIR/<REF>``, fsync ``DIR``. An existing ``DIR/<REF>`` (perhaps already
+   handed over) is refused unless ``--force``; with it, the old folder is moved aside first, every
+   file in it hashed and an ``extraction_replaced`` entry journaled (files, sizes, SHA-256, what
+   its manifest said), then the new folder takes its place and the old one is removed. On any
+   failure before the rename, the old folder is put back.
+
+Modes: the staging folder stays 0700 (``mkdtemp``), so the published folder is 0700; clips and
+manifest are 0640 whatever the umask (issue 12: footage of people is never world-readable).
 
 Timeline of a clip (real time is kept): the output's time 0 is the actual start (the keyframe
 at or before ``from``) and every frame sits at its recorded time minus that start, across
@@ -61,9 +67,9 @@ from csud.evidence.clip import (
 )
 from csud.evidence.signing import public_pem, sign
 from csud.recording.writer import MP4_TIMESCALE, ns_to_ticks
-from csud.store.durable import fsync_path, sha256_file
+from csud.store.durable import FOOTAGE_DIR_MODE, FOOTAGE_FILE_MODE, fsync_path, open_footage, sha256_file
 from csud.store.index import Index
-from csud.store.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
+from csud.store.journal import EXTRACTION, EXTRACTION_REPLACED, INTEGRITY_FAILURE, os_actor
 
 HASH_CHUNK_BYTES = 4 << 20
 NS_PER_SECOND = 1_000_000_000
@@ -98,6 +104,7 @@ class Result:
     folder: Path
     manifest: dict[str, Any]
     signed: bool
+    replaced: dict[str, Any] | None = None  # with --force: what the old folder held (journaled)
 
 
 def folder_name(requisition: str) -> str:
@@ -291,6 +298,7 @@ def write_clip(
         raise EvidenceError(f"camera {camera.id}: writing the clip failed: {e}") from e
     if state.frames == 0 or state.first_ns is None or state.template is None:
         raise EvidenceError(f"camera {camera.id}: no frame recorded in the interval")
+    out_path.chmod(FOOTAGE_FILE_MODE)  # PyAV created it under the umask
     size, digest = sha256_file(out_path)
     codec, width, height, _ = state.template
     output = mf.OutputFile(
@@ -307,7 +315,7 @@ def write_clip(
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    with path.open("xb") as f:
+    with open(path, "xb", opener=open_footage) as f:
         f.write(data)
 
 
@@ -315,37 +323,77 @@ def _write_file(path: Path, data: bytes) -> None:
 def _staging(out_dir: Path, name: str) -> Iterator[Path]:
     """A hidden folder next to ``out_dir/name``, removed unless the caller renamed it away."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=FOOTAGE_DIR_MODE)
+        # mkdtemp makes it 0700, and it stays so: the published folder is never wider (issue 12).
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_dir))
     except OSError as e:
         raise CsudError(f"cannot create the output folder in {out_dir}: {e.strerror or e}") from None
     try:
-        # mkdtemp makes it 0700; the published folder gets the usual mode (umask applies).
-        umask = os.umask(0o22)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, final: Path, force: bool) -> None:
-    """Step 6: rename ``staging`` to ``final`` (replacing it with ``force``), then fsync the parent."""
-    old: Path | None = None
-    if final.exists() or final.is_symlink():
-        if not force:
-            raise UsageError(f"{final} exists (use --force to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.rename(final, old / final.name)
+MAX_REPLACED_FILES = 1000  # files listed (with their hashes) in an extraction_replaced entry
+
+
+def _move_aside(final: Path) -> Path | None:
+    """With ``--force``: move an existing ``final`` into a hidden ``.old`` folder beside it, so
+    that what is destroyed can be hashed exactly as it was, and put back on failure."""
+    if not (final.exists() or final.is_symlink()):
+        return None
+    holder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.rename(final, holder / final.name)
+    return holder / final.name
+
+
+def describe_replaced(old: Path) -> dict[str, Any]:
+    """What an ``extract --force`` destroys: every file of the old folder with its size and
+    SHA-256 (the old manifest's hash among them), and what its manifest said it was."""
+    files: list[dict[str, Any]] = []
+    paths = [old] if not old.is_dir() or old.is_symlink() else sorted(p for p in old.rglob("*"))
+    total = 0
+    for path in paths:
+        if path.is_symlink() or not path.is_file():
+            continue
+        total += 1
+        if len(files) < MAX_REPLACED_FILES:
+            name = path.relative_to(old).as_posix() if path != old else path.name
+            try:
+                size, digest = sha256_file(path)
+            except OSError as e:
+                files.append({"name": name, "error": str(e.strerror or e)})
+                continue
+            files.append({"name": name, "bytes": size, "sha256": digest})
+    out: dict[str, Any] = {"files": files, "file_count": total}
+    try:
+        summary = mf.read_manifest((old / mf.MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError) as e:
+        out["manifest"] = f"unreadable or absent ({e.__class__.__name__})"
+    else:
+        out["manifest"] = {
+            "requisition": summary.requisition,
+            "officer": summary.officer,
+            "created_at": summary.created_at,
+            "operator": summary.operator,
+            "clips": [{"file": f.name, "camera": f.camera, "sha256": f.sha256} for f in summary.files],
+        }
+    out["signed"] = (old / mf.SIGNATURE_NAME).is_file()
+    return out
+
+
+def _publish(staging: Path, final: Path, aside: Path | None) -> None:
+    """Step 6: rename ``staging`` to ``final`` (the old one already moved ``aside``), fsync the
+    parent, then remove what was set aside; on failure the old folder is put back."""
     try:
         os.rename(staging, final)
     except OSError:
-        if old is not None:
-            os.rename(old / final.name, final)  # put the previous extraction back
+        if aside is not None:
+            os.rename(aside, final)  # put the previous extraction back
         raise
     fsync_path(final.parent, directory=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 def local_zone() -> tuple[tzinfo, str]:
@@ -438,12 +486,30 @@ def extract(
         for path in staging.iterdir():
             fsync_path(path)
         fsync_path(staging, directory=True)
-        _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
+        aside: Path | None = None
+        replaced: dict[str, Any] | None = None
         try:
-            _publish(staging, final, request.force)
+            if final.exists() or final.is_symlink():
+                if not request.force:
+                    raise UsageError(f"{final} exists (use --force to replace it)")
+                aside = _move_aside(final)
+                assert aside is not None
+                replaced = describe_replaced(aside)
+                # Journaled before anything is destroyed: a delivered extraction may be evidence.
+                index.append_journal(
+                    EXTRACTION_REPLACED, now_ns=now_ns, actor=operator, requisition=request.requisition,
+                    reason="replaced by extract --force", details={"folder": str(final), **replaced},
+                )  # fmt: skip
+            _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
+            _publish(staging, final, aside)
         except OSError as e:
             raise CsudError(f"cannot move the extraction to {final}: {e.strerror or e}") from None
-    return Result(final, manifest, signing_key is not None)
+        except BaseException:
+            if aside is not None and not (final.exists() or final.is_symlink()):
+                os.rename(aside, final)  # nothing destroyed: the old folder goes back
+                shutil.rmtree(aside.parent, ignore_errors=True)
+            raise
+    return Result(final, manifest, signing_key is not None, replaced)
 
 
 def _journal_extraction(

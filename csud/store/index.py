@@ -26,6 +26,7 @@ Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 from csud.errors import StorageError
 from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.durable import FOOTAGE_FILE_MODE
 from csud.store.identity import StoreIdentity, migrate_store_identity
 from csud.store.journal import (
     HOLD_ADDED,
@@ -251,6 +253,17 @@ def _prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def _create_private(path: Path) -> None:
+    """Create a new index file 0640 whatever the umask (SQLite gives its -wal and -shm files the
+    database file's mode): the index names people's footage. An existing file is left as is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FOOTAGE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StorageError(f"open index {path}: {e.strerror or e}") from e
+
+
 class Index:
     """The SQLite index. Create with :meth:`open`; every failure raises ``StorageError``."""
 
@@ -279,6 +292,7 @@ class Index:
                 uri = f"{path.resolve().as_uri()}?mode={mode}"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             else:
+                _create_private(path)
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as e:
             raise StorageError(f"open index {path}: {e}") from e

@@ -431,6 +431,71 @@ def test_existing_folder_refused_unless_force(site: Site, tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PV-2026-0042"]  # nothing aside left
 
 
+def test_force_over_a_delivered_extraction_journals_what_it_destroyed(site: Site, tmp_path: Path) -> None:
+    """Issue 12, point 7: the replaced clips (perhaps handed over) are journaled with their hashes."""
+    copy = copy_site(site, tmp_path / "copy")
+    out = tmp_path / "out"
+    first = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(1), "--to", t(3),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    delivered = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "PV-7").iterdir()}
+    again = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(4), "--to", t(6),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists (use --force" in again.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "PV-7").iterdir()} == delivered
+    forced = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(4), "--to", t(6),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out, "--force",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert "replaced the previous" in forced.stdout and "4 file(s) destroyed" in forced.stdout
+    index = Index.open(copy.root / "index.sqlite3", readonly=True)
+    try:
+        entries = index.journal_entries()
+        assert index.verify_journal().ok
+    finally:
+        index.close()
+    entries = [e for e in entries if e.requisition == "PV-7"]
+    kinds = [e.kind for e in entries]
+    assert kinds == ["extraction", "extraction_replaced", "extraction"]
+    (replaced,) = [e for e in entries if e.kind == "extraction_replaced"]
+    assert kinds.index("extraction_replaced") == len(kinds) - 2  # before the new extraction's entry
+    assert replaced.requisition == "PV-7" and replaced.details["folder"] == str(out / "PV-7")
+    assert {f["name"]: f["sha256"] for f in replaced.details["files"]} == delivered
+    (clip,) = [n for n in delivered if n.endswith(".mp4")]
+    assert replaced.details["manifest"]["clips"] == [
+        {"file": clip, "camera": "cam-2", "sha256": delivered[clip]}
+    ]
+    assert replaced.details["signed"] is True
+
+
+def test_footage_is_never_world_readable_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue 12, point 6: with umask 022, segments, the index and extractions are 0640 / 0750 or
+    tighter; the signing key stays 0600."""
+    previous = os.umask(0o022)
+    try:
+        site = make_site(tmp_path / "site")
+        done = extract(site, tmp_path / "out", "cam-1", start=1, end=3)
+        assert done.returncode == 0, done.stderr
+    finally:
+        os.umask(previous)
+    store = [p for p in site.root.rglob("*")]
+    assert any(p.name.endswith(".mp4") for p in store) and (site.root / "index.sqlite3") in store
+    out = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    assert len(out) == 1 + 1 + 4  # DIR, DIR/<REF>, clip, manifest, signature, public key
+    for path in store + out:
+        mode = path.stat().st_mode & 0o777
+        if path.name == "public_key.pem":
+            continue  # a public key is public
+        limit = 0o750 if path.is_dir() else 0o640
+        assert mode & ~limit == 0, f"{path} is {mode:o}"
+    assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
+
+
 def test_keygen_refuses_to_overwrite(site: Site) -> None:
     assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
     before = (site.keys / "signing_key.pem").read_bytes()
