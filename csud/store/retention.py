@@ -174,16 +174,26 @@ class Retention:
     # -- retention --------------------------------------------------------------------------
 
     def run_pass(self, now_ns: int, dry_run: bool = False) -> PassReport:
-        """Destroy every unheld segment past its window (or list them, ``dry_run``)."""
+        """Destroy every unheld segment past its window (or list them, ``dry_run``).
+
+        A segment's window is the one stored with its row, shortened by the configuration's
+        (:func:`csud.store.retention_plan.segment_days`); a real pass first stores the configured
+        window in the rows whose stored one is longer or absent."""
         report = PassReport(now_ns=now_ns, dry_run=dry_run)
         holds = self._holds(now_ns)
         scopes = []
         for u in self.index.usage():
             days = self.policies.days(u.camera, u.commune)
-            cutoff = cutoff_ns(days, now_ns)
+            if not dry_run:  # a shortened window applies to the footage already stored
+                shortened = self.index.shorten_windows(u.camera, u.commune, days)
+                if shortened:
+                    self.log.info("retention_window_stored", camera=u.camera, days=days, segments=shortened)
+            shortest = self.index.shortest_window(u.camera)
+            loosest = days if shortest is None else min(days, shortest)
+            cutoff = cutoff_ns(loosest, now_ns)  # the range bound; each row's own window decides
             exclude = [(h.from_ns, h.to_ns) for h in holds if u.camera in h.cameras]
-            scopes.append((u.commune, u.camera, cutoff, exclude))
-            report.windows[(u.commune, u.camera)] = days
+            scopes.append((u.commune, u.camera, cutoff, exclude, (now_ns, days)))
+            report.windows[(u.commune, u.camera)] = loosest
         pending = list(scopes)
         for _ in range(1 if dry_run else MAX_ROUNDS_PER_PASS):
             if not pending:
@@ -191,9 +201,14 @@ class Retention:
             candidates: list[SegmentRef] = []
             full = []
             for scope in pending:
-                commune, camera, cutoff, exclude = scope
+                commune, camera, cutoff, exclude, window = scope
                 rows = self.index.due_candidates(
-                    camera, commune, cutoff, exclude, limit=10**9 if dry_run else BATCH_PER_CAMERA
+                    camera,
+                    commune,
+                    cutoff,
+                    exclude,
+                    limit=10**9 if dry_run else BATCH_PER_CAMERA,
+                    window=window,
                 )
                 candidates.extend(rows)
                 if len(rows) >= BATCH_PER_CAMERA:
@@ -205,9 +220,9 @@ class Retention:
                 self.destroy(decided.due, REASON_RETENTION, now_ns, report)
             pending = full
         self.expire_quarantine(now_ns, report, holds)
-        for commune, camera, cutoff, exclude in scopes:
-            everything = self.index.count_due(camera, commune, cutoff)
-            unheld = self.index.count_due(camera, commune, cutoff, exclude)
+        for commune, camera, cutoff, exclude, window in scopes:
+            everything = self.index.count_due(camera, commune, cutoff, window=window)
+            unheld = self.index.count_due(camera, commune, cutoff, exclude, window=window)
             if everything > unheld:
                 report.held[(commune, camera)] = everything - unheld
             if not dry_run and unheld:
