@@ -134,8 +134,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     index = Index.open(index_path)
     try:
         refs = [_camera_ref(settings, index, cam, from_ns, to_ns, loaded.path) for cam in args.camera]
+        now_ns = time.time_ns()
+        cameras = cameras_from(refs)
+        recording, outages = _recording_context(settings, index, [c.id for c in cameras], now_ns)
         request = Request(
-            cameras=cameras_from(refs),
+            cameras=cameras,
             from_ns=from_ns,
             to_ns=to_ns,
             requisition=args.requisition,
@@ -143,9 +146,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
             service=args.service,
             out_dir=Path(args.out),
             force=args.force,
+            recording=recording,
+            outages=outages,
         )
         result = extract(
-            request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key, progress=progress
+            request, root=root, index=index, now_ns=now_ns, signing_key=signing_key, progress=progress
         )
     finally:
         progress.finish()
@@ -176,6 +181,36 @@ def cmd_extract(args: argparse.Namespace) -> int:
         )
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
     return EXIT_OK
+
+
+def _recording_context(
+    settings: Settings, index: Index, cameras: list[str], now_ns: int
+) -> tuple[frozenset[str], dict[str, tuple[Any, ...]]]:
+    """Which cameras are being recorded now, and the known outages of each (gap causes)."""
+    from csud.evidence.outages import camera_context, daemon_outages, read_status
+    from csud.store.journal import DAEMON_STARTED, DAEMON_STOPPED
+    from csud.store.recovery import store_locked
+
+    root = settings.storage.root
+    running = store_locked(root)
+    entries = index.journal_entries(kind=DAEMON_STARTED) + index.journal_entries(kind=DAEMON_STOPPED)
+    daemon = daemon_outages(entries, now_ns, running)
+    status = read_status(settings.metrics.listen, root) if running else None
+    enabled = {c.id for c in settings.cameras if c.enabled}
+    recording: set[str] = set()
+    outages: dict[str, tuple[Any, ...]] = {}
+    for cam in cameras:
+        rows = index.segments(cam, now_ns - 86_400 * 1_000_000_000, None)
+        last_end = rows[-1].end_ns if rows else None
+        context = camera_context(
+            cam, cam in enabled, last_end, now_ns=now_ns, running=running,
+            status=None if status is None else status.get(cam), daemon=daemon,
+            segment_seconds=settings.storage.segment_seconds,
+        )  # fmt: skip
+        if context.recording:
+            recording.add(cam)
+        outages[cam] = context.outages
+    return frozenset(recording), outages
 
 
 def _camera_ref(

@@ -44,8 +44,8 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from fractions import Fraction
 from pathlib import Path
@@ -62,6 +62,7 @@ from csud.evidence.clip import (
     ClipPlanError,
     EmptyIntervalError,
     FragmentSpan,
+    Outage,
     SegmentSpan,
     plan_clip,
 )
@@ -97,6 +98,9 @@ class Request:
     service: str | None
     out_dir: Path
     force: bool = False
+    # Per camera id: whether it is being recorded now, and known outages (csud.evidence.outages).
+    recording: frozenset[str] = frozenset()
+    outages: Mapping[str, tuple[Outage, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,15 @@ def plan_all(index: Index, request: Request) -> list[ClipPlan]:
     for camera in request.cameras:
         spans = segment_spans(index, camera.id, request.from_ns, request.to_ns)
         try:
-            plans.append(plan_clip(spans, request.from_ns, request.to_ns))
+            plans.append(
+                plan_clip(
+                    spans,
+                    request.from_ns,
+                    request.to_ns,
+                    recording=camera.id in request.recording,
+                    outages=request.outages.get(camera.id, ()),
+                )
+            )
         except EmptyIntervalError as e:
             raise UsageError(str(e)) from None
         except ClipPlanError as e:
@@ -433,6 +445,11 @@ def extract(
 ) -> Result:
     """Run the extraction described by ``request`` (module doc, steps 1-6)."""
     name = folder_name(request.requisition)
+    if request.to_ns > now_ns:
+        raise UsageError(
+            f"--to {mf.utc_iso(request.to_ns)} is after now ({mf.utc_iso(now_ns)}): what comes after now "
+            "is not yet recorded; ask for an interval that ends now or earlier"
+        )
     final = request.out_dir.absolute() / name
     if (final.exists() or final.is_symlink()) and not request.force:
         raise UsageError(f"{final} exists (use --force to replace it)")

@@ -146,7 +146,14 @@ def _clip_json(clip: ClipRecord, tz: tzinfo) -> dict[str, Any]:
         },
         "requested": interval_json(clip.plan.from_ns, clip.plan.to_ns, tz),
         "actual": interval_json(clip.actual_from_ns, clip.actual_to_ns, tz),
-        "gaps": [{**interval_json(g.start_ns, g.end_ns, tz), "reason": g.reason} for g in clip.plan.gaps],
+        "gaps": [
+            {
+                **interval_json(g.start_ns, g.end_ns, tz),
+                "reason": g.reason,
+                **({"cause": g.cause} if g.cause else {}),
+            }
+            for g in clip.plan.gaps
+        ],
         "sources": [
             {
                 "path": s.segment.path,

@@ -496,6 +496,20 @@ def test_footage_is_never_world_readable_whatever_the_umask(tmp_path: Path) -> N
     assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
 
 
+def test_an_interval_ending_after_now_is_refused(site: Site, tmp_path: Path) -> None:
+    """Issue 12, point 5: the future is not yet recorded; it is never signed as a recording gap."""
+    import time
+
+    future = format_time(time.time_ns() + 3600 * NS_PER_SECOND)
+    done = run(
+        "extract", "--config", site.config, "--camera", "cam-1", "--from", t(1), "--to", future,
+        "--requisition", "R-future", "--officer", "O", "--out", tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "is after now" in done.stderr and "not yet recorded" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_keygen_refuses_to_overwrite(site: Site) -> None:
     assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
     before = (site.keys / "signing_key.pem").read_bytes()
@@ -543,7 +557,7 @@ def test_mid_segment_keyframes_at_30_fps(tmp_path: Path) -> None:
             to_ns = start + NS_PER_SECOND // 2
             result = ev.extract(
                 request(tmp_path / "out", start + 1000, to_ns, f"R{k}"),
-                root=root, index=index, now_ns=T0_NS, zone=(dt.UTC, "UTC"),
+                root=root, index=index, now_ns=T0_NS + 86_400 * NS_PER_SECOND, zone=(dt.UTC, "UTC"),
             )  # fmt: skip
             (clip,) = result.manifest["clips"]
             assert clip["actual"]["from_ns"] == start
