@@ -211,3 +211,42 @@ def plan_clip(
         actual_from_ns=sources[0].copy_from_ns,
         actual_to_ns=covered_to_ns,
     )
+
+
+def _avcc_parameter_sets(extradata: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """(SPS, PPS) of an H.264 ``avcC`` record (ISO 14496-15), or ``None`` if it is not one."""
+    try:
+        if len(extradata) < 7 or extradata[0] != 1:
+            return None
+        pos, lists = 5, []
+        for mask in (0x1F, 0xFF):
+            count = extradata[pos] & mask
+            pos += 1
+            items = []
+            for _ in range(count):
+                size = int.from_bytes(extradata[pos : pos + 2], "big")
+                items.append(bytes(extradata[pos + 2 : pos + 2 + size]))
+                pos += 2 + size
+            lists.append(tuple(items))
+        return lists[0], lists[1]
+    except IndexError:
+        return None
+
+
+def describe_change(old: tuple[str, int, int, bytes], new: tuple[str, int, int, bytes]) -> str:
+    """What differs between two stream configurations (codec, width, height, extradata), in
+    words a supervisor can check: ``codec h264 -> hevc``, ``resolution 1280x720 -> 1920x1080``,
+    ``SPS changed``, ``PPS changed``, ``SPS and PPS changed``, else ``parameter sets changed``."""
+    changes = []
+    if old[0] != new[0]:
+        changes.append(f"codec {old[0]} -> {new[0]}")
+    if old[1:3] != new[1:3]:
+        changes.append(f"resolution {old[1]}x{old[2]} -> {new[1]}x{new[2]}")
+    if old[3] != new[3] and old[0] == new[0]:
+        a, b = _avcc_parameter_sets(old[3]), _avcc_parameter_sets(new[3])
+        if old[0] == "h264" and a is not None and b is not None:
+            names = [n for n, i in (("SPS", 0), ("PPS", 1)) if a[i] != b[i]]
+            changes.append(f"{' and '.join(names)} changed" if names else "parameter sets changed")
+        else:
+            changes.append("parameter sets changed")
+    return ", ".join(changes) or "stream configuration changed"

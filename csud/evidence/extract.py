@@ -37,6 +37,7 @@ it on screen for its duration. Output timestamps are 1/90000 s and strictly incr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -60,12 +61,15 @@ from csud.evidence import manifest as mf
 from csud.evidence.clip import (
     ClipPlan,
     ClipPlanError,
+    ClipSource,
     EmptyIntervalError,
     FragmentSpan,
     Outage,
     SegmentSpan,
+    describe_change,
     plan_clip,
 )
+from csud.evidence.replace import describe_replaced, move_aside
 from csud.evidence.signing import public_pem, sign
 from csud.recording.writer import MP4_TIMESCALE, ns_to_ticks
 from csud.store.durable import FOOTAGE_DIR_MODE, FOOTAGE_FILE_MODE, fsync_path, open_footage, sha256_file
@@ -189,9 +193,18 @@ def read_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], Non
     return bytes(data)
 
 
+class _ConfigurationChange(Exception):
+    """The next source's stream configuration differs: a new clip starts there."""
+
+    def __init__(self, template: tuple[str, int, int, bytes]) -> None:
+        self.template = template
+
+
 @dataclass
 class _CopyState:
     out: Any
+    base_ns: int  # the clip's time 0 (its first keyframe)
+    path: Path
     stream: Any = None
     template: tuple[str, int, int, bytes] | None = None  # codec, width, height, extradata
     last_dts: int = -1
@@ -226,14 +239,10 @@ def _copy_source(
             state.stream.time_base = _TICK
             state.template = template
         elif template != state.template:
-            raise EvidenceError(
-                f"segment {segment.path}: codec parameters change inside the interval "
-                f"({state.template[:3] if state.template else None} -> {template[:3]}); "
-                "extract the parts before and after separately"
-            )
+            raise _ConfigurationChange(template)  # nothing of this source muxed yet
         time_base = in_stream.time_base or _TICK
         # Packet times are relative to the segment start (docs/storage.md, "File format").
-        offset_ticks = ns_to_ticks(segment.start_ns - plan.actual_from_ns)
+        offset_ticks = ns_to_ticks(segment.start_ns - state.base_ns)
         # The writer rounded each frame's ns to ticks (ns_to_ticks), so ns rebuilt from ticks can
         # be off by up to half a tick: the keyframe is found by comparing ticks, rounded the same way.
         copy_from_ticks = ns_to_ticks(copy_from_ns - segment.start_ns)
@@ -280,17 +289,32 @@ def output_name(camera: str, actual_from_ns: int) -> str:
     return f"{camera}_{compact}Z.mp4"
 
 
+@dataclass(frozen=True, slots=True)
+class ClipPart:
+    """One output file of a camera: the sources of one continuous stream configuration."""
+
+    sources: tuple[ClipSource, ...]
+    actual_from_ns: int
+    actual_to_ns: int
+    output: mf.OutputFile
+    change: str | None  # what changed from the previous part (None for the first)
+
+
 def write_clip(
     root: Path,
     plan: ClipPlan,
     camera: mf.CameraRef,
-    out_path: Path,
+    folder: Path,
     on_bytes: Callable[[int], None],
     on_integrity_failure: Callable[[SegmentSpan, str], None],
-) -> tuple[int, int, mf.OutputFile]:
-    """Steps 3-4 for one camera: check and copy every source; return (actual from, actual to, file)."""
-    out = _open_output(out_path, plan.actual_from_ns)
-    state = _CopyState(out)
+) -> list[ClipPart]:
+    """Steps 3-4 for one camera: check and copy every source into ``folder``, one file per
+    continuous stream configuration (a camera restart may change its parameter sets, or more:
+    :func:`csud.evidence.clip.describe_change` names what)."""
+    parts: list[ClipPart] = []
+    state: _CopyState | None = None
+    used: list[ClipSource] = []
+    change: str | None = None
     try:
         for source in plan.sources:
             try:
@@ -298,14 +322,38 @@ def write_clip(
             except IntegrityError as e:
                 on_integrity_failure(source.segment, str(e))
                 raise
-            _copy_source(state, data, source.segment, source.copy_from_ns, plan, on_bytes)
+            for _ in range(2):  # at most one new part per source
+                if state is None:
+                    start = plan.actual_from_ns if not parts else source.copy_from_ns
+                    path = folder / output_name(camera.id, start)
+                    state = _CopyState(_open_output(path, start), start, path)
+                try:
+                    _copy_source(state, data, source.segment, source.copy_from_ns, plan, on_bytes)
+                except _ConfigurationChange as new:
+                    assert state.template is not None
+                    parts.append(_finish(state, camera, tuple(used), change))
+                    change = describe_change(state.template, new.template)
+                    state, used = None, []
+                    continue
+                used.append(source)
+                break
             del data
-    except BaseException:
-        with contextlib.suppress(Exception):
-            out.close()
-        raise
+        if state is not None:
+            parts.append(_finish(state, camera, tuple(used), change))
+            state = None
+    finally:
+        if state is not None:
+            with contextlib.suppress(Exception):
+                state.out.close()
+    return parts
+
+
+def _finish(
+    state: _CopyState, camera: mf.CameraRef, sources: tuple[ClipSource, ...], change: str | None
+) -> ClipPart:
+    out_path = state.path
     try:
-        out.close()
+        state.out.close()
     except av.FFmpegError as e:
         raise EvidenceError(f"camera {camera.id}: writing the clip failed: {e}") from e
     if state.frames == 0 or state.first_ns is None or state.template is None:
@@ -314,16 +362,10 @@ def write_clip(
     size, digest = sha256_file(out_path)
     codec, width, height, _ = state.template
     output = mf.OutputFile(
-        name=out_path.name,
-        bytes=size,
-        sha256=digest,
-        duration_ns=state.end_ns - state.first_ns,
-        frames=state.frames,
-        codec=codec,
-        width=width,
-        height=height,
-    )
-    return state.first_ns, state.end_ns, output
+        name=out_path.name, bytes=size, sha256=digest, duration_ns=state.end_ns - state.first_ns,
+        frames=state.frames, codec=codec, width=width, height=height,
+    )  # fmt: skip
+    return ClipPart(sources, state.first_ns, state.end_ns, output, change)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -344,54 +386,6 @@ def _staging(out_dir: Path, name: str) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-MAX_REPLACED_FILES = 1000  # files listed (with their hashes) in an extraction_replaced entry
-
-
-def _move_aside(final: Path) -> Path | None:
-    """With ``--force``: move an existing ``final`` into a hidden ``.old`` folder beside it, so
-    that what is destroyed can be hashed exactly as it was, and put back on failure."""
-    if not (final.exists() or final.is_symlink()):
-        return None
-    holder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-    os.rename(final, holder / final.name)
-    return holder / final.name
-
-
-def describe_replaced(old: Path) -> dict[str, Any]:
-    """What an ``extract --force`` destroys: every file of the old folder with its size and
-    SHA-256 (the old manifest's hash among them), and what its manifest said it was."""
-    files: list[dict[str, Any]] = []
-    paths = [old] if not old.is_dir() or old.is_symlink() else sorted(p for p in old.rglob("*"))
-    total = 0
-    for path in paths:
-        if path.is_symlink() or not path.is_file():
-            continue
-        total += 1
-        if len(files) < MAX_REPLACED_FILES:
-            name = path.relative_to(old).as_posix() if path != old else path.name
-            try:
-                size, digest = sha256_file(path)
-            except OSError as e:
-                files.append({"name": name, "error": str(e.strerror or e)})
-                continue
-            files.append({"name": name, "bytes": size, "sha256": digest})
-    out: dict[str, Any] = {"files": files, "file_count": total}
-    try:
-        summary = mf.read_manifest((old / mf.MANIFEST_NAME).read_bytes())
-    except (OSError, ValueError) as e:
-        out["manifest"] = f"unreadable or absent ({e.__class__.__name__})"
-    else:
-        out["manifest"] = {
-            "requisition": summary.requisition,
-            "officer": summary.officer,
-            "created_at": summary.created_at,
-            "operator": summary.operator,
-            "clips": [{"file": f.name, "camera": f.camera, "sha256": f.sha256} for f in summary.files],
-        }
-    out["signed"] = (old / mf.SIGNATURE_NAME).is_file()
-    return out
 
 
 def _publish(staging: Path, final: Path, aside: Path | None) -> None:
@@ -479,11 +473,10 @@ def extract(
     with _staging(final.parent, name) as staging:
         clips = []
         for camera, plan in zip(request.cameras, plans, strict=True):
-            out_path = staging / output_name(camera.id, plan.actual_from_ns)
-            actual_from, actual_to, output = write_clip(
-                root, plan, camera, out_path, on_bytes, on_integrity_failure(camera)
-            )
-            clips.append(mf.ClipRecord(camera, plan, actual_from, actual_to, output))
+            parts = write_clip(root, plan, camera, staging, on_bytes, on_integrity_failure(camera))
+            for k, part in enumerate(parts):
+                clips.append(mf.ClipRecord(camera, _part_plan(plan, parts, k), part.actual_from_ns,
+                                           part.actual_to_ns, part.output, part.change))  # fmt: skip
         header = mf.Header(
             requisition=request.requisition,
             officer=request.officer,
@@ -509,7 +502,7 @@ def extract(
             if final.exists() or final.is_symlink():
                 if not request.force:
                     raise UsageError(f"{final} exists (use --force to replace it)")
-                aside = _move_aside(final)
+                aside = move_aside(final)
                 assert aside is not None
                 replaced = describe_replaced(aside)
                 # Journaled before anything is destroyed: a delivered extraction may be evidence.
@@ -527,6 +520,19 @@ def extract(
                 shutil.rmtree(aside.parent, ignore_errors=True)
             raise
     return Result(final, manifest, signing_key is not None, replaced)
+
+
+def _part_plan(plan: ClipPlan, parts: Sequence[ClipPart], k: int) -> ClipPlan:
+    """The plan of part ``k``: its sources, and the gaps from its start to the next part's."""
+    start = plan.actual_from_ns if k == 0 else parts[k].sources[0].copy_from_ns
+    end = parts[k + 1].sources[0].copy_from_ns if k + 1 < len(parts) else None
+    gaps = tuple(
+        g for g in plan.gaps if (k == 0 or g.start_ns >= start) and (end is None or g.start_ns < end)
+    )
+    actual_to = plan.actual_to_ns if end is None else parts[k].actual_to_ns
+    return dataclasses.replace(
+        plan, sources=parts[k].sources, gaps=gaps, actual_from_ns=start, actual_to_ns=actual_to
+    )
 
 
 def _journal_extraction(

@@ -688,3 +688,68 @@ def test_camera_removed_from_the_config_extracts_from_the_index(site: Site, tmp_
     ).fetchall()
     conn.close()
     assert rows == [("cam-2", "woippy")]
+
+
+async def _record_restart(root: Path) -> None:
+    """cam-1 records 4 s at 25 fps, is restarted 2 s later at 30 fps: same codec and size, new SPS."""
+    index = Index.open(root / "index.sqlite3")
+    try:
+        await record_store(root, index, timed_frames(encode(100)), camera="cam-1")
+        restart_ns = T0_NS + 6 * NS_PER_SECOND
+        aus = encode(120, fps=30)
+        await record_store(root, index, timed_frames(aus, restart_ns, fps=30), camera="cam-1", fps=30)
+    finally:
+        index.close()
+
+
+def test_extraction_across_a_restart_with_new_parameter_sets_gives_one_clip_per_configuration(
+    tmp_path: Path,
+) -> None:
+    """Issue 12, point 4: one requisition folder, one manifest, two clips, each verified."""
+    root = tmp_path / "store"
+    root.mkdir()
+    asyncio.run(_record_restart(root))
+    keys = tmp_path / "keys"
+    assert run("keygen", "--out", keys).returncode == 0
+    config = write_config(tmp_path / "csud.toml", root, keys / "signing_key.pem")
+    done = run(
+        "extract", "--config", config, "--camera", "cam-1", "--from", t(1), "--to", t(9),
+        "--requisition", "PV-restart", "--officer", "OPJ", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "out" / "PV-restart"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    clips = manifest["clips"]
+    assert [c["camera"]["id"] for c in clips] == ["cam-1", "cam-1"]
+    assert "starts_after" not in clips[0] and clips[1]["starts_after"] == "SPS changed"
+    assert clips[0]["output"]["file"] != clips[1]["output"]["file"]
+    assert clips[1]["actual"]["from_ns"] == T0_NS + 6 * NS_PER_SECOND
+    assert clips[0]["actual"]["to_ns"] <= clips[1]["actual"]["from_ns"]
+    assert [g["from_ns"] for g in clips[0]["gaps"]] == [T0_NS + 4 * NS_PER_SECOND]  # the restart
+    for clip in clips:
+        pts = decode_pts(folder / clip["output"]["file"])
+        assert len(pts) == clip["output"]["frames"] and pts[0] == 0
+    assert clips[0]["output"]["frames"] == 75  # 1 s .. 4 s at 25 fps (from the keyframe at 1 s)
+    assert clips[1]["output"]["frames"] == 90  # 6 s .. 9 s at 30 fps
+    verify = run("verify", folder, "--public-key", keys / "public_key.pem")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.count("OK        cam-1_") == 2
+
+
+def test_describe_change_names_the_real_difference() -> None:
+    from csud.evidence.clip import describe_change
+
+    def avcc(sps: bytes, pps: bytes) -> bytes:
+        return (
+            bytes([1, 100, 0, 31, 0xFF, 0xE1])
+            + len(sps).to_bytes(2, "big")
+            + sps
+            + b"\x01"
+            + (len(pps).to_bytes(2, "big") + pps)
+        )
+
+    a = ("h264", 1280, 720, avcc(b"\x67sps1", b"\x68pps"))
+    assert describe_change(a, ("h264", 1280, 720, avcc(b"\x67sps2", b"\x68pps"))) == "SPS changed"
+    assert describe_change(a, ("h264", 1280, 720, avcc(b"\x67sps1", b"\x68pp2"))) == "PPS changed"
+    assert describe_change(a, ("h264", 1920, 1080, a[3])) == "resolution 1280x720 -> 1920x1080"
+    assert describe_change(a, ("hevc", 1280, 720, b"x")) == "codec h264 -> hevc"
