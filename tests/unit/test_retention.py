@@ -513,7 +513,7 @@ def test_usage_is_kept_by_triggers(store: tuple[Path, Index, Retention]) -> None
 
 
 def test_migration_from_version_1_keeps_data_and_fills_usage(tmp_path: Path) -> None:
-    from csud.store.index import MIGRATIONS, SCHEMA_VERSION
+    from csud.store.index import MIGRATIONS
 
     path = tmp_path / "index.sqlite3"
     conn = sqlite3.connect(path, isolation_level=None)
