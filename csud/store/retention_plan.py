@@ -13,7 +13,7 @@ Rules (CSI art. L252-5, DESIGN.md "Retention"):
   configuration's (:func:`segment_days`). A camera removed from the configuration therefore keeps
   its own (shorter) window instead of falling back to its commune's; a lengthened window applies
   to footage recorded from then on only. A row without a stored window (recorded before schema
-  version 4) takes the current configuration's at the first pass, which stores it.
+  version 5) takes the current configuration's at the first pass, which stores it.
 - A segment is **due** when its *end* is at least one window old: ``end_ns <= now_ns - window_ns``
   (:func:`cutoff_ns`). One nanosecond earlier it is kept; the first pass at or after that instant
   destroys it.
@@ -57,7 +57,7 @@ class SegmentRef:
     end_ns: int
     bytes: int = 0
     path: str = ""
-    window_days: int | None = None  # stored with the row (schema 4); None: recorded before
+    window_days: int | None = None  # stored with the row (schema 5); None: recorded before
 
 
 @dataclass(frozen=True, slots=True)

@@ -692,7 +692,7 @@ def test_camera_removed_from_the_config_extracts_from_the_index(site: Site, tmp_
 
 async def _record_restart(root: Path) -> None:
     """cam-1 records 4 s at 25 fps, is restarted 2 s later at 30 fps: same codec and size, new SPS."""
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     try:
         await record_store(root, index, timed_frames(encode(100)), camera="cam-1")
         restart_ns = T0_NS + 6 * NS_PER_SECOND
@@ -707,7 +707,7 @@ def test_extraction_across_a_restart_with_new_parameter_sets_gives_one_clip_per_
 ) -> None:
     """Issue 12, point 4: one requisition folder, one manifest, two clips, each verified."""
     root = tmp_path / "store"
-    root.mkdir()
+    create_store(root)  # as csud init does
     asyncio.run(_record_restart(root))
     keys = tmp_path / "keys"
     assert run("keygen", "--out", keys).returncode == 0
