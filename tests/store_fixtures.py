@@ -76,7 +76,14 @@ def open_index(root: Path) -> Index:
 
 
 def add_segment(
-    index: Index, root: Path, camera: str, commune: str, start_ns: int, seconds: int = 60, size: int = 1000
+    index: Index,
+    root: Path,
+    camera: str,
+    commune: str,
+    start_ns: int,
+    seconds: int = 60,
+    size: int = 1000,
+    retention_days: int | None = None,
 ) -> tuple[int, str]:
     """A segment file of ``size`` bytes and its row; returns (id, relpath)."""
     relpath = segment_relpath(commune, camera, start_ns)
@@ -93,7 +100,8 @@ def add_segment(
         sha256=hashlib.sha256(data).hexdigest(),
         fragments=(FragmentInfo(start_ns, 0, size, seconds * 25),),
     )
-    return index.add_segment(camera, commune, info, created_ns=start_ns + seconds * S), relpath
+    created = start_ns + seconds * S
+    return index.add_segment(camera, commune, info, created, retention_days=retention_days), relpath
 
 
 def iso(ns: int) -> str:

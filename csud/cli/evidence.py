@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# csud verify PATH: the files match the manifest, but nothing the verifier supplied vouches for the
+# manifest (unsigned, or signed with a key merely found in the folder). Never 0 (issue 12).
+EXIT_NOT_AUTHENTICATED = 3
 
 
 def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
@@ -58,10 +62,19 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse
         "verify",
         help="check an extraction offline, or (--archive) the stored segments",
         description="PATH: an extraction folder or its manifest.json; needs nothing but its files. "
-        "--archive: re-hash stored segments against the index (reads the configuration).",
+        "Exit 0: every file matches and the signature verifies under the key you supply "
+        "(--public-key or --fingerprint); 3: the files match but authenticity is not established "
+        "(unsigned, or no key of yours given); 1: something does not match; 2: bad usage (also a "
+        "folder without manifest.json). --archive: re-hash stored segments against the index "
+        "(reads the configuration).",
     )
     ver.add_argument("path", nargs="?", metavar="PATH", help="an extraction folder or its manifest.json")
     ver.add_argument("--public-key", metavar="FILE", help="the site's public key, received separately")
+    ver.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="the site's key fingerprint (printed by csud keygen and by every extraction)",
+    )
     ver.add_argument("--archive", action="store_true", help="check the store against the index instead")
     ver.add_argument("--camera", metavar="ID", help="with --archive: only this camera")
     ver.add_argument("--config", help=f"with --archive: {CONFIG_HELP}")
@@ -101,8 +114,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     index = Index.open(index_path)
     try:
         refs = [_camera_ref(settings, index, cam, from_ns, to_ns, loaded.path) for cam in args.camera]
+        now_ns = time.time_ns()
+        cameras = cameras_from(refs)
+        recording, outages = _recording_context(settings, index, [c.id for c in cameras], now_ns)
         request = Request(
-            cameras=cameras_from(refs),
+            cameras=cameras,
             from_ns=from_ns,
             to_ns=to_ns,
             requisition=args.requisition,
@@ -110,9 +126,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
             service=args.service,
             out_dir=Path(args.out),
             force=args.force,
+            recording=recording,
+            outages=outages,
         )
         result = extract(
-            request, root=root, index=index, now_ns=time.time_ns(), signing_key=signing_key,
+            request, root=root, index=index, now_ns=now_ns, signing_key=signing_key,
             progress=progress, zone=settings.site.zone(),
         )  # fmt: skip
     finally:
@@ -134,9 +152,49 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"{out['file']}: {clip['actual']['from_local']} -> {clip['actual']['to_local']}, "
             f"{out['frames']} frames, {out['bytes']} B{gaps}, sha256 {out['sha256']}"
         )
-    signed = "signed" if result.signed else "NOT signed (no evidence.signing_key configured)"
+    if signing_key is not None:
+        from csud.evidence.signing import fingerprint
+
+        signed = f"signed with the site's key, fingerprint {fingerprint(signing_key.public_key())}"
+    else:
+        signed = "NOT signed (no evidence.signing_key configured)"
+    if result.replaced is not None:
+        print(
+            f"replaced the previous {result.folder} (--force): {result.replaced['file_count']} file(s) "
+            "destroyed, listed with their SHA-256 in the journal (extraction_replaced)"
+        )
     print(f"extraction {result.folder}: manifest.json {signed}; journaled")
     return EXIT_OK
+
+
+def _recording_context(
+    settings: Settings, index: Index, cameras: list[str], now_ns: int
+) -> tuple[frozenset[str], dict[str, tuple[Any, ...]]]:
+    """Which cameras are being recorded now, and the known outages of each (gap causes)."""
+    from csud.evidence.outages import camera_context, daemon_outages, read_status
+    from csud.store.journal import DAEMON_STARTED, DAEMON_STOPPED
+    from csud.store.recovery import store_locked
+
+    root = settings.storage.root
+    running = store_locked(root)
+    entries = index.journal_entries(kind=DAEMON_STARTED) + index.journal_entries(kind=DAEMON_STOPPED)
+    daemon = daemon_outages(entries, now_ns, running)
+    status = read_status(settings.metrics.listen, root) if running else None
+    enabled = {c.id for c in settings.cameras if c.enabled}
+    recording: set[str] = set()
+    outages: dict[str, tuple[Any, ...]] = {}
+    for cam in cameras:
+        rows = index.segments(cam, now_ns - 86_400 * 1_000_000_000, None)
+        last_end = rows[-1].end_ns if rows else None
+        context = camera_context(
+            cam, cam in enabled, last_end, now_ns=now_ns, running=running,
+            status=None if status is None else status.get(cam), daemon=daemon,
+            segment_seconds=settings.storage.segment_seconds,
+        )  # fmt: skip
+        if context.recording:
+            recording.add(cam)
+        outages[cam] = context.outages
+    return frozenset(recording), outages
 
 
 def _camera_ref(
@@ -165,30 +223,40 @@ def _camera_ref(
 
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.archive:
-        if args.path or args.public_key:
-            raise UsageError("--archive takes no PATH nor --public-key")
+        if args.path or args.public_key or args.fingerprint:
+            raise UsageError("--archive takes no PATH, --public-key nor --fingerprint")
         return _verify_archive(args)
     if args.camera or args.config:
         raise UsageError("--camera and --config go with --archive")
     if not args.path:
         raise UsageError("give PATH (an extraction folder or its manifest.json), or --archive")
-    from csud.evidence.verify import verify_extraction
+    from csud.evidence.verify import NOT_ESTABLISHED, parse_fingerprint, verify_extraction
 
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
-    report = verify_extraction(path, Path(args.public_key) if args.public_key else None)
+    expected = parse_fingerprint(args.fingerprint) if args.fingerprint else None
+    report = verify_extraction(path, Path(args.public_key) if args.public_key else None, expected)
     if args.json:
         print_json({"ok": report.ok, **dataclasses.asdict(report)})
         if not report.ok:
             raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
-        return EXIT_OK
+        return EXIT_OK if report.authenticated else EXIT_NOT_AUTHENTICATED
     for line in report.lines:
         print(line)
     print(report.signature_line)
     if not report.ok:
         raise EvidenceError("verification FAILED: " + "; ".join(report.problems))
-    print(f"verification OK: {report.folder}")
+    if not report.authenticated:
+        print(NOT_ESTABLISHED)
+        print(f"integrity consistent, authenticity NOT established: {report.folder}")
+        print(
+            f"csud verify: the files match manifest.json but authenticity is not established "
+            f"({report.signature_line.split(':')[0]}); exit {EXIT_NOT_AUTHENTICATED}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_AUTHENTICATED
+    print(f"verification OK: {report.folder} (authentic: signed with the key you supplied)")
     return EXIT_OK
 
 

@@ -30,7 +30,9 @@ WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 def register(subparsers: Any, with_config: WithConfig) -> None:
     ret = with_config(subparsers.add_parser("retention", help="run one retention pass (or --dry-run)"))
     ret.add_argument("--dry-run", action="store_true", help="list what would be destroyed; destroy nothing")
-    ret.add_argument("--now", metavar="T", help="pretend it is T (ISO 8601 with offset)")
+    ret.add_argument(
+        "--now", metavar="T", help="with --dry-run only: list what would be due at T (ISO 8601 with offset)"
+    )
     ret.add_argument("--json", action="store_true", help="the pass's report as JSON")
     ret.set_defaults(handler=cmd_retention)
 
@@ -92,6 +94,10 @@ def _t(ns: int | None, tz: tzinfo) -> str:
 def cmd_retention(args: argparse.Namespace) -> int:
     from csud.store.retention import Retention
 
+    if args.now and not args.dry_run:
+        # A real pass destroys at real time only: a pretended date would destroy footage early
+        # and date the register wrongly (issue 12).
+        raise UsageError("--now goes with --dry-run only: a real pass destroys at the real time")
     now_ns = parse_time(args.now) if args.now else time.time_ns()
     settings, index = _open(args, readonly=False)
     try:

@@ -20,6 +20,12 @@ Invariants of a plan (tested, table-driven):
   frame count): between non-contiguous segments, before the first one and after the last one.
   The reason is :data:`REASON_NOT_RECORDED` (the index does not say why yet), or
   :data:`REASON_CLOCK_STEP` for the part of an overlapping segment skipped up to its keyframe.
+- A gap carries its ``cause`` where the caller knows one (``outages``: the daemon stopped, the
+  camera down, its credentials refused): the causes of the outages overlapping it, else ``None``.
+- With ``recording`` (the camera is being recorded now and its last indexed frame is recent), the
+  part after the last indexed frame is no gap in the recording: it is the segment in progress,
+  indexed when it closes. It is listed with reason :data:`REASON_NOT_YET_RECORDED`, never
+  :data:`REASON_NOT_RECORDED`. (An interval ending after now is refused by the caller.)
 - ``actual_to_ns`` is the end of the recording that ``to_ns`` cuts, at most ``to_ns``: the exact
   end of the last frame copied is only known from the packets, and the extractor reports that.
 """
@@ -30,6 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 REASON_NOT_RECORDED = "not recorded"
+# The tail of an interval after the last indexed frame of a camera being recorded now.
+REASON_NOT_YET_RECORDED = "not yet recorded"
+CAUSE_SEGMENT_IN_PROGRESS = "recording in progress: the open segment is indexed when it closes"
 # Frames recorded twice over after the server clock stepped back: the later segment's frames up
 # to its next keyframe cannot be copied without going back in time.
 REASON_CLOCK_STEP = "overlapping recording after a clock step"
@@ -86,11 +95,28 @@ class ClipSource:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """No recording in ``[start_ns, end_ns)``, because of ``reason``."""
+    """No recording in ``[start_ns, end_ns)``, because of ``reason``; ``cause`` when known."""
 
     start_ns: int
     end_ns: int
     reason: str = REASON_NOT_RECORDED
+    cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A known reason for no recording over ``[start_ns, end_ns)`` (the daemon stopped, ...)."""
+
+    start_ns: int
+    end_ns: int
+    cause: str
+
+
+def _with_cause(gap: Gap, outages: Sequence[Outage]) -> Gap:
+    causes = list(
+        dict.fromkeys(o.cause for o in outages if o.start_ns < gap.end_ns and gap.start_ns < o.end_ns)
+    )
+    return Gap(gap.start_ns, gap.end_ns, gap.reason, "; ".join(causes) or None) if causes else gap
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +151,16 @@ def _keyframe_at_or_after(segment: SegmentSpan, t_ns: int) -> FragmentSpan | Non
     return None
 
 
-def plan_clip(segments: Sequence[SegmentSpan], from_ns: int, to_ns: int) -> ClipPlan:
-    """The plan for ``[from_ns, to_ns)`` over one camera's ``segments`` (any order, any extent)."""
+def plan_clip(
+    segments: Sequence[SegmentSpan],
+    from_ns: int,
+    to_ns: int,
+    *,
+    recording: bool = False,
+    outages: Sequence[Outage] = (),
+) -> ClipPlan:
+    """The plan for ``[from_ns, to_ns)`` over one camera's ``segments`` (any order, any extent);
+    ``recording`` and ``outages`` as in the module doc."""
     if to_ns <= from_ns:
         raise EmptyIntervalError("the interval is empty or reversed (--to must be after --from)")
     overlapping = sorted(
@@ -159,10 +193,16 @@ def plan_clip(segments: Sequence[SegmentSpan], from_ns: int, to_ns: int) -> Clip
         covered_to_ns = max(covered_to_ns, min(segment.end_ns, to_ns))
         previous = segment
     if not sources:
+        if recording:
+            raise NoFootageError(f"nothing indexed in the interval yet ({CAUSE_SEGMENT_IN_PROGRESS})")
         raise NoFootageError("no footage recorded in the interval")
     assert previous is not None
     if to_ns - covered_to_ns > previous.frame_ns:
-        gaps.append(Gap(covered_to_ns, to_ns))
+        if recording:
+            gaps.append(Gap(covered_to_ns, to_ns, REASON_NOT_YET_RECORDED, CAUSE_SEGMENT_IN_PROGRESS))
+        else:
+            gaps.append(Gap(covered_to_ns, to_ns))
+    gaps = [_with_cause(g, outages) if g.reason == REASON_NOT_RECORDED else g for g in gaps]
     return ClipPlan(
         from_ns=from_ns,
         to_ns=to_ns,
@@ -171,3 +211,42 @@ def plan_clip(segments: Sequence[SegmentSpan], from_ns: int, to_ns: int) -> Clip
         actual_from_ns=sources[0].copy_from_ns,
         actual_to_ns=covered_to_ns,
     )
+
+
+def _avcc_parameter_sets(extradata: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """(SPS, PPS) of an H.264 ``avcC`` record (ISO 14496-15), or ``None`` if it is not one."""
+    try:
+        if len(extradata) < 7 or extradata[0] != 1:
+            return None
+        pos, lists = 5, []
+        for mask in (0x1F, 0xFF):
+            count = extradata[pos] & mask
+            pos += 1
+            items = []
+            for _ in range(count):
+                size = int.from_bytes(extradata[pos : pos + 2], "big")
+                items.append(bytes(extradata[pos + 2 : pos + 2 + size]))
+                pos += 2 + size
+            lists.append(tuple(items))
+        return lists[0], lists[1]
+    except IndexError:
+        return None
+
+
+def describe_change(old: tuple[str, int, int, bytes], new: tuple[str, int, int, bytes]) -> str:
+    """What differs between two stream configurations (codec, width, height, extradata), in
+    words a supervisor can check: ``codec h264 -> hevc``, ``resolution 1280x720 -> 1920x1080``,
+    ``SPS changed``, ``PPS changed``, ``SPS and PPS changed``, else ``parameter sets changed``."""
+    changes = []
+    if old[0] != new[0]:
+        changes.append(f"codec {old[0]} -> {new[0]}")
+    if old[1:3] != new[1:3]:
+        changes.append(f"resolution {old[1]}x{old[2]} -> {new[1]}x{new[2]}")
+    if old[3] != new[3] and old[0] == new[0]:
+        a, b = _avcc_parameter_sets(old[3]), _avcc_parameter_sets(new[3])
+        if old[0] == "h264" and a is not None and b is not None:
+            names = [n for n, i in (("SPS", 0), ("PPS", 1)) if a[i] != b[i]]
+            changes.append(f"{' and '.join(names)} changed" if names else "parameter sets changed")
+        else:
+            changes.append("parameter sets changed")
+    return ", ".join(changes) or "stream configuration changed"

@@ -19,8 +19,14 @@ Steps, in order; any failure leaves nothing in the output directory:
    signing key, ``manifest.json.sig`` and a copy of the public key (``public_key.pem``).
 5. fsync every file and the folder, then journal the ``extraction`` (with the output hashes).
    The journal entry comes first so that no extraction is ever handed over unjournaled.
-6. Rename the folder to ``DIR/<REF>`` (with ``--force``, the old folder is moved aside first
-   and removed after), fsync ``DIR``.
+6. Rename the folder to ``DIR/<REF>``, fsync ``DIR``. An existing ``DIR/<REF>`` (perhaps already
+   handed over) is refused unless ``--force``; with it, the old folder is moved aside first, every
+   file in it hashed and an ``extraction_replaced`` entry journaled (files, sizes, SHA-256, what
+   its manifest said), then the new folder takes its place and the old one is removed. On any
+   failure before the rename, the old folder is put back.
+
+Modes: the staging folder stays 0700 (``mkdtemp``), so the published folder is 0700; clips and
+manifest are 0640 whatever the umask (issue 12: footage of people is never world-readable).
 
 Timeline of a clip (real time is kept): the output's time 0 is the actual start (the keyframe
 at or before ``from``) and every frame sits at its recorded time minus that start, across
@@ -31,6 +37,7 @@ it on screen for its duration. Output timestamps are 1/90000 s and strictly incr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -38,8 +45,8 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from fractions import Fraction
 from pathlib import Path
@@ -54,16 +61,20 @@ from csud.evidence import manifest as mf
 from csud.evidence.clip import (
     ClipPlan,
     ClipPlanError,
+    ClipSource,
     EmptyIntervalError,
     FragmentSpan,
+    Outage,
     SegmentSpan,
+    describe_change,
     plan_clip,
 )
+from csud.evidence.replace import describe_replaced, move_aside
 from csud.evidence.signing import public_pem, sign
 from csud.recording.writer import MP4_TIMESCALE, ns_to_ticks
-from csud.store.durable import fsync_path, sha256_file
+from csud.store.durable import FOOTAGE_DIR_MODE, FOOTAGE_FILE_MODE, fsync_path, open_footage, sha256_file
 from csud.store.index import Index
-from csud.store.journal import EXTRACTION, INTEGRITY_FAILURE, os_actor
+from csud.store.journal import EXTRACTION, EXTRACTION_REPLACED, INTEGRITY_FAILURE, os_actor
 
 HASH_CHUNK_BYTES = 4 << 20
 NS_PER_SECOND = 1_000_000_000
@@ -91,6 +102,9 @@ class Request:
     service: str | None
     out_dir: Path
     force: bool = False
+    # Per camera id: whether it is being recorded now, and known outages (csud.evidence.outages).
+    recording: frozenset[str] = frozenset()
+    outages: Mapping[str, tuple[Outage, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,7 @@ class Result:
     folder: Path
     manifest: dict[str, Any]
     signed: bool
+    replaced: dict[str, Any] | None = None  # with --force: what the old folder held (journaled)
 
 
 def folder_name(requisition: str) -> str:
@@ -133,7 +148,15 @@ def plan_all(index: Index, request: Request) -> list[ClipPlan]:
     for camera in request.cameras:
         spans = segment_spans(index, camera.id, request.from_ns, request.to_ns)
         try:
-            plans.append(plan_clip(spans, request.from_ns, request.to_ns))
+            plans.append(
+                plan_clip(
+                    spans,
+                    request.from_ns,
+                    request.to_ns,
+                    recording=camera.id in request.recording,
+                    outages=request.outages.get(camera.id, ()),
+                )
+            )
         except EmptyIntervalError as e:
             raise UsageError(str(e)) from None
         except ClipPlanError as e:
@@ -170,9 +193,18 @@ def read_segment(root: Path, segment: SegmentSpan, on_bytes: Callable[[int], Non
     return bytes(data)
 
 
+class _ConfigurationChange(Exception):
+    """The next source's stream configuration differs: a new clip starts there."""
+
+    def __init__(self, template: tuple[str, int, int, bytes]) -> None:
+        self.template = template
+
+
 @dataclass
 class _CopyState:
     out: Any
+    base_ns: int  # the clip's time 0 (its first keyframe)
+    path: Path
     stream: Any = None
     template: tuple[str, int, int, bytes] | None = None  # codec, width, height, extradata
     last_dts: int = -1
@@ -207,14 +239,10 @@ def _copy_source(
             state.stream.time_base = _TICK
             state.template = template
         elif template != state.template:
-            raise EvidenceError(
-                f"segment {segment.path}: codec parameters change inside the interval "
-                f"({state.template[:3] if state.template else None} -> {template[:3]}); "
-                "extract the parts before and after separately"
-            )
+            raise _ConfigurationChange(template)  # nothing of this source muxed yet
         time_base = in_stream.time_base or _TICK
         # Packet times are relative to the segment start (docs/storage.md, "File format").
-        offset_ticks = ns_to_ticks(segment.start_ns - plan.actual_from_ns)
+        offset_ticks = ns_to_ticks(segment.start_ns - state.base_ns)
         # The writer rounded each frame's ns to ticks (ns_to_ticks), so ns rebuilt from ticks can
         # be off by up to half a tick: the keyframe is found by comparing ticks, rounded the same way.
         copy_from_ticks = ns_to_ticks(copy_from_ns - segment.start_ns)
@@ -261,17 +289,32 @@ def output_name(camera: str, actual_from_ns: int) -> str:
     return f"{camera}_{compact}Z.mp4"
 
 
+@dataclass(frozen=True, slots=True)
+class ClipPart:
+    """One output file of a camera: the sources of one continuous stream configuration."""
+
+    sources: tuple[ClipSource, ...]
+    actual_from_ns: int
+    actual_to_ns: int
+    output: mf.OutputFile
+    change: str | None  # what changed from the previous part (None for the first)
+
+
 def write_clip(
     root: Path,
     plan: ClipPlan,
     camera: mf.CameraRef,
-    out_path: Path,
+    folder: Path,
     on_bytes: Callable[[int], None],
     on_integrity_failure: Callable[[SegmentSpan, str], None],
-) -> tuple[int, int, mf.OutputFile]:
-    """Steps 3-4 for one camera: check and copy every source; return (actual from, actual to, file)."""
-    out = _open_output(out_path, plan.actual_from_ns)
-    state = _CopyState(out)
+) -> list[ClipPart]:
+    """Steps 3-4 for one camera: check and copy every source into ``folder``, one file per
+    continuous stream configuration (a camera restart may change its parameter sets, or more:
+    :func:`csud.evidence.clip.describe_change` names what)."""
+    parts: list[ClipPart] = []
+    state: _CopyState | None = None
+    used: list[ClipSource] = []
+    change: str | None = None
     try:
         for source in plan.sources:
             try:
@@ -279,35 +322,54 @@ def write_clip(
             except IntegrityError as e:
                 on_integrity_failure(source.segment, str(e))
                 raise
-            _copy_source(state, data, source.segment, source.copy_from_ns, plan, on_bytes)
+            for _ in range(2):  # at most one new part per source
+                if state is None:
+                    start = plan.actual_from_ns if not parts else source.copy_from_ns
+                    path = folder / output_name(camera.id, start)
+                    state = _CopyState(_open_output(path, start), start, path)
+                try:
+                    _copy_source(state, data, source.segment, source.copy_from_ns, plan, on_bytes)
+                except _ConfigurationChange as new:
+                    assert state.template is not None
+                    parts.append(_finish(state, camera, tuple(used), change))
+                    change = describe_change(state.template, new.template)
+                    state, used = None, []
+                    continue
+                used.append(source)
+                break
             del data
-    except BaseException:
-        with contextlib.suppress(Exception):
-            out.close()
-        raise
+        if state is not None:
+            parts.append(_finish(state, camera, tuple(used), change))
+            state = None
+    finally:
+        if state is not None:
+            with contextlib.suppress(Exception):
+                state.out.close()
+    return parts
+
+
+def _finish(
+    state: _CopyState, camera: mf.CameraRef, sources: tuple[ClipSource, ...], change: str | None
+) -> ClipPart:
+    out_path = state.path
     try:
-        out.close()
+        state.out.close()
     except av.FFmpegError as e:
         raise EvidenceError(f"camera {camera.id}: writing the clip failed: {e}") from e
     if state.frames == 0 or state.first_ns is None or state.template is None:
         raise EvidenceError(f"camera {camera.id}: no frame recorded in the interval")
+    out_path.chmod(FOOTAGE_FILE_MODE)  # PyAV created it under the umask
     size, digest = sha256_file(out_path)
     codec, width, height, _ = state.template
     output = mf.OutputFile(
-        name=out_path.name,
-        bytes=size,
-        sha256=digest,
-        duration_ns=state.end_ns - state.first_ns,
-        frames=state.frames,
-        codec=codec,
-        width=width,
-        height=height,
-    )
-    return state.first_ns, state.end_ns, output
+        name=out_path.name, bytes=size, sha256=digest, duration_ns=state.end_ns - state.first_ns,
+        frames=state.frames, codec=codec, width=width, height=height,
+    )  # fmt: skip
+    return ClipPart(sources, state.first_ns, state.end_ns, output, change)
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    with path.open("xb") as f:
+    with open(path, "xb", opener=open_footage) as f:
         f.write(data)
 
 
@@ -315,37 +377,29 @@ def _write_file(path: Path, data: bytes) -> None:
 def _staging(out_dir: Path, name: str) -> Iterator[Path]:
     """A hidden folder next to ``out_dir/name``, removed unless the caller renamed it away."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=FOOTAGE_DIR_MODE)
+        # mkdtemp makes it 0700, and it stays so: the published folder is never wider (issue 12).
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_dir))
     except OSError as e:
         raise CsudError(f"cannot create the output folder in {out_dir}: {e.strerror or e}") from None
     try:
-        # mkdtemp makes it 0700; the published folder gets the usual mode (umask applies).
-        umask = os.umask(0o22)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, final: Path, force: bool) -> None:
-    """Step 6: rename ``staging`` to ``final`` (replacing it with ``force``), then fsync the parent."""
-    old: Path | None = None
-    if final.exists() or final.is_symlink():
-        if not force:
-            raise UsageError(f"{final} exists (use --force to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.rename(final, old / final.name)
+def _publish(staging: Path, final: Path, aside: Path | None) -> None:
+    """Step 6: rename ``staging`` to ``final`` (the old one already moved ``aside``), fsync the
+    parent, then remove what was set aside; on failure the old folder is put back."""
     try:
         os.rename(staging, final)
     except OSError:
-        if old is not None:
-            os.rename(old / final.name, final)  # put the previous extraction back
+        if aside is not None:
+            os.rename(aside, final)  # put the previous extraction back
         raise
     fsync_path(final.parent, directory=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 def local_zone() -> tuple[tzinfo, str]:
@@ -385,6 +439,11 @@ def extract(
 ) -> Result:
     """Run the extraction described by ``request`` (module doc, steps 1-6)."""
     name = folder_name(request.requisition)
+    if request.to_ns > now_ns:
+        raise UsageError(
+            f"--to {mf.utc_iso(request.to_ns)} is after now ({mf.utc_iso(now_ns)}): what comes after now "
+            "is not yet recorded; ask for an interval that ends now or earlier"
+        )
     final = request.out_dir.absolute() / name
     if (final.exists() or final.is_symlink()) and not request.force:
         raise UsageError(f"{final} exists (use --force to replace it)")
@@ -414,11 +473,10 @@ def extract(
     with _staging(final.parent, name) as staging:
         clips = []
         for camera, plan in zip(request.cameras, plans, strict=True):
-            out_path = staging / output_name(camera.id, plan.actual_from_ns)
-            actual_from, actual_to, output = write_clip(
-                root, plan, camera, out_path, on_bytes, on_integrity_failure(camera)
-            )
-            clips.append(mf.ClipRecord(camera, plan, actual_from, actual_to, output))
+            parts = write_clip(root, plan, camera, staging, on_bytes, on_integrity_failure(camera))
+            for k, part in enumerate(parts):
+                clips.append(mf.ClipRecord(camera, _part_plan(plan, parts, k), part.actual_from_ns,
+                                           part.actual_to_ns, part.output, part.change))  # fmt: skip
         header = mf.Header(
             requisition=request.requisition,
             officer=request.officer,
@@ -438,12 +496,43 @@ def extract(
         for path in staging.iterdir():
             fsync_path(path)
         fsync_path(staging, directory=True)
-        _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
+        aside: Path | None = None
+        replaced: dict[str, Any] | None = None
         try:
-            _publish(staging, final, request.force)
+            if final.exists() or final.is_symlink():
+                if not request.force:
+                    raise UsageError(f"{final} exists (use --force to replace it)")
+                aside = move_aside(final)
+                assert aside is not None
+                replaced = describe_replaced(aside)
+                # Journaled before anything is destroyed: a delivered extraction may be evidence.
+                index.append_journal(
+                    EXTRACTION_REPLACED, now_ns=now_ns, actor=operator, requisition=request.requisition,
+                    reason="replaced by extract --force", details={"folder": str(final), **replaced},
+                )  # fmt: skip
+            _journal_extraction(index, request, clips, final, data, signing_key is not None, now_ns, operator)
+            _publish(staging, final, aside)
         except OSError as e:
             raise CsudError(f"cannot move the extraction to {final}: {e.strerror or e}") from None
-    return Result(final, manifest, signing_key is not None)
+        except BaseException:
+            if aside is not None and not (final.exists() or final.is_symlink()):
+                os.rename(aside, final)  # nothing destroyed: the old folder goes back
+                shutil.rmtree(aside.parent, ignore_errors=True)
+            raise
+    return Result(final, manifest, signing_key is not None, replaced)
+
+
+def _part_plan(plan: ClipPlan, parts: Sequence[ClipPart], k: int) -> ClipPlan:
+    """The plan of part ``k``: its sources, and the gaps from its start to the next part's."""
+    start = plan.actual_from_ns if k == 0 else parts[k].sources[0].copy_from_ns
+    end = parts[k + 1].sources[0].copy_from_ns if k + 1 < len(parts) else None
+    gaps = tuple(
+        g for g in plan.gaps if (k == 0 or g.start_ns >= start) and (end is None or g.start_ns < end)
+    )
+    actual_to = plan.actual_to_ns if end is None else parts[k].actual_to_ns
+    return dataclasses.replace(
+        plan, sources=parts[k].sources, gaps=gaps, actual_from_ns=start, actual_to_ns=actual_to
+    )
 
 
 def _journal_extraction(

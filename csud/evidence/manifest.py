@@ -116,6 +116,7 @@ class ClipRecord:
     actual_from_ns: int
     actual_to_ns: int
     output: OutputFile
+    change: str | None = None  # a later clip of the same camera: what changed (camera restart)
 
 
 def build_manifest(header: Header, clips: Sequence[ClipRecord], tz: tzinfo) -> dict[str, Any]:
@@ -144,9 +145,17 @@ def _clip_json(clip: ClipRecord, tz: tzinfo) -> dict[str, Any]:
             "commune": {"id": clip.camera.commune_id, "name": clip.camera.commune_name},
             **({} if clip.camera.in_config else {"note": NOT_IN_CONFIG_NOTE}),
         },
+        **({"starts_after": clip.change} if clip.change else {}),
         "requested": interval_json(clip.plan.from_ns, clip.plan.to_ns, tz),
         "actual": interval_json(clip.actual_from_ns, clip.actual_to_ns, tz),
-        "gaps": [{**interval_json(g.start_ns, g.end_ns, tz), "reason": g.reason} for g in clip.plan.gaps],
+        "gaps": [
+            {
+                **interval_json(g.start_ns, g.end_ns, tz),
+                "reason": g.reason,
+                **({"cause": g.cause} if g.cause else {}),
+            }
+            for g in clip.plan.gaps
+        ],
         "sources": [
             {
                 "path": s.segment.path,

@@ -16,6 +16,7 @@ whose file is missing is read again at the end (retention may have destroyed it 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +30,38 @@ from csud.store.layout import PARTIAL_SUFFIX, SEGMENT_SUFFIX
 from csud.store.recovery import QUARANTINE_DIR
 
 NOT_SIGNED_LINE = "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself"
+NOT_ESTABLISHED = (
+    "AUTHENTICITY NOT ESTABLISHED: pass the site's key (--public-key FILE, received separately) or "
+    "its fingerprint (--fingerprint SHA256:..., printed by csud keygen and by every extraction)"
+)
+_FINGERPRINT_RE = re.compile(r"SHA256:[0-9a-f]{64}")
+
+
+def parse_fingerprint(text: str) -> str:
+    """``SHA256:<64 hex>`` as printed by ``csud keygen`` (case and spaces forgiven); ``UsageError``."""
+    value = "".join(text.split())
+    value = "SHA256:" + value[7:].lower() if value[:7].upper() == "SHA256:" else value
+    if not _FINGERPRINT_RE.fullmatch(value):
+        raise UsageError(f"--fingerprint {text!r} is not SHA256:<64 hex digits> (as csud keygen prints it)")
+    return value
 
 
 @dataclass
 class ExtractionReport:
-    """What ``csud verify PATH`` found. ``ok`` iff ``problems`` is empty."""
+    """What ``csud verify PATH`` found.
+
+    ``ok`` iff ``problems`` is empty (nothing contradicts the manifest or its signature);
+    ``authenticated`` iff, moreover, the manifest's signature verifies under a key the verifier
+    supplied (``--public-key``, or the folder's key whose fingerprint equals ``--fingerprint``).
+    Exit codes: 0 both, 3 ok but not authenticated, 1 not ok."""
 
     folder: Path
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    signature: str = "not signed"  # "valid", "invalid", "not signed", "missing", "unchecked"
+    signature: str = "not signed"  # "valid", "invalid", "not signed", "unchecked"
     key_source: str = ""  # which public key was used, and its fingerprint
     signature_line: str = ""  # what the signature proves, worded so that it cannot be misread
+    authenticated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -54,21 +75,24 @@ def _resolve(path: Path) -> tuple[Path, Path]:
     return path.parent, path
 
 
-def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionReport:
+def verify_extraction(
+    path: Path, public_key: Path | None = None, expected_fingerprint: str | None = None
+) -> ExtractionReport:
     """Check the manifest's signature and every clip's size and SHA-256 (module doc).
 
-    The signature is checked with ``public_key`` when given (the key the OPJ received
-    separately), else with ``public_key.pem`` beside the manifest; a folder without
-    ``manifest.json.sig`` is reported "not signed", which is a problem only if a key was given.
-
-    Without ``public_key`` a folder that is merely consistent passes (exit 0: the OPJ may not have
-    the key yet), but ``signature_line`` says exactly how little that proves: an unsigned
-    manifest proves nothing about itself, and a signature checked with the folder's own key proves
-    nothing until that key's fingerprint is compared with the site's (anyone can re-sign an altered
-    manifest with a key of their own and ship it in the folder).
+    Trust rule (docs/evidence.md, "Verifying"): only a key the verifier supplies establishes
+    authenticity: ``public_key`` (a file received separately from the folder), or
+    ``expected_fingerprint`` (then the folder's ``public_key.pem`` is used only if its fingerprint
+    is that one). A key merely found in the folder proves nothing: anyone can alter a manifest,
+    re-sign it with a key of their own and put that key in the folder. A folder without
+    ``manifest.json`` is a usage error.
     """
+    if public_key is not None and expected_fingerprint is not None:
+        raise UsageError("give --public-key or --fingerprint, not both")
     folder, manifest_path = _resolve(path)
     report = ExtractionReport(folder)
+    if not manifest_path.is_file():
+        raise UsageError(f"{folder} holds no {mf.MANIFEST_NAME}: not an extraction folder")
     try:
         data = manifest_path.read_bytes()
     except OSError as e:
@@ -84,40 +108,44 @@ def verify_extraction(path: Path, public_key: Path | None = None) -> ExtractionR
     else:
         beside = folder / mf.PUBLIC_KEY_NAME
         key_data = beside.read_bytes() if beside.is_file() else None
-        key_label = f"{beside} (IN THIS FOLDER: compare its fingerprint with the site's)"
+        key_label = f"{beside} (in this folder)"
         key_name = str(beside)
 
     signature_path = folder / mf.SIGNATURE_NAME
-    if signature_path.is_file():
-        if key_data is None:
-            report.problems.append(f"{mf.SIGNATURE_NAME} present but no public key to check it")
-            report.signature = "unchecked"
-        else:
-            key = load_public_key(key_data, key_name)
-            print_ = fingerprint(key)
-            report.key_source = f"{key_label}, {print_}"
-            if signature_valid(key, data, signature_path.read_bytes()):
-                report.signature = "valid"
-                if public_key is not None:
-                    report.signature_line = f"signature valid under the given key {public_key} ({print_})"
-                else:
-                    report.signature_line = (
-                        f"signature valid under the key IN THIS FOLDER (fingerprint {print_}): "
-                        "compare it with the site's published fingerprint, or pass --public-key"
-                    )
-            else:
-                report.signature = "invalid"
-                report.problems.append("signature invalid (manifest.json altered, or another key)")
-    elif public_key is not None:
-        report.signature = "missing"
-        report.problems.append(f"not signed: {mf.SIGNATURE_NAME} missing")
-    else:
+    if not signature_path.is_file():
         report.signature_line = NOT_SIGNED_LINE
-    if not report.signature_line:
-        report.signature_line = f"signature {report.signature}" + (
-            f", key {report.key_source}" if report.key_source else ""
-        )
-
+    elif key_data is None:
+        report.signature = "unchecked"
+        report.signature_line = f"{mf.SIGNATURE_NAME} present but no public key to check it"
+    else:
+        key = load_public_key(key_data, key_name)
+        print_ = fingerprint(key)
+        report.key_source = f"{key_label}, {print_}"
+        if not signature_valid(key, data, signature_path.read_bytes()):
+            report.signature = "invalid"
+            report.problems.append("signature invalid (manifest.json altered, or another key)")
+            report.signature_line = f"signature INVALID under {report.key_source}"
+        elif public_key is not None:
+            report.signature = "valid"
+            report.authenticated = True
+            report.signature_line = f"signature valid under the given key {public_key} ({print_})"
+        elif expected_fingerprint is not None and print_ == expected_fingerprint:
+            report.signature = "valid"
+            report.authenticated = True
+            report.signature_line = f"signature valid under the site's key (fingerprint {print_}, as given)"
+        elif expected_fingerprint is not None:
+            report.signature = "valid"
+            report.problems.append(
+                f"signed with another key than the site's: the key in the folder is {print_}, "
+                f"the site's is {expected_fingerprint}"
+            )
+            report.signature_line = f"signature valid under a key that is NOT the site's ({print_})"
+        else:
+            report.signature = "valid"
+            report.signature_line = (
+                f"signature valid under the key IN THIS FOLDER (fingerprint {print_}): "
+                "compare it with the site's published fingerprint, or pass --public-key"
+            )
     try:
         summary = mf.read_manifest(data)
     except ValueError as e:

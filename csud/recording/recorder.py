@@ -33,6 +33,7 @@ from csud.recording.writer import SegmentInfo, SegmentWriter
 from csud.rtsp.client import RTCP_CHANNEL, RTP_CHANNEL, RtspSession, StreamDescription
 from csud.store.index import Index
 from csud.store.layout import segment_relpath, stagger_phase_ns
+from csud.store.retention_plan import window_days
 
 NS_PER_SECOND = 1_000_000_000
 BACKOFF_INITIAL_SECONDS = 1.0
@@ -396,7 +397,10 @@ class CameraRecorder:
         delay = INDEX_RETRY_INITIAL_SECONDS
         while True:
             try:
-                await self.index.add_segment(self.camera.id, self.commune.id, info)
+                await self.index.add_segment(
+                    self.camera.id, self.commune.id, info,
+                    retention_days=window_days(self.commune.retention_days, self.camera.retention_days),
+                )  # fmt: skip
                 break
             except Exception as exc:
                 self.log.error("index_insert_retry", path=info.relpath, error=str(exc), delay_seconds=delay)
@@ -523,10 +527,15 @@ class IndexService:
         self.index = index
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="csud-index")
 
-    async def add_segment(self, camera: str, commune: str, info: Any) -> int:
+    async def add_segment(
+        self, camera: str, commune: str, info: Any, retention_days: int | None = None
+    ) -> int:
         loop = asyncio.get_running_loop()
         row_id: int = await loop.run_in_executor(
-            self._executor, self.index.add_segment, camera, commune, info, time.time_ns()
+            self._executor,
+            lambda: self.index.add_segment(
+                camera, commune, info, time.time_ns(), retention_days=retention_days
+            ),
         )
         return row_id
 

@@ -43,7 +43,7 @@ import av
 
 from csud.errors import StorageError
 from csud.recording.segmenter import Frame
-from csud.store.durable import fsync_dir, fsync_fd, makedirs_durable
+from csud.store.durable import fsync_dir, fsync_fd, makedirs_durable, open_footage
 from csud.store.layout import partial_name
 
 MP4_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
@@ -304,7 +304,7 @@ class SegmentWriter:
 
         try:
             await loop.run_in_executor(executor, prepare)
-            file = await aiofiles.open(partial, "xb", buffering=0, executor=executor)
+            file = await aiofiles.open(partial, "xb", buffering=0, executor=executor, opener=open_footage)
         except OSError as e:
             raise _storage_error("create", partial_name(relpath), e) from e
         try:

@@ -179,6 +179,7 @@ class Daemon:
             # Then partial and orphan segment files, rows without a file, of the latest days
             # ("Startup", steps 4-6); the rest in the background once cameras record (step 7).
             recent = await recover_at_startup(self.root / INDEX_FILENAME, self.root)
+            await self.retention.journal_unclean_stop(recent.report)  # after a SIGKILL or power loss
             communes = {c.id: c for c in settings.communes}
             for camera in enabled:
                 self._start_camera(camera, communes[camera.commune], passwords[camera.id])

@@ -24,6 +24,15 @@ from pathlib import Path, PurePosixPath
 from csud.log import get_logger
 
 HASH_CHUNK_BYTES = 1 << 20
+# Footage of people is never world-readable, whatever the umask (issue 12): segments, the index
+# and extractions are created with these modes (the umask can only narrow them further).
+FOOTAGE_FILE_MODE = 0o640
+FOOTAGE_DIR_MODE = 0o750
+
+
+def open_footage(path: str | os.PathLike[str], flags: int) -> int:
+    """An ``opener`` for ``open()``/``aiofiles.open()``: new files get :data:`FOOTAGE_FILE_MODE`."""
+    return os.open(path, flags, FOOTAGE_FILE_MODE)
 
 
 class FsyncFailures:
@@ -84,7 +93,7 @@ def makedirs_durable(root: Path, reldir: PurePosixPath) -> None:
     for part in reldir.parts:
         child = current / part
         try:
-            child.mkdir()
+            child.mkdir(mode=FOOTAGE_DIR_MODE)
         except FileExistsError:
             pass
         else:

@@ -15,7 +15,10 @@ version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, th
 scans the 14-million-row segments table to learn which cameras exist or how much they hold.
 Version 3 adds ``segments.missing_ns``: startup recovery marks a row whose file is gone
 (:mod:`csud.store.recovery`). Version 4 adds ``store_identity``, the UUID that ``csud init``
-also writes in the root's marker (:mod:`csud.store.identity`).
+also writes in the root's marker (:mod:`csud.store.identity`). Version 5
+(:func:`_migrate_retention_window`) adds
+``segments.retention_days``, the retention window in force when the segment was written, only
+ever shortened (:mod:`csud.store.retention_plan`).
 
 Only :meth:`Index.create` (``csud init``, tests) creates a database file; :meth:`Index.open`
 refuses a missing one, so that an unmounted disk never gets a fresh index.
@@ -26,6 +29,7 @@ Rows marked ``deleting`` are on their way out: :meth:`Index.segments` no longer 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +40,7 @@ from typing import Any
 
 from csud.errors import StorageError
 from csud.recording.writer import FragmentInfo, SegmentInfo
+from csud.store.durable import FOOTAGE_FILE_MODE
 from csud.store.identity import StoreIdentity, migrate_store_identity
 from csud.store.journal import (
     HOLD_ADDED,
@@ -48,7 +53,7 @@ from csud.store.journal import (
     os_actor,
 )
 from csud.store.operators import migrate_operators
-from csud.store.retention_plan import Hold, SegmentRef
+from csud.store.retention_plan import NS_PER_DAY, Hold, SegmentRef
 
 _SCHEMA_V1 = """
 CREATE TABLE segments (
@@ -163,12 +168,27 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     _run_script(conn, _SCHEMA_V3)
 
 
+_SCHEMA_RETENTION_WINDOW = """
+ALTER TABLE segments ADD COLUMN retention_days INTEGER;
+CREATE INDEX segments_camera_window ON segments (camera, retention_days);
+"""
+
+
+def _migrate_retention_window(conn: sqlite3.Connection) -> None:
+    """``segments.retention_days``: the retention window in force when the segment was written,
+    only ever shortened (csud.store.retention_plan, issue 12). Existing rows get NULL: the first
+    retention pass stores the current configuration's window in them. The index makes the
+    per-pass "shorten what is longer" update and the per-camera shortest window cheap."""
+    _run_script(conn, _SCHEMA_RETENTION_WINDOW)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
     migrate_store_identity,  # 3 -> 4: the store's UUID (csud/store/identity.py)
-    migrate_operators,  # 4 -> 5: live-viewing operators (csud.store.operators)
+    _migrate_retention_window,  # 4 -> 5: the window stored with each segment (issue 12)
+    migrate_operators,  # 5 -> 6: live-viewing operators (csud.store.operators)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -234,7 +254,7 @@ class HoldRow:
 
 
 _SEGMENT_COLUMNS = "id, camera, commune, start_ns, end_ns, path, bytes, frames, sha256, created_ns"
-_REF_COLUMNS = "id, camera, commune, start_ns, end_ns, bytes, path"
+_REF_COLUMNS = "id, camera, commune, start_ns, end_ns, bytes, path, retention_days"
 _HOLD_COLUMNS = (
     "id, from_ns, to_ns, requisition, officer, reason, until_ns, created_ns, created_by,"
     " released_ns, released_by, release_reason"
@@ -251,6 +271,17 @@ _HELD = (
 def _prefix_end(prefix: str) -> str:
     """The smallest string above every string that starts with ``prefix`` (which ends in ``/``)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new index file 0640 whatever the umask (SQLite gives its -wal and -shm files the
+    database file's mode): the index names people's footage. An existing file is left as is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FOOTAGE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StorageError(f"open index {path}: {e.strerror or e}") from e
 
 
 class Index:
@@ -281,6 +312,7 @@ class Index:
                 uri = f"{path.resolve().as_uri()}?mode={mode}"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             else:
+                _create_private(path)
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as e:
             raise StorageError(f"open index {path}: {e}") from e
@@ -345,16 +377,19 @@ class Index:
         info: SegmentInfo,
         created_ns: int,
         journal: Mapping[str, Any] | None = None,
+        retention_days: int | None = None,
     ) -> int:
         """Insert a durable segment and its fragments in one transaction; return its id.
 
         ``journal``: keyword arguments of :meth:`Journal.append`, appended in the same
-        transaction (startup recovery journals each segment it publishes with its row)."""
+        transaction (startup recovery journals each segment it publishes with its row).
+        ``retention_days``: the window in force for this camera now (the recorder passes it;
+        ``None``: the next retention pass stores the configuration's)."""
         try:
             with self._lock, self._transaction() as conn:
                 cur = conn.execute(
                     "INSERT INTO segments (camera, commune, start_ns, end_ns, path, bytes, frames,"
-                    " sha256, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " sha256, created_ns, retention_days) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         camera,
                         commune,
@@ -365,6 +400,7 @@ class Index:
                         info.frames,
                         info.sha256,
                         created_ns,
+                        retention_days,
                     ),
                 )
                 segment_id = cur.lastrowid
@@ -499,34 +535,82 @@ class Index:
         cutoff_ns: int,
         exclude: Sequence[tuple[int, int]] = (),
         limit: int = 1000,
+        window: tuple[int, int] | None = None,
     ) -> list[SegmentRef]:
         """Live segments of ``camera`` recorded for ``commune`` ending at or before ``cutoff_ns``,
         oldest first, skipping those overlapping any ``[from, to)`` of ``exclude`` (the active
         holds on this camera: so that held footage never fills the ``limit``). A range scan of
-        index ``segments_camera_end``."""
-        sql, params = self._due_sql("SELECT " + _REF_COLUMNS, camera, commune, cutoff_ns, exclude)
+        index ``segments_camera_end``. ``window`` = (now, configured days): a row is then due only
+        once its own window (stored, shortened by the configured one) has passed; ``cutoff_ns``
+        is the loosest bound (from the shortest window of the camera)."""
+        sql, params = self._due_sql("SELECT " + _REF_COLUMNS, camera, commune, cutoff_ns, exclude, window)
         sql += " ORDER BY end_ns, id LIMIT ?"
         return [SegmentRef(*row) for row in self._query(sql, [*params, limit])]
 
     def count_due(
-        self, camera: str, commune: str, cutoff_ns: int, exclude: Sequence[tuple[int, int]] = ()
+        self,
+        camera: str,
+        commune: str,
+        cutoff_ns: int,
+        exclude: Sequence[tuple[int, int]] = (),
+        window: tuple[int, int] | None = None,
     ) -> int:
-        sql, params = self._due_sql("SELECT COUNT(*)", camera, commune, cutoff_ns, exclude)
+        sql, params = self._due_sql("SELECT COUNT(*)", camera, commune, cutoff_ns, exclude, window)
         return int(self._query(sql, params)[0][0])
 
     @staticmethod
     def _due_sql(
-        select: str, camera: str, commune: str, cutoff_ns: int, exclude: Sequence[tuple[int, int]]
+        select: str,
+        camera: str,
+        commune: str,
+        cutoff_ns: int,
+        exclude: Sequence[tuple[int, int]],
+        window: tuple[int, int] | None = None,
     ) -> tuple[str, list[object]]:
         sql = (
             f"{select} FROM segments INDEXED BY segments_camera_end WHERE camera = ? AND end_ns <= ?"
             " AND commune = ? AND deleting_ns IS NULL"
         )
         params: list[object] = [camera, cutoff_ns, commune]
+        if window is not None:
+            now_ns, days = window
+            sql += " AND end_ns <= ? - MIN(COALESCE(retention_days, ?), ?) * ?"
+            params += [now_ns, days, days, NS_PER_DAY]
         for from_ns, to_ns in exclude:
             sql += " AND NOT (start_ns < ? AND end_ns > ?)"
             params += [to_ns, from_ns]
         return sql, params
+
+    def shortest_window(self, camera: str) -> int | None:
+        """The shortest window stored with ``camera``'s live rows (index ``segments_camera_window``)."""
+        rows = self._query(
+            "SELECT MIN(retention_days) FROM segments WHERE camera = ? AND retention_days IS NOT NULL",
+            [camera],
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def shorten_windows(self, camera: str, commune: str, days: int) -> int:
+        """Store ``days`` in the rows of ``camera`` (for ``commune``) whose stored window is longer
+        or absent: a shortened window applies to existing footage, a longer one never does.
+        Returns the rows changed. A read first (index ``segments_camera_window``): most passes
+        change nothing and take no write lock."""
+        pending = self._query(
+            "SELECT 1 FROM segments WHERE camera = ? AND commune = ?"
+            " AND (retention_days IS NULL OR retention_days > ?) LIMIT 1",
+            [camera, commune, days],
+        )
+        if not pending:
+            return 0
+        try:
+            with self._lock, self._transaction() as conn:
+                cur = conn.execute(
+                    "UPDATE segments SET retention_days = ? WHERE camera = ? AND commune = ?"
+                    " AND (retention_days IS NULL OR retention_days > ?)",
+                    (days, camera, commune, days),
+                )
+                return int(cur.rowcount)
+        except sqlite3.Error as e:
+            raise StorageError(f"index shorten windows of {camera}: {e}") from e
 
     def oldest_unheld(self, now_ns: int, limit: int) -> list[SegmentRef]:
         """Live segments not covered by a hold active at ``now_ns``, oldest end first, across

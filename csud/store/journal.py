@@ -12,6 +12,14 @@ that was altered (its hash no longer matches its content), removed (a gap in the
 ``prev_hash`` that is not its predecessor's hash), reordered, or removed from the end (the head
 names an entry that is gone).
 
+Entry times are real time, read by the journal itself: :meth:`Journal.append` reads the clock
+(:data:`wall_clock`) inside the write transaction, after the database lock is taken, so that
+entries are dated in the order they are chained, whatever time the caller computed with (a
+``--dry-run --now`` pretends; nothing it does is journaled, and the journal would not take its
+date anyway). The caller's ``now_ns`` (the time its decision was made with) never becomes the
+entry's date. :meth:`Journal.verify` also checks that the
+dates never go backwards and names the first entry dated before its predecessor.
+
 What this does not prove, honestly: someone who can write the database file can rewrite the
 whole chain *and* the head consistently. Detecting that needs a copy of the head outside the
 file: the daemon logs the head (id and hash) at every start and stop, so the system journal holds
@@ -30,6 +38,8 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +64,10 @@ LIVE_VIEW_REFUSED = "live_view_refused"
 OPERATOR_ADDED = "operator_added"
 OPERATOR_PASSWORD_CHANGED = "operator_password_changed"
 OPERATOR_DISABLED = "operator_disabled"
+# A start found no daemon_stopped after the previous daemon_started (SIGKILL, power loss).
+UNCLEAN_STOP_DETECTED = "unclean_stop_detected"
+# A requisition folder replaced with ``extract --force``: what was destroyed, with its hashes.
+EXTRACTION_REPLACED = "extraction_replaced"
 LIVE_KINDS = frozenset(
     {
         LIVE_VIEW_STARTED,
@@ -76,6 +90,8 @@ KINDS = (
             CONFIG_LOADED,
             DAEMON_STARTED,
             DAEMON_STOPPED,
+            UNCLEAN_STOP_DETECTED,
+            EXTRACTION_REPLACED,
         }
     )
     | LIVE_KINDS
@@ -111,6 +127,9 @@ INSERT INTO journal_head (singleton, last_id, last_hash, entries) VALUES (1, 0, 
     + """', 0);
 """
 )
+
+# The clock entries are dated with (tests replace it). Real time, never the caller's.
+wall_clock: Callable[[], int] = time.time_ns
 
 _COLUMNS = (
     "id, time_ns, kind, actor, camera, commune, from_ns, to_ns, requisition, reason, details, prev_hash, hash"
@@ -204,7 +223,9 @@ class Journal:
         reason: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> JournalEntry:
-        """Append one entry, chained to the head; return it. ``details`` must be JSON-able."""
+        """Append one entry, chained to the head, dated by :data:`wall_clock` (module doc); return
+        it. ``now_ns``, the caller's decision time, is not the entry's date. ``details`` must be
+        JSON-able."""
         if kind not in KINDS:
             raise ValueError(f"unknown journal kind {kind!r}")
         conn = self._conn
@@ -252,6 +273,8 @@ class Journal:
         last_id, last_hash, count = conn.execute(
             "SELECT last_id, last_hash, entries FROM journal_head WHERE singleton = 1"
         ).fetchone()
+        # Dated here, under the write lock: entries are dated in the order they are chained.
+        now_ns = wall_clock()
         # Round-trip details through JSON now, so the stored text hashes like what we return.
         details = json.loads(canonical_bytes(details))
         draft = JournalEntry(
@@ -300,11 +323,13 @@ class Journal:
         return int(row[0]), str(row[1]), int(row[2])
 
     def verify(self) -> JournalCheck:
-        """Walk the whole chain; stop at the first problem and name the entry."""
+        """Walk the whole chain; stop at the first problem and name the entry (an altered,
+        removed or reordered entry, or one dated before its predecessor)."""
         try:
             head_id, head_hash, head_count = self.head()
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY id")
             expected_prev, expected_id, n = GENESIS_HASH, 1, 0
+            previous_time: int | None = None
             for row in rows:
                 n += 1
                 try:
@@ -327,6 +352,15 @@ class Journal:
                         f"entry {entry.id} does not follow entry {entry.id - 1}: reordered, or "
                         f"entry {entry.id - 1} was replaced",
                     )
+                if previous_time is not None and entry.time_ns < previous_time:
+                    return _bad(
+                        n,
+                        entry.id,
+                        f"entry {entry.id} is dated before entry {entry.id - 1} "
+                        f"({(previous_time - entry.time_ns) / 1e9:.3f} s earlier): the journal is dated "
+                        "in order, so it was rewritten, or the clock stepped back",
+                    )
+                previous_time = entry.time_ns
                 expected_prev, expected_id = entry.hash, entry.id + 1
             last_id = expected_id - 1
             if head_id != last_id or head_hash != expected_prev or head_count != n:

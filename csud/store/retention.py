@@ -51,6 +51,8 @@ from csud.store.journal import (
     EXTRACTION,
     RECOVERED,
     SEGMENTS_DESTROYED,
+    UNCLEAN_STOP_DETECTED,
+    JournalEntry,
 )
 from csud.store.layout import QUARANTINE_DIR
 from csud.store.retention_plan import (
@@ -172,16 +174,26 @@ class Retention:
     # -- retention --------------------------------------------------------------------------
 
     def run_pass(self, now_ns: int, dry_run: bool = False) -> PassReport:
-        """Destroy every unheld segment past its window (or list them, ``dry_run``)."""
+        """Destroy every unheld segment past its window (or list them, ``dry_run``).
+
+        A segment's window is the one stored with its row, shortened by the configuration's
+        (:func:`csud.store.retention_plan.segment_days`); a real pass first stores the configured
+        window in the rows whose stored one is longer or absent."""
         report = PassReport(now_ns=now_ns, dry_run=dry_run)
         holds = self._holds(now_ns)
         scopes = []
         for u in self.index.usage():
             days = self.policies.days(u.camera, u.commune)
-            cutoff = cutoff_ns(days, now_ns)
+            if not dry_run:  # a shortened window applies to the footage already stored
+                shortened = self.index.shorten_windows(u.camera, u.commune, days)
+                if shortened:
+                    self.log.info("retention_window_stored", camera=u.camera, days=days, segments=shortened)
+            shortest = self.index.shortest_window(u.camera)
+            loosest = days if shortest is None else min(days, shortest)
+            cutoff = cutoff_ns(loosest, now_ns)  # the range bound; each row's own window decides
             exclude = [(h.from_ns, h.to_ns) for h in holds if u.camera in h.cameras]
-            scopes.append((u.commune, u.camera, cutoff, exclude))
-            report.windows[(u.commune, u.camera)] = days
+            scopes.append((u.commune, u.camera, cutoff, exclude, (now_ns, days)))
+            report.windows[(u.commune, u.camera)] = loosest
         pending = list(scopes)
         for _ in range(1 if dry_run else MAX_ROUNDS_PER_PASS):
             if not pending:
@@ -189,9 +201,14 @@ class Retention:
             candidates: list[SegmentRef] = []
             full = []
             for scope in pending:
-                commune, camera, cutoff, exclude = scope
+                commune, camera, cutoff, exclude, window = scope
                 rows = self.index.due_candidates(
-                    camera, commune, cutoff, exclude, limit=10**9 if dry_run else BATCH_PER_CAMERA
+                    camera,
+                    commune,
+                    cutoff,
+                    exclude,
+                    limit=10**9 if dry_run else BATCH_PER_CAMERA,
+                    window=window,
                 )
                 candidates.extend(rows)
                 if len(rows) >= BATCH_PER_CAMERA:
@@ -203,9 +220,9 @@ class Retention:
                 self.destroy(decided.due, REASON_RETENTION, now_ns, report)
             pending = full
         self.expire_quarantine(now_ns, report, holds)
-        for commune, camera, cutoff, exclude in scopes:
-            everything = self.index.count_due(camera, commune, cutoff)
-            unheld = self.index.count_due(camera, commune, cutoff, exclude)
+        for commune, camera, cutoff, exclude, window in scopes:
+            everything = self.index.count_due(camera, commune, cutoff, window=window)
+            unheld = self.index.count_due(camera, commune, cutoff, exclude, window=window)
             if everything > unheld:
                 report.held[(commune, camera)] = everything - unheld
             if not dry_run and unheld:
@@ -476,6 +493,32 @@ def _batches(segments: Sequence[SegmentRef]) -> Iterable[Sequence[SegmentRef]]:
         yield ordered[i : i + DESTROY_BATCH]
 
 
+def unclean_previous_run(index: Index) -> JournalEntry | None:
+    """The last ``daemon_started`` when no ``daemon_stopped`` follows it (the daemon was killed,
+    or the machine lost power), else ``None``. Reads only the (few) start and stop entries."""
+    started = index.journal_entries(kind=DAEMON_STARTED)
+    if not started:
+        return None
+    stopped = index.journal_entries(kind=DAEMON_STOPPED)
+    if stopped and stopped[-1].id > started[-1].id:
+        return None
+    return started[-1]
+
+
+def recovery_details(recovery: Any) -> dict[str, Any]:
+    """What startup recovery did (a :class:`csud.store.recovery.RecoveryReport`), for the journal."""
+    return {
+        "partials_published": len(recovery.published),
+        "truncated_bytes": recovery.truncated_bytes,
+        "frames_recovered": recovery.frames_recovered,
+        "orphans_indexed": len(recovery.indexed_orphans),
+        "quarantined": len(recovery.quarantined),
+        "rows_marked_missing": len(recovery.missing),
+        "errors": list(recovery.errors[:20]),
+        "published": list(recovery.published[:100]),
+    }
+
+
 class RetentionService:
     """The daemon's retention task: its own thread and SQLite connection (see the module doc)."""
 
@@ -486,6 +529,10 @@ class RetentionService:
         self._index_path = index_path
         self.retention: Retention | None = None
         self.log = get_logger(component="retention")
+        # Set by start(): the previous run's daemon_started when it never journaled its stop,
+        # and how many interrupted destructions this start completed.
+        self.unclean: JournalEntry | None = None
+        self._destructions_completed = 0
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
@@ -497,7 +544,8 @@ class RetentionService:
             index = Index.open(self._index_path)
             self.retention = Retention(index, self.settings.storage.root, self.settings)
             now = self._clock()
-            self.retention.recover(now)
+            self.unclean = unclean_previous_run(index)
+            self._destructions_completed = self.retention.recover(now).count
             index.append_journal(
                 CONFIG_LOADED,
                 now_ns=now,
@@ -512,6 +560,43 @@ class RetentionService:
             self.log.info("journal_head", id=entry.id, hash=entry.hash)
 
         await self._call(work)
+
+    async def journal_unclean_stop(self, recovery: Any) -> JournalEntry | None:
+        """After startup recovery (``recovery``: its report): if the previous run stopped
+        uncleanly, journal ``unclean_stop_detected`` naming that run and what recovery did."""
+        unclean = self.unclean
+        if unclean is None or self.retention is None:
+            return None
+        index = self.retention.index
+
+        def work() -> JournalEntry:
+            details = {
+                "previous_start_id": unclean.id,
+                "previous_start_ns": unclean.time_ns,
+                "previous_pid": unclean.details.get("pid"),
+                "previous_version": unclean.details.get("version"),
+                "recovery": {
+                    **recovery_details(recovery),
+                    "interrupted_destructions_completed": self._destructions_completed,
+                },
+            }
+            return index.append_journal(
+                UNCLEAN_STOP_DETECTED,
+                now_ns=self._clock(),
+                reason="no daemon_stopped after the previous daemon_started (killed or power loss)",
+                details=details,
+            )
+
+        entry: JournalEntry = await self._call(work)
+        done = entry.details["recovery"]
+        self.log.warning(
+            "unclean_stop_detected",
+            previous_start=unclean.id,
+            partials_published=done["partials_published"],
+            frames_recovered=done["frames_recovered"],
+            quarantined=done["quarantined"],
+        )
+        return entry
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass (retention, then disk pressure) every ``retention.interval_seconds``."""

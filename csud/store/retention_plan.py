@@ -5,9 +5,15 @@ Pure: no I/O, no clock (``now_ns`` is an argument), no SQLite. The asyncio/SQLit
 
 Rules (CSI art. L252-5, DESIGN.md "Retention"):
 
-- A segment's window is its camera's ``retention_days`` when the camera sets a shorter one, else its
-  commune's, else the legal maximum (a commune or camera that left the configuration still has
-  footage, and the law still applies to it): :meth:`Policies.days`.
+- The window in force for a camera is its ``retention_days`` when the camera sets a shorter one,
+  else its commune's, else the legal maximum (a commune or camera that left the configuration
+  still has footage, and the law still applies to it): :meth:`Policies.days`.
+- Each segment row stores the window in force when it was written (``window_days``), and it is
+  only ever shortened: a segment's window is the smaller of its stored window and the current
+  configuration's (:func:`segment_days`). A camera removed from the configuration therefore keeps
+  its own (shorter) window instead of falling back to its commune's; a lengthened window applies
+  to footage recorded from then on only. A row without a stored window (recorded before schema
+  version 5) takes the current configuration's at the first pass, which stores it.
 - A segment is **due** when its *end* is at least one window old: ``end_ns <= now_ns - window_ns``
   (:func:`cutoff_ns`). One nanosecond earlier it is kept; the first pass at or after that instant
   destroys it.
@@ -51,6 +57,7 @@ class SegmentRef:
     end_ns: int
     bytes: int = 0
     path: str = ""
+    window_days: int | None = None  # stored with the row (schema 5); None: recorded before
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +100,25 @@ class Policies:
         return min(days, override) if override is not None else days
 
 
+def window_days(commune_days: int, camera_days: int | None, legal_max_days: int | None = None) -> int:
+    """The window in force for new footage of a camera: what a recorder stores with each row."""
+    days = commune_days if legal_max_days is None else min(commune_days, legal_max_days)
+    return min(days, camera_days) if camera_days is not None else days
+
+
+def segment_days(seg: SegmentRef, policies: Policies) -> int:
+    """A segment's window: its stored one, shortened by the configuration's if that is shorter."""
+    days = policies.days(seg.camera, seg.commune)
+    return days if seg.window_days is None else min(days, seg.window_days)
+
+
 def cutoff_ns(days: int, now_ns: int) -> int:
     """Segments whose end is at or before this instant are due."""
     return now_ns - days * NS_PER_DAY
 
 
 def is_due(seg: SegmentRef, policies: Policies, now_ns: int) -> bool:
-    return seg.end_ns <= cutoff_ns(policies.days(seg.camera, seg.commune), now_ns)
+    return seg.end_ns <= cutoff_ns(segment_days(seg, policies), now_ns)
 
 
 def active_holds(holds: Iterable[Hold], now_ns: int) -> list[Hold]:
@@ -142,7 +161,7 @@ def plan(
     held: list[tuple[SegmentRef, tuple[int, ...]]] = []
     overdue: dict[str, int] = {}
     for seg in segments:
-        cutoff = cutoff_ns(policies.days(seg.camera, seg.commune), now_ns)
+        cutoff = cutoff_ns(segment_days(seg, policies), now_ns)
         if seg.end_ns > cutoff:
             continue
         covering = covering_holds(seg, live, now_ns)

@@ -132,6 +132,10 @@ def test_sigkill_three_times_loses_at_most_the_gop_in_flight(tmp_path: Path) -> 
     try:
         journal = [e.details.get("action") for e in index.journal_entries(kind="recovered")]
         assert journal.count("partial_published") >= KILLS
+        # Issue 12, point 9: each start after a kill says so, with what recovery did.
+        unclean = index.journal_entries(kind="unclean_stop_detected")
+        assert len(unclean) == KILLS
+        assert sum(e.details["recovery"]["partials_published"] for e in unclean) >= KILLS
         for cam in range(1, CAMERAS + 1):
             sent = stats["cameras"][f"cam{cam}"]["frames_sent_from_first_keyframe"]
             recorded = sum(r.frames for r in index.segments(f"cam{cam}"))

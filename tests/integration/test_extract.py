@@ -44,6 +44,7 @@ class Site:
     config: Path
     keys: Path
     recordings: dict[str, Recording]
+    fingerprint: str  # as csud keygen printed it
 
 
 def t(seconds: float) -> str:
@@ -98,8 +99,9 @@ def make_site(base: Path) -> Site:
     keys = base / "keys"
     done = run("keygen", "--out", keys)
     assert done.returncode == 0, done.stderr
+    (print_line,) = [line for line in done.stdout.splitlines() if line.startswith("fingerprint ")]
     config = write_config(base / "csud.toml", root, keys / "signing_key.pem")
-    return Site(root, config, keys, recordings)
+    return Site(root, config, keys, recordings, print_line.split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +200,7 @@ def test_clip_across_a_gap_keeps_real_time(site: Site, tmp_path: Path) -> None:
 def test_manifest_fields_and_journal(site: Site, tmp_path: Path) -> None:
     done = extract(site, tmp_path, "cam-1", "cam-2", start=0.9, end=7.5, ref="PV 2026/0042")
     assert done.returncode == 0, done.stderr
+    assert f"signed with the site's key, fingerprint {site.fingerprint}" in done.stdout  # issue 12.3
     folder = tmp_path / "PV_2026_0042"  # the reference is kept as is in the manifest
     raw = (folder / "manifest.json").read_bytes()
     manifest = json.loads(raw)
@@ -253,11 +256,14 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
         return run("verify", *args, cwd=opj, env=env)
 
     ok = verify("PV-2026-0042")
-    assert ok.returncode == 0, ok.stderr
-    assert "signature valid" in ok.stdout and "IN THIS FOLDER" in ok.stdout and "verification OK" in ok.stdout
+    assert ok.returncode == 3, ok.stderr  # consistent, but no key of the OPJ's vouches for it
+    assert "signature valid" in ok.stdout and "IN THIS FOLDER" in ok.stdout
+    assert "AUTHENTICITY NOT ESTABLISHED" in ok.stdout and "verification OK" not in ok.stdout
     ok = verify(folder / "manifest.json", "--public-key", opj / "site-key.pem")
     assert ok.returncode == 0, ok.stderr
-    assert "signature valid under the given key" in ok.stdout
+    assert "signature valid under the given key" in ok.stdout and "verification OK" in ok.stdout
+    ok = verify(folder, "--fingerprint", site.fingerprint)
+    assert ok.returncode == 0, ok.stderr
 
     # Another key (a forged signature would need the site's private key).
     other = tmp_path / "other"
@@ -292,6 +298,11 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
     bad = verify(folder)
     assert bad.returncode == 1 and f"{clip.name}: missing" in bad.stderr
 
+    # The manifest gone: not an extraction folder (usage, exit 2).
+    manifest.unlink()
+    bad = verify(folder)
+    assert bad.returncode == 2 and "holds no manifest.json" in bad.stderr
+
 
 def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) -> None:
     config = write_config(tmp_path / "unsigned.toml", site.root, None)
@@ -303,9 +314,9 @@ def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) 
     assert "NOT signed" in done.stdout
     assert not (tmp_path / "R1" / "manifest.json.sig").exists()
     ok = run("verify", tmp_path / "R1")
-    assert ok.returncode == 0 and "NOT SIGNED" in ok.stdout
+    assert ok.returncode == 3 and "NOT SIGNED" in ok.stdout
     bad = run("verify", tmp_path / "R1", "--public-key", site.keys / "public_key.pem")
-    assert bad.returncode == 1 and "manifest.json.sig missing" in bad.stderr
+    assert bad.returncode == 3 and "NOT SIGNED" in bad.stdout and "AUTHENTICITY NOT ESTABLISHED" in bad.stdout
 
 
 def test_altered_segment_is_refused_and_named(tmp_path: Path) -> None:
@@ -416,8 +427,87 @@ def test_existing_folder_refused_unless_force(site: Site, tmp_path: Path) -> Non
     done = extract(site, tmp_path, "cam-2", start=1, end=2, extra=("--force",))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "PV-2026-0042" / "old.txt").exists()
-    assert run("verify", tmp_path / "PV-2026-0042").returncode == 0
+    assert run("verify", tmp_path / "PV-2026-0042", "--fingerprint", site.fingerprint).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PV-2026-0042"]  # nothing aside left
+
+
+def test_force_over_a_delivered_extraction_journals_what_it_destroyed(site: Site, tmp_path: Path) -> None:
+    """Issue 12, point 7: the replaced clips (perhaps handed over) are journaled with their hashes."""
+    copy = copy_site(site, tmp_path / "copy")
+    out = tmp_path / "out"
+    first = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(1), "--to", t(3),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    delivered = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "PV-7").iterdir()}
+    again = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(4), "--to", t(6),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists (use --force" in again.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "PV-7").iterdir()} == delivered
+    forced = run(
+        "extract", "--config", copy.config, "--camera", "cam-2", "--from", t(4), "--to", t(6),
+        "--requisition", "PV-7", "--officer", "OPJ", "--out", out, "--force",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert "replaced the previous" in forced.stdout and "4 file(s) destroyed" in forced.stdout
+    index = Index.open(copy.root / "index.sqlite3", readonly=True)
+    try:
+        entries = index.journal_entries()
+        assert index.verify_journal().ok
+    finally:
+        index.close()
+    entries = [e for e in entries if e.requisition == "PV-7"]
+    kinds = [e.kind for e in entries]
+    assert kinds == ["extraction", "extraction_replaced", "extraction"]
+    (replaced,) = [e for e in entries if e.kind == "extraction_replaced"]
+    assert kinds.index("extraction_replaced") == len(kinds) - 2  # before the new extraction's entry
+    assert replaced.requisition == "PV-7" and replaced.details["folder"] == str(out / "PV-7")
+    assert {f["name"]: f["sha256"] for f in replaced.details["files"]} == delivered
+    (clip,) = [n for n in delivered if n.endswith(".mp4")]
+    assert replaced.details["manifest"]["clips"] == [
+        {"file": clip, "camera": "cam-2", "sha256": delivered[clip]}
+    ]
+    assert replaced.details["signed"] is True
+
+
+def test_footage_is_never_world_readable_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue 12, point 6: with umask 022, segments, the index and extractions are 0640 / 0750 or
+    tighter; the signing key stays 0600."""
+    previous = os.umask(0o022)
+    try:
+        site = make_site(tmp_path / "site")
+        done = extract(site, tmp_path / "out", "cam-1", start=1, end=3)
+        assert done.returncode == 0, done.stderr
+    finally:
+        os.umask(previous)
+    store = [p for p in site.root.rglob("*")]
+    assert any(p.name.endswith(".mp4") for p in store) and (site.root / "index.sqlite3") in store
+    out = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    assert len(out) == 1 + 1 + 4  # DIR, DIR/<REF>, clip, manifest, signature, public key
+    for path in store + out:
+        mode = path.stat().st_mode & 0o777
+        if path.name == "public_key.pem":
+            continue  # a public key is public
+        limit = 0o750 if path.is_dir() else 0o640
+        assert mode & ~limit == 0, f"{path} is {mode:o}"
+    assert (site.keys / "signing_key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_interval_ending_after_now_is_refused(site: Site, tmp_path: Path) -> None:
+    """Issue 12, point 5: the future is not yet recorded; it is never signed as a recording gap."""
+    import time
+
+    future = format_time(time.time_ns() + 3600 * NS_PER_SECOND)
+    done = run(
+        "extract", "--config", site.config, "--camera", "cam-1", "--from", t(1), "--to", future,
+        "--requisition", "R-future", "--officer", "O", "--out", tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "is after now" in done.stderr and "not yet recorded" in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_keygen_refuses_to_overwrite(site: Site) -> None:
@@ -467,7 +557,7 @@ def test_mid_segment_keyframes_at_30_fps(tmp_path: Path) -> None:
             to_ns = start + NS_PER_SECOND // 2
             result = ev.extract(
                 request(tmp_path / "out", start + 1000, to_ns, f"R{k}"),
-                root=root, index=index, now_ns=T0_NS, zone=(dt.UTC, "UTC"),
+                root=root, index=index, now_ns=T0_NS + 86_400 * NS_PER_SECOND, zone=(dt.UTC, "UTC"),
             )  # fmt: skip
             (clip,) = result.manifest["clips"]
             assert clip["actual"]["from_ns"] == start
@@ -484,7 +574,7 @@ def copy_site(site: Site, base: Path) -> Site:
     root = base / "store"
     shutil.copytree(site.root, root)
     config = write_config(base / "csud.toml", root, site.keys / "signing_key.pem")
-    return Site(root, config, site.keys, site.recordings)
+    return Site(root, config, site.keys, site.recordings, site.fingerprint)
 
 
 def test_verify_archive_counts_quarantine_apart(site: Site, tmp_path: Path) -> None:
@@ -598,3 +688,68 @@ def test_camera_removed_from_the_config_extracts_from_the_index(site: Site, tmp_
     ).fetchall()
     conn.close()
     assert rows == [("cam-2", "woippy")]
+
+
+async def _record_restart(root: Path) -> None:
+    """cam-1 records 4 s at 25 fps, is restarted 2 s later at 30 fps: same codec and size, new SPS."""
+    index = Index.create(root / "index.sqlite3")
+    try:
+        await record_store(root, index, timed_frames(encode(100)), camera="cam-1")
+        restart_ns = T0_NS + 6 * NS_PER_SECOND
+        aus = encode(120, fps=30)
+        await record_store(root, index, timed_frames(aus, restart_ns, fps=30), camera="cam-1", fps=30)
+    finally:
+        index.close()
+
+
+def test_extraction_across_a_restart_with_new_parameter_sets_gives_one_clip_per_configuration(
+    tmp_path: Path,
+) -> None:
+    """Issue 12, point 4: one requisition folder, one manifest, two clips, each verified."""
+    root = tmp_path / "store"
+    create_store(root)  # as csud init does
+    asyncio.run(_record_restart(root))
+    keys = tmp_path / "keys"
+    assert run("keygen", "--out", keys).returncode == 0
+    config = write_config(tmp_path / "csud.toml", root, keys / "signing_key.pem")
+    done = run(
+        "extract", "--config", config, "--camera", "cam-1", "--from", t(1), "--to", t(9),
+        "--requisition", "PV-restart", "--officer", "OPJ", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "out" / "PV-restart"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    clips = manifest["clips"]
+    assert [c["camera"]["id"] for c in clips] == ["cam-1", "cam-1"]
+    assert "starts_after" not in clips[0] and clips[1]["starts_after"] == "SPS changed"
+    assert clips[0]["output"]["file"] != clips[1]["output"]["file"]
+    assert clips[1]["actual"]["from_ns"] == T0_NS + 6 * NS_PER_SECOND
+    assert clips[0]["actual"]["to_ns"] <= clips[1]["actual"]["from_ns"]
+    assert [g["from_ns"] for g in clips[0]["gaps"]] == [T0_NS + 4 * NS_PER_SECOND]  # the restart
+    for clip in clips:
+        pts = decode_pts(folder / clip["output"]["file"])
+        assert len(pts) == clip["output"]["frames"] and pts[0] == 0
+    assert clips[0]["output"]["frames"] == 75  # 1 s .. 4 s at 25 fps (from the keyframe at 1 s)
+    assert clips[1]["output"]["frames"] == 90  # 6 s .. 9 s at 30 fps
+    verify = run("verify", folder, "--public-key", keys / "public_key.pem")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.count("OK        cam-1_") == 2
+
+
+def test_describe_change_names_the_real_difference() -> None:
+    from csud.evidence.clip import describe_change
+
+    def avcc(sps: bytes, pps: bytes) -> bytes:
+        return (
+            bytes([1, 100, 0, 31, 0xFF, 0xE1])
+            + len(sps).to_bytes(2, "big")
+            + sps
+            + b"\x01"
+            + (len(pps).to_bytes(2, "big") + pps)
+        )
+
+    a = ("h264", 1280, 720, avcc(b"\x67sps1", b"\x68pps"))
+    assert describe_change(a, ("h264", 1280, 720, avcc(b"\x67sps2", b"\x68pps"))) == "SPS changed"
+    assert describe_change(a, ("h264", 1280, 720, avcc(b"\x67sps1", b"\x68pp2"))) == "PPS changed"
+    assert describe_change(a, ("h264", 1920, 1080, a[3])) == "resolution 1280x720 -> 1920x1080"
+    assert describe_change(a, ("hevc", 1280, 720, b"x")) == "codec h264 -> hevc"

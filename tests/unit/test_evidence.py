@@ -171,31 +171,153 @@ def verify_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[i
 
 
 def test_verify_unsigned_folder_says_not_signed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Consistent but unsigned: exit 0 (nothing to compare against), but never a bare "OK"."""
+    """Consistent but unsigned: exit 3 (integrity consistent, authenticity not established)."""
     make_folder(tmp_path / "PV")
-    code, out, _ = verify_cli(capsys, tmp_path / "PV")
-    assert code == 0
+    code, out, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3 and err.count("\n") == 1 and "authenticity is not established" in err
     assert "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself" in out
+    assert "AUTHENTICITY NOT ESTABLISHED" in out and "verification OK" not in out
     _, site_key, _ = generate_keypair(tmp_path / "site")
     code, out, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
-    assert code == 1 and "not signed" in err and err.count("\n") == 1
+    assert code == 3 and "NOT SIGNED" in out
 
 
 def test_verify_key_substitution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An altered manifest re-signed with another key, that key shipped in the folder."""
+    """Issue 12, point 3: an altered manifest re-signed with another key, that key shipped in the
+    folder, never verifies with exit 0; only a key the verifier supplies does."""
     _, site_key, site_print = generate_keypair(tmp_path / "site")
     _, _, other_print = generate_keypair(tmp_path / "other")
     make_folder(tmp_path / "PV", tmp_path / "site")
     code, out, _ = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
     assert code == 0 and f"signature valid under the given key {site_key} ({site_print})" in out
+    code, out, _ = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print)
+    assert code == 0 and f"signature valid under the site's key (fingerprint {site_print}" in out
+    spoken = site_print.upper().replace("SHA256:", "sha256: ")  # as read out over the phone
+    code, out, _ = verify_cli(capsys, tmp_path / "PV", "--fingerprint", spoken)
+    assert code == 0
+    code, out, _ = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3  # the genuine folder too: nothing of the verifier's vouches for it
 
     make_folder(tmp_path / "PV", tmp_path / "other", officer="someone else")
-    code, out, _ = verify_cli(capsys, tmp_path / "PV")
-    assert code == 0  # internally consistent: only the fingerprint can tell
+    code, out, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 3  # internally consistent: only the verifier's key can tell
     assert (
         f"signature valid under the key IN THIS FOLDER (fingerprint {other_print}): compare it with "
         "the site's published fingerprint, or pass --public-key"
     ) in out.splitlines()
-    assert site_print not in out
+    assert site_print not in out and "verification OK" not in out
     code, _, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
     assert code == 1 and "signature invalid" in err
+    code, _, err = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print)
+    assert code == 1 and f"the key in the folder is {other_print}, the site's is {site_print}" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--fingerprint", "SHA256:abc"),
+        ("--fingerprint", "MD5:" + "0" * 64),
+        ("--fingerprint", "SHA256:" + "0" * 64, "--public-key", "k.pem"),
+    ],
+)
+def test_verify_bad_fingerprint_is_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    make_folder(tmp_path / "PV")
+    code, _, err = verify_cli(capsys, tmp_path / "PV", *args)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_verify_folder_without_manifest_is_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "PV").mkdir()
+    (tmp_path / "PV" / "clip.mp4").write_bytes(b"x")
+    code, _, err = verify_cli(capsys, tmp_path / "PV")
+    assert code == 2 and "holds no manifest.json" in err
+
+
+# -- gaps: "not yet recorded" and causes (issue 12, point 5) -----------------------------------
+
+
+def _span(seg_id: int, start_s: int, end_s: int) -> SegmentSpan:
+    frags = tuple(FragmentSpan(T0 + s * S, 100 * (s - start_s), 25) for s in range(start_s, end_s))
+    return SegmentSpan(seg_id, f"s{seg_id}.mp4", T0 + start_s * S, T0 + end_s * S, 25 * (end_s - start_s),
+                       100 * (end_s - start_s), "00" * 32, frags)  # fmt: skip
+
+
+def test_the_tail_of_a_camera_being_recorded_is_not_yet_recorded_never_a_gap() -> None:
+    from csud.evidence.clip import CAUSE_SEGMENT_IN_PROGRESS, REASON_NOT_YET_RECORDED, plan_clip
+
+    spans = [_span(1, 0, 10)]
+    plain = plan_clip(spans, T0 + S, T0 + 20 * S)
+    assert plain.gaps == (Gap(T0 + 10 * S, T0 + 20 * S, "not recorded"),)
+    live = plan_clip(spans, T0 + S, T0 + 20 * S, recording=True)
+    assert live.gaps == (Gap(T0 + 10 * S, T0 + 20 * S, REASON_NOT_YET_RECORDED, CAUSE_SEGMENT_IN_PROGRESS),)
+    manifest_gap = mf._clip_json(
+        mf.ClipRecord(
+            mf.CameraRef("cam", "", "metz", ""), live, T0, T0 + 10 * S,
+            mf.OutputFile("c.mp4", 1, "cd" * 32, S, 1, "h264", 1, 1),
+        ),
+        PARIS_SUMMER,
+    )["gaps"][0]  # fmt: skip
+    assert manifest_gap["reason"] == "not yet recorded" and manifest_gap["cause"] == CAUSE_SEGMENT_IN_PROGRESS
+
+
+def test_gaps_carry_their_known_cause() -> None:
+    from csud.evidence.clip import Outage, plan_clip
+    from csud.evidence.outages import CAUSE_AUTH_REFUSED, CAUSE_DAEMON_STOPPED, daemon_outages
+    from csud.store.journal import JournalEntry
+
+    def entry(i: int, kind: str, at_s: int) -> JournalEntry:
+        return JournalEntry(i, T0 + at_s * S, kind, "csud", None, None, None, None, None, None, {}, "", "")
+
+    journal = [
+        entry(1, "daemon_started", -100),
+        entry(2, "daemon_stopped", 11),
+        entry(3, "daemon_started", 19),
+    ]
+    daemon = daemon_outages(journal, T0 + 100 * S, running=True)
+    assert daemon == [Outage(T0 + 11 * S, T0 + 19 * S, CAUSE_DAEMON_STOPPED)]
+    camera = [Outage(T0 + 35 * S, T0 + 45 * S, CAUSE_AUTH_REFUSED)]
+    spans = [_span(1, 0, 10), _span(2, 20, 30), _span(3, 50, 60)]
+    plan = plan_clip(spans, T0, T0 + 60 * S, outages=[*daemon, *camera])
+    assert [(g.start_ns, g.end_ns, g.reason, g.cause) for g in plan.gaps] == [
+        (T0 + 10 * S, T0 + 20 * S, "not recorded", CAUSE_DAEMON_STOPPED),
+        (T0 + 30 * S, T0 + 50 * S, "not recorded", CAUSE_AUTH_REFUSED),
+    ]
+    stopped = daemon_outages(journal[:2], T0 + 100 * S, running=False)  # stopped, still not running
+    assert stopped == [Outage(T0 + 11 * S, T0 + 100 * S + 1, CAUSE_DAEMON_STOPPED)]
+
+
+@pytest.mark.parametrize(
+    ("running", "enabled", "last_end_s", "status", "recording", "cause"),
+    [
+        (True, True, -5, None, True, None),  # no /status: a recent last segment means recording
+        (True, True, -3600, None, False, None),  # an hour old: not recording, cause unknown
+        (False, True, -5, None, False, "daemon stopped"),
+        (True, False, -5, None, False, None),  # disabled
+        (True, True, -5, {"up": True}, True, None),
+        (True, True, -5, {"up": False, "last_error": "rtsp://cam refused the credentials (401 x)",
+                          "last_frame_age_seconds": 5.0}, False, "camera down: authentication refused"),
+        (True, True, -5, {"up": False, "last_error": "connection refused"}, False,
+         "camera down: connection refused"),
+    ],
+)  # fmt: skip
+def test_camera_context(
+    running: bool,
+    enabled: bool,
+    last_end_s: int,
+    status: dict[str, object] | None,
+    recording: bool,
+    cause: str | None,
+) -> None:
+    from csud.evidence.clip import Outage
+    from csud.evidence.outages import camera_context
+
+    now = T0 + 1000 * S
+    daemon = [] if running else [Outage(now - 10 * S, now + 1, "daemon stopped")]
+    context = camera_context(
+        "cam", enabled, now + last_end_s * S, now_ns=now, running=running, status=status, daemon=daemon,
+        segment_seconds=60,
+    )  # fmt: skip
+    assert context.recording is recording
+    assert [o.cause for o in context.outages] == ([cause] if cause else [])

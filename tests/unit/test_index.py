@@ -32,7 +32,7 @@ def index(tmp_path: Path) -> Iterator[Index]:
 
 
 def test_schema_and_pragmas(tmp_path: Path, index: Index) -> None:
-    assert index.schema_version == SCHEMA_VERSION >= 5  # 4: store_identity, 5: operators (live viewing)
+    assert index.schema_version == SCHEMA_VERSION >= 6  # 4: store_identity, 5: retention window, 6: operators
     conn = sqlite3.connect(tmp_path / "index.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}

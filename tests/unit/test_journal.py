@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +13,17 @@ import pytest
 
 from csud.cli.main import main
 from csud.errors import StorageError
+from csud.store import journal as journal_module
 from csud.store.index import Index
 from csud.store.journal import GENESIS_HASH, Journal, canonical_bytes, entry_hash
 from tests.store_fixtures import T0, S, open_index, write_config
 
 
 @pytest.fixture
-def journal_db(tmp_path: Path) -> Iterator[Path]:
+def journal_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A store with 5 journal entries; yields the index path (closed, for tampering)."""
+    times = itertools.chain([T0, T0, T0 + S, T0 + 2 * S], itertools.repeat(T0 + 3 * S))
+    monkeypatch.setattr(journal_module, "wall_clock", lambda: next(times))
     root = tmp_path / "store"
     index = open_index(root)
     index.append_journal("daemon_started", now_ns=T0, actor="csud", details={"version": "x"})
@@ -182,3 +186,57 @@ def test_readonly_database_refuses_appends(journal_db: Path) -> None:
         index.append_journal("recovered", now_ns=T0)
     assert index.verify_journal().ok
     index.close()
+
+
+def rewrite_chain(db: Path, changes: dict[int, dict[str, object]]) -> None:
+    """A forger with write access: change entries and recompute every hash and the head, so the
+    chain itself is consistent again."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    cols = [d[0] for d in conn.execute("SELECT * FROM journal").description]
+    rows = [dict(zip(cols, row, strict=True)) for row in conn.execute("SELECT * FROM journal ORDER BY id")]
+    prev = GENESIS_HASH
+    for entry in rows:
+        entry.update(changes.get(entry["id"], {}))
+        entry["prev_hash"] = prev
+        content = {k: entry[k] for k in ("id", "prev_hash", "kind", "time_ns", "actor", "camera", "commune",
+                                         "from_ns", "to_ns", "requisition", "reason")}  # fmt: skip
+        content["details"] = json.loads(entry["details"])
+        entry["hash"] = prev = entry_hash(content)
+        conn.execute(
+            "UPDATE journal SET time_ns = ?, prev_hash = ?, hash = ? WHERE id = ?",
+            (entry["time_ns"], entry["prev_hash"], entry["hash"], entry["id"]),
+        )
+    conn.execute("UPDATE journal_head SET last_hash = ?", (prev,))
+    conn.close()
+
+
+def test_an_entry_dated_before_its_predecessor_is_named(
+    journal_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12, point 1: a chain rewritten consistently still fails when its dates go back."""
+    rewrite_chain(journal_db, {4: {"time_ns": T0 + 20 * 86_400 * S}})  # 4 dated 20 days later: 5 is before it
+    ok, bad, problem = verify(journal_db)
+    assert not ok and bad == 5 and "entry 5 is dated before entry 4" in problem
+    config = journal_db.parent.parent / "csud.toml"
+    assert main(["journal", "--verify", "--config", str(config)]) == 1
+    assert "entry 5 is dated before entry 4" in capsys.readouterr().err
+
+
+def test_equal_dates_are_in_order(journal_db: Path) -> None:
+    rewrite_chain(journal_db, {})  # entries 1 and 2 share a date: fine
+    assert verify(journal_db)[0]
+
+
+def test_entries_are_dated_by_the_clock_not_by_the_caller(tmp_path: Path) -> None:
+    """Issue 12, point 1: whatever ``now_ns`` a caller passes (a pretended date), the entry is
+    dated with real time, read under the write lock, so the journal never goes back."""
+    index = open_index(tmp_path)
+    try:
+        before = time.time_ns()
+        future = index.append_journal("segments_destroyed", now_ns=before + 20 * 86_400 * S, actor="t")
+        past = index.append_journal("segments_destroyed", now_ns=T0, actor="t")
+        after = time.time_ns()
+        assert before <= future.time_ns <= past.time_ns <= after
+        assert index.verify_journal().ok
+    finally:
+        index.close()

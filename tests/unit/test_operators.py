@@ -11,6 +11,7 @@ from csud.cli.main import main
 from csud.config import parse_settings
 from csud.errors import ConfigError, UsageError
 from csud.live.registre import live_view_rows
+from csud.store import journal as journal_module
 from csud.store.identity import create_store
 from csud.store.index import Index
 from csud.store.journal import LIVE_VIEW_ENDED, LIVE_VIEW_REFUSED
@@ -104,10 +105,14 @@ def test_operator_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert PASSWORD not in json.dumps([e.to_json() for e in entries])
 
 
-def test_registre_lists_live_views(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_registre_lists_live_views(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = str(_config(tmp_path))
     index = Index.open(tmp_path / "store" / "index.sqlite3")
     t = 1_796_300_000 * 1_000_000_000  # 2026-12-03
+    times = iter(range(t, t + 10))
+    monkeypatch.setattr(journal_module, "wall_clock", lambda: next(times))  # the journal reads the clock
     details = {"operator": "alice", "client": "10.0.0.9", "duration_seconds": 75.5, "bytes": 3_000_000}
     index.append_journal(LIVE_VIEW_ENDED, now_ns=t, actor="operator:alice", camera="cam1", commune="metz",
                          reason="client_closed", details=details)  # fmt: skip

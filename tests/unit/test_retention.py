@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from csud.config import LoadedConfig, Settings
 from csud.store import retention as aio_retention
 from csud.store.index import SCHEMA_VERSION, Index
 from csud.store.retention import Retention, policies_from
@@ -543,6 +544,15 @@ def test_migration_from_version_1_keeps_data_and_fills_usage(tmp_path: Path) -> 
             "segments_camera_end",
         ),
         ("SELECT id FROM segments WHERE deleting_ns IS NOT NULL", "segments_deleting"),
+        (
+            "SELECT MIN(retention_days) FROM segments WHERE camera = 'c' AND retention_days IS NOT NULL",
+            "segments_camera_window",
+        ),
+        (
+            "SELECT 1 FROM segments WHERE camera = 'c' AND commune = 'metz'"
+            " AND (retention_days IS NULL OR retention_days > 7) LIMIT 1",
+            "segments_camera_window",
+        ),
         ("SELECT id FROM segments INDEXED BY segments_end ORDER BY end_ns, id LIMIT 5", "segments_end"),
         ("SELECT hold_id FROM hold_cameras WHERE camera = 'c'", "hold_cameras_camera"),
     ],
@@ -560,7 +570,7 @@ def test_queries_use_indexes(tmp_path: Path, sql: str, index_name: str) -> None:
 
 def test_due_query_plan_is_a_range_search(store: tuple[Path, Index, Retention]) -> None:
     _, index, _ = store
-    sql, params = index._due_sql("SELECT id", "c", "metz", 5, [(1, 2)])
+    sql, params = index._due_sql("SELECT id", "c", "metz", 5, [(1, 2)], window=(10, 7))
     detail = " ".join(r[-1] for r in index._query(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "SEARCH segments USING INDEX segments_camera_end (camera=? AND end_ns<?)" in detail
 
@@ -637,3 +647,136 @@ def test_disk_pressure_on_a_small_filesystem(tmpfs: Path, tmp_path: Path) -> Non
 def test_module_constants_are_sane() -> None:
     assert aio_retention.DISK_PRESSURE_HYSTERESIS_PERCENT > 0
     assert aio_retention.BATCH_PER_CAMERA >= 1440
+
+
+# -- unclean stop (issue 12, point 9) -----------------------------------------------------------
+
+
+def _start_service(tmp_path: Path) -> tuple[aio_retention.RetentionService, LoadedConfig]:
+    from csud.config import load_config
+
+    root = tmp_path / "store"
+    open_index(root).close()
+    loaded = load_config(write_config(tmp_path, root))
+    return aio_retention.RetentionService(root / "index.sqlite3", loaded.settings), loaded
+
+
+def test_a_start_after_an_unclean_stop_journals_it_with_what_recovery_did(tmp_path: Path) -> None:
+    import asyncio
+
+    from csud.store.recovery import RecoveryReport
+
+    async def scenario() -> None:
+        service, loaded = _start_service(tmp_path)
+        await service.start(loaded, cameras=3)
+        assert await service.journal_unclean_stop(RecoveryReport()) is None  # first start: nothing
+        service._executor.shutdown(wait=True)  # killed: no close(), no daemon_stopped
+        assert service.retention is not None
+        service.retention.index.close()
+
+        again, loaded = _start_service(tmp_path)
+        await again.start(loaded, cameras=3)
+        report = RecoveryReport(published=["metz/cam/a.mp4"], truncated_bytes=123, frames_recovered=40)
+        entry = await again.journal_unclean_stop(report)
+        assert entry is not None and entry.kind == "unclean_stop_detected"
+        assert entry.details["previous_start_id"] == 2  # config_loaded 1, daemon_started 2
+        assert entry.details["previous_pid"] == os.getpid()
+        recovery = entry.details["recovery"]
+        assert recovery["partials_published"] == 1 and recovery["published"] == ["metz/cam/a.mp4"]
+        assert recovery["truncated_bytes"] == 123 and recovery["frames_recovered"] == 40
+        assert recovery["interrupted_destructions_completed"] == 0
+        await again.close(segments_written=0)  # clean: daemon_stopped
+
+        third, loaded = _start_service(tmp_path)
+        await third.start(loaded, cameras=3)
+        assert await third.journal_unclean_stop(RecoveryReport()) is None  # the previous stop was clean
+        await third.close(segments_written=0)
+
+    asyncio.run(scenario())
+    index = open_index(tmp_path / "store")
+    try:
+        kinds = [e.kind for e in index.journal_entries()]
+        assert kinds.count("unclean_stop_detected") == 1 and index.verify_journal().ok
+    finally:
+        index.close()
+
+
+# -- the window stored with each segment (issue 12, point 2) ---------------------------------------
+
+
+def _config_without(tmp_path: Path, root: Path, text_from: str, text_to: str) -> Settings:
+    """A Retention on ``root`` with the fixture's configuration edited (a reload, a removal)."""
+    from tests.store_fixtures import CONFIG
+
+    edited = tmp_path / "edited"
+    edited.mkdir(exist_ok=True)
+    path = write_config(edited, root)
+    text = path.read_text(encoding="utf-8")
+    assert text_from in text
+    path.write_text(text.replace(text_from, text_to), encoding="utf-8")
+    assert CONFIG  # the fixture's text is what is edited
+    return settings_of(path)
+
+
+REMOVE_GARE_02 = (
+    '[[cameras]]\nid = "metz-gare-02"\ncommune = "metz"\nurl = "rtsp://10.20.0.12/s"\nretention_days = 7\n',
+    "",
+)
+
+
+def test_a_removed_camera_keeps_its_shorter_window(
+    tmp_path: Path, store: tuple[Path, Index, Retention]
+) -> None:
+    """A camera with a 7-day window removed from the configuration: its footage goes after 7
+    days, not after its commune's 15 (the window is stored with each row at write time)."""
+    root, index, _ = store
+    _, path = add_segment(index, root, "metz-gare-02", "metz", T0, retention_days=7)
+    removed = Retention(index, root, _config_without(tmp_path, root, *REMOVE_GARE_02), actor="test")
+    due_at = T0 + 60 * S + 7 * DAY
+    assert removed.run_pass(due_at - S).count == 0
+    report = removed.run_pass(due_at)
+    assert report.count == 1 and report.windows[("metz", "metz-gare-02")] == 7
+    assert path not in files_under(root)
+
+
+def test_existing_rows_take_the_configured_window_at_the_first_pass_then_keep_it(
+    tmp_path: Path, store: tuple[Path, Index, Retention]
+) -> None:
+    """Rows without a stored window (before schema 4) get the configuration's at the first real
+    pass; removing the camera afterwards does not lengthen it."""
+    root, index, retention = store
+    _, path = add_segment(index, root, "metz-gare-02", "metz", T0)  # no window stored
+    retention.run_pass(T0 + 2 * 60 * S)  # nothing due; stores 7 days in the row
+    assert [r.window_days for r in index.due_candidates("metz-gare-02", "metz", T0 + 365 * DAY)] == [7]
+    removed = Retention(index, root, _config_without(tmp_path, root, *REMOVE_GARE_02), actor="test")
+    assert removed.run_pass(T0 + 60 * S + 7 * DAY).count == 1
+    assert path not in files_under(root)
+
+
+def test_a_shortened_window_applies_to_stored_footage_a_lengthened_one_never(
+    tmp_path: Path, store: tuple[Path, Index, Retention]
+) -> None:
+    root, index, retention = store
+    add_segment(index, root, "metz-gare-01", "metz", T0, retention_days=15)
+    longer = _config_without(tmp_path, root, "retention_days = 15\n", "retention_days = 30\n")
+    lengthened = Retention(index, root, longer, actor="test")
+    assert lengthened.run_pass(T0 + 60 * S + 15 * DAY).count == 1  # stored 15 days win over 30
+    _, path = add_segment(index, root, "metz-gare-01", "metz", T0 + DAY, retention_days=15)
+    shorter = _config_without(tmp_path, root, "retention_days = 15\n", "retention_days = 7\n")
+    shortened = Retention(index, root, shorter, actor="test")
+    assert shortened.run_pass(T0 + DAY + 60 * S + 7 * DAY).count == 1  # 7 days now apply
+    assert path not in files_under(root)
+    # And it stays shortened when the configuration goes back to 15.
+    _, path = add_segment(index, root, "metz-gare-01", "metz", T0 + 2 * DAY, retention_days=15)
+    shortened.run_pass(T0 + 2 * DAY + 2 * 60 * S)
+    assert retention.run_pass(T0 + 2 * DAY + 60 * S + 7 * DAY).count == 1
+
+
+def test_segment_days_is_the_shorter_of_stored_and_configured() -> None:
+    from csud.store.retention_plan import segment_days, window_days
+
+    assert segment_days(SegmentRef(1, "cam", "metz", 0, 1, window_days=7), POLICIES) == 7
+    assert segment_days(SegmentRef(1, "cam", "metz", 0, 1, window_days=20), POLICIES) == 15
+    assert segment_days(SegmentRef(1, "cam", "metz", 0, 1), POLICIES) == 15
+    assert segment_days(SegmentRef(1, "cam", "gone", 0, 1, window_days=3), POLICIES) == 3
+    assert window_days(15, None) == 15 and window_days(15, 7) == 7 and window_days(40, None, 30) == 30
