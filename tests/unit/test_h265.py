@@ -121,8 +121,8 @@ class Result:
     depacketizer: H265Depacketizer
 
 
-def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H265Depacketizer(list(sprop))
+def feed_all(packets: Sequence[bytes]) -> Result:
+    d = H265Depacketizer()
     errors = []
     for p in packets:
         try:
@@ -132,8 +132,8 @@ def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
     return Result(list(d.take_events()), errors, d)
 
 
-def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H265Depacketizer(list(sprop))
+def feed_one_by_one(packets: Sequence[bytes]) -> Result:
+    d = H265Depacketizer()
     events: list[MediaEvent] = []
     errors = []
     for p in packets:
@@ -145,8 +145,8 @@ def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Re
     return Result(events, errors, d)
 
 
-def run(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    whole, single = feed_all(packets, sprop), feed_one_by_one(packets, sprop)
+def run(packets: Sequence[bytes]) -> Result:
+    whole, single = feed_all(packets), feed_one_by_one(packets)
     assert whole.events == single.events
     assert whole.errors == single.errors
     return whole
@@ -434,15 +434,12 @@ def test_feed_at_offsets_in_a_reused_buffer(kind: str) -> None:
     assert list(d.take_events()) == [au(T0, KEY_AU), au(T1, [IDR_BIG]), au(T2, [P_SMALL])]
 
 
-def test_parameter_sets_and_counters() -> None:
+def test_counters() -> None:
     new_sps = SPS[:-1] + b"\x85"
-    d = H265Depacketizer([PPS, SPS, VPS, SEI, b"\x40"])  # any order; junk ignored
-    assert (d.vps, d.sps, d.pps) == (VPS, SPS, PPS)
-    assert d.take_events() == []
+    d = H265Depacketizer()
     packets = Stream().au([new_sps, PPS, IDR_SMALL], T0).au([P_BIG], T1).packets()
     for p in packets:
         d.feed(p)
-    assert (d.vps, d.sps, d.pps) == (VPS, new_sps, PPS)
     assert d.packets == len(packets)
     assert d.bytes == sum(map(len, packets))
     assert d.access_units == 2
