@@ -185,13 +185,13 @@ class RecordingPipeline:
         stall_seconds: float,
         rng: RandomSource,
         stats: CameraStats | None = None,
-        max_queued_bytes: int = WRITER_QUEUE_MAX_BYTES,
+        max_queued_bytes: int | None = None,
     ) -> None:
         self.segment_ns = segment_ns
         self.phase_ns = phase_ns
         self.stall_seconds = stall_seconds
         self.stats = stats if stats is not None else CameraStats()
-        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_bytes = WRITER_QUEUE_MAX_BYTES if max_queued_bytes is None else max_queued_bytes
         self.queued_bytes = 0  # muxed frame bytes handed to the writer and not yet taken
         self.tap: FrameTap | None = None
         self._rng = rng
@@ -384,7 +384,8 @@ class RecordingPipeline:
         self._commands.append(Log(level, event, fields))
 
     def _on_binary(self, channel: int, buf: bytes, start: int, end: int) -> None:
-        self._commands.extend(self.on_packet(channel, buf, start, end, self._feed_now_ns))
+        commands = self.on_packet(channel, buf, start, end, self._feed_now_ns)  # may swap the list
+        self._commands.extend(commands)
 
     def _on_message(self, message: bytes) -> None:
         """An RTSP message amid the media (a keep-alive answer): the RTSP client's business."""
