@@ -36,7 +36,9 @@ from csud.sim.clip import ClipParams, load_clip
 from csud.store.index import Index
 from csud.store.layout import segment_relpath
 
-NS_PER_SECOND = 1_000_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import NS_PER_SECOND
+
 T0_NS = 1_790_000_000 * NS_PER_SECOND
 CSUD = str(Path(sys.executable).parent / "csud")
 

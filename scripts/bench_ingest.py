@@ -115,10 +115,8 @@ def total_cpu(pids: Sequence[int]) -> float:
 # --- processes -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import free_port  # noqa: E402  (one definition, shared with the tests)
 
 
 def pinned(core: int | None, argv: list[str]) -> list[str]:

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,10 +39,8 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import free_port  # noqa: E402  (one definition, shared with the tests)
 
 
 class CountingClient(asyncio.Protocol):

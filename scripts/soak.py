@@ -36,7 +36,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from csud.sim.faults import KINDS, FaultInjector
 from csud.sim.server import SimOptions, serve
+from tests.helpers import free_port
 
 CSUD = str(Path(sys.executable).parent / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,12 +74,6 @@ class Sample:
     up: dict[str, float] = field(default_factory=dict)
     frames: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, float] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:

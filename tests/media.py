@@ -22,9 +22,9 @@ from csud.recording.segmenter import Close, Frame, Mux, Open, Segmenter
 from csud.recording.writer import SegmentInfo, SegmentWriter
 from csud.store.index import Index
 from csud.store.layout import segment_relpath
+from tests.helpers import NS_PER_SECOND
 
 WIDTH, HEIGHT, FPS, GOP = 320, 240, 25, 25
-NS_PER_SECOND = 1_000_000_000
 FRAME_NS = NS_PER_SECOND // FPS
 T0_NS = 1_790_000_000 * NS_PER_SECOND  # 2026-09-21T...Z, on a whole second
 RTP_TICKS_PER_FRAME = 90000 // FPS

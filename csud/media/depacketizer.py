@@ -20,7 +20,7 @@ av/aiortsp/asyncio.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from csud.media.rtp import RTP_HEADER_SIZE, RTP_SEQ_MOD, RTP_VERSION, Buffer, parse_header
@@ -98,7 +98,7 @@ class PayloadFormat:
     nal_too_short: str  # packetizer error message, formatted with the NAL unit ``size``
     unsupported_types: Mapping[int, str]  # every other payload type, with its name
     key_types: frozenset[int]  # an access unit holding one of these is a keyframe
-    parameter_set_types: frozenset[int]  # handed to ``RtpDepacketizer._learn``
+    parameter_set_types: frozenset[int]  # VPS/SPS/PPS (:class:`csud.media.codec.Codec` orders them)
     # A picture starts at a NAL unit of ``picture_start_types``, or of ``slice_types`` when
     # its first slice bit is set; no VCL NAL unit of the access unit can precede either.
     slice_types: frozenset[int]
@@ -203,8 +203,8 @@ class PayloadFormat:
 class RtpDepacketizer:
     """RTP packets of one stream in (in ``payload_format``), :class:`AccessUnit`/:class:`Gap`/
     :class:`StreamReset` events out (appended to ``self.events``; drain with
-    :meth:`take_events`). A codec subclass passes its format and keeps the parameter sets it
-    is shown (:meth:`_learn`).
+    :meth:`take_events`). A codec subclass passes its format. Parameter sets are not kept here:
+    they travel inside the access units, and the segmenter is their one owner.
 
     Invariants:
 
@@ -222,15 +222,10 @@ class RtpDepacketizer:
       appended ``Gap(0, "malformed")``; the next packet is processed normally.
     """
 
-    def __init__(self, payload_format: PayloadFormat, sprop_nals: Iterable[bytes], clock_rate: int) -> None:
+    def __init__(self, payload_format: PayloadFormat, clock_rate: int) -> None:
         self._format = payload_format
         self.clock_rate = clock_rate
         self.events: list[MediaEvent] = []
-        for nal in sprop_nals:
-            if len(nal) >= payload_format.nal_header_size:
-                ntype = payload_format.nal_type(nal[0])
-                if ntype in payload_format.parameter_set_types:
-                    self._learn(bytes(nal), ntype)
         # Counters (plain ints, exported by the caller).
         self.packets = 0
         self.bytes = 0
@@ -368,11 +363,6 @@ class RtpDepacketizer:
         if marker:
             self._close_au()
 
-    # -- codec hook -----------------------------------------------------------------------
-
-    def _learn(self, nal: bytes, ntype: int) -> None:
-        """Keep ``nal``, a parameter set of type ``ntype`` (in ``parameter_set_types``)."""
-
     # -- internals ------------------------------------------------------------------------
 
     def _fu_start(self, buf: Buffer, pos: int, stop: int, fu: int) -> None:
@@ -439,8 +429,6 @@ class RtpDepacketizer:
         self._au_size += len(nal)
         if ntype in self._format.key_types:
             self._au_key = True
-        elif ntype in self._format.parameter_set_types:
-            self._learn(nal, ntype)
 
     def _check_au(self, nal_size: int) -> None:
         if nal_size > MAX_NAL_SIZE:

@@ -15,7 +15,7 @@ refused with ``ValueError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -137,21 +137,10 @@ class H264Depacketizer(RtpDepacketizer):
       and ``MAX_AU_NALS``; ``self.events`` grows only until the caller drains it.
     * Every ``ValueError`` from :meth:`feed` leaves the object usable and has already
       appended ``Gap(0, "malformed")``; the next packet is processed normally.
-
-    ``sps``/``pps``: the latest parameter sets seen, from ``sprop_nals`` (the SDP's
-    ``sprop-parameter-sets``) or in band; None until then.
     """
 
-    def __init__(self, sprop_nals: Iterable[bytes] = (), clock_rate: int = DEFAULT_CLOCK_RATE) -> None:
-        self.sps: bytes | None = None
-        self.pps: bytes | None = None
-        super().__init__(PAYLOAD_FORMAT, sprop_nals, clock_rate)
-
-    def _learn(self, nal: bytes, ntype: int) -> None:
-        if ntype == NAL_SPS:
-            self.sps = nal
-        elif ntype == NAL_PPS:
-            self.pps = nal
+    def __init__(self, clock_rate: int = DEFAULT_CLOCK_RATE) -> None:
+        super().__init__(PAYLOAD_FORMAT, clock_rate)
 
 
 # --- Packetizer (simulator side; not the hot path) -----------------------------------

@@ -19,7 +19,7 @@ H.265 NAL unit header (2 bytes): F(1) Type(6) LayerId(6) TID(3).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -162,14 +162,12 @@ class H265Depacketizer(RtpDepacketizer):
     * Every ``ValueError`` from :meth:`feed` leaves the object usable and has already
       appended ``Gap(0, "malformed")``.
 
-    ``sprop_nals``: the SDP's ``sprop-vps``, ``sprop-sps`` and ``sprop-pps`` NAL units, in any
-    order. ``max_don_diff``: the SDP's ``sprop-max-don-diff``; anything but 0 means the packets
+    ``max_don_diff``: the SDP's ``sprop-max-don-diff``; anything but 0 means the packets
     carry decoding order numbers, which this depacketizer refuses (``ValueError``).
     """
 
     def __init__(
         self,
-        sprop_nals: Iterable[bytes] = (),
         clock_rate: int = DEFAULT_CLOCK_RATE,
         max_don_diff: int = 0,
         depack_buf_nalus: int = 0,
@@ -179,18 +177,7 @@ class H265Depacketizer(RtpDepacketizer):
                 f"H.265 RTP streams with decoding order numbers (DONL) are not supported: "
                 f"sprop-max-don-diff {max_don_diff}, sprop-depack-buf-nalus {depack_buf_nalus}"
             )
-        self.vps: bytes | None = None
-        self.sps: bytes | None = None
-        self.pps: bytes | None = None
-        super().__init__(PAYLOAD_FORMAT, sprop_nals, clock_rate)
-
-    def _learn(self, nal: bytes, ntype: int) -> None:
-        if ntype == NAL_VPS:
-            self.vps = nal
-        elif ntype == NAL_SPS:
-            self.sps = nal
-        elif ntype == NAL_PPS:
-            self.pps = nal
+        super().__init__(PAYLOAD_FORMAT, clock_rate)
 
 
 # --- Packetizer (tests and simulator; not the hot path) --------------------------------

@@ -39,25 +39,22 @@ a fragment, and it aligns it on the next keyframe's dts when there is one, so th
 only reaches the file for the last sample of a segment closed by a discontinuity or ``stop()``, or
 for a one-frame GOP closed by rotation. The index ``end_ns`` (from ``Close``) is authoritative.
 
-Codec knowledge is limited to :class:`NalRules` (how to read a NAL type, which types are
-parameter sets and delimiters): ``H264_RULES`` and ``H265_RULES``.
+Codec knowledge comes from one :class:`csud.media.codec.Codec` record (how to read a NAL type,
+which types are parameter sets and delimiters). The segmenter is the one owner of the stream's
+parameter sets: from the SDP (:meth:`Segmenter.parameter_sets`) and in band, from any access unit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from csud.media.codec import H264, Codec
 from csud.media.units import AccessUnit
 
 MIB = 1 << 20
 DEFAULT_MAX_GOP_FRAMES = 1000
 DEFAULT_MAX_GOP_BYTES = 64 * MIB
 DEFAULT_FRAME_NS = 40_000_000  # 25 fps, until the stream shows its own interval
-
-H264_NAL_TYPE_MASK = 0x1F
-H264_NAL_SPS = 7
-H264_NAL_PPS = 8
-H264_NAL_AUD = 9
 
 # Drop reasons (metric label values; keep the set small and stable).
 DROP_WAIT_KEYFRAME = "wait_keyframe"
@@ -79,11 +76,24 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Open:
-    """Open a segment starting at ``start_ns``; ``sps``/``pps`` are its parameter sets (for width/height)."""
+    """Open a segment starting at ``start_ns``, in ``codec``, whose first keyframe carries
+    ``parameter_sets`` (in ``codec.param_types`` order): all the writer needs (the picture size
+    comes from the SPS)."""
 
     start_ns: int
-    sps: bytes = b""
-    pps: bytes = b""
+    codec: Codec = H264
+    parameter_sets: tuple[bytes, ...] = ()
+
+    @property
+    def sps(self) -> bytes:
+        return self._param(self.codec.sps_type)
+
+    @property
+    def pps(self) -> bytes:
+        return self._param(self.codec.param_types[-1])
+
+    def _param(self, ntype: int) -> bytes:
+        return next((n for n in self.parameter_sets if self.codec.nal_type(n) == ntype), b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,33 +127,6 @@ class Drop:
 Action = Open | Mux | Close | Drop
 
 
-@dataclass(frozen=True, slots=True)
-class NalRules:
-    """The little a segmenter must know of a codec's NAL units.
-
-    ``param_types``: the parameter sets a segment's first keyframe must carry in-band (the muxer
-    builds the sample description from them), in the order they are written; the last but one
-    is the SPS, whose change rotates the segment.
-    """
-
-    codec: str  # the muxer's codec name
-    type_shift: int
-    type_mask: int
-    aud_type: int
-    param_types: tuple[int, ...]
-
-    def nal_type(self, nal: bytes) -> int:
-        return (nal[0] >> self.type_shift) & self.type_mask if nal else -1
-
-    @property
-    def sps_type(self) -> int:
-        return self.param_types[-2]
-
-
-H264_RULES = NalRules("h264", 0, H264_NAL_TYPE_MASK, H264_NAL_AUD, (H264_NAL_SPS, H264_NAL_PPS))
-H265_RULES = NalRules("hevc", 1, 0x3F, 35, (32, 33, 34))  # AUD; VPS, SPS, PPS (RFC 7798 types)
-
-
 class Segmenter:
     """Per-camera segmenter. See the module docstring for the rules and invariants.
 
@@ -158,7 +141,7 @@ class Segmenter:
         max_gop_frames: int = DEFAULT_MAX_GOP_FRAMES,
         max_gop_bytes: int = DEFAULT_MAX_GOP_BYTES,
         default_frame_ns: int = DEFAULT_FRAME_NS,
-        rules: NalRules = H264_RULES,
+        codec: Codec = H264,
     ) -> None:
         if segment_ns <= 0:
             raise ValueError(f"segment_ns must be positive, got {segment_ns}")
@@ -169,7 +152,7 @@ class Segmenter:
         self.max_gop_frames = max_gop_frames
         self.max_gop_bytes = max_gop_bytes
         self._nominal_ns = default_frame_ns
-        self.rules = rules
+        self.codec = codec
 
         self._params: dict[int, bytes] = {}  # latest parameter set of each type
         self._params_changed = False  # SPS changed since the open segment started
@@ -208,11 +191,11 @@ class Segmenter:
 
     @property
     def sps(self) -> bytes | None:
-        return self._params.get(self.rules.sps_type)
+        return self._params.get(self.codec.sps_type)
 
     @property
     def pps(self) -> bytes | None:
-        return self._params.get(self.rules.param_types[-1])
+        return self._params.get(self.codec.param_types[-1])
 
     @property
     def next_boundary_ns(self) -> int | None:
@@ -224,6 +207,11 @@ class Segmenter:
         n = (start_ns - self.phase_ns) // self.segment_ns + 1
         return self.phase_ns + n * self.segment_ns
 
+    @property
+    def current_parameter_sets(self) -> tuple[bytes, ...]:
+        """The parameter sets known now (SDP and in band), in ``codec.param_types`` order."""
+        return tuple(self._params[t] for t in self.codec.param_types if t in self._params)
+
     # -- inputs -----------------------------------------------------------------------------
 
     def params(self, sps: bytes | None, pps: bytes | None) -> None:
@@ -232,13 +220,13 @@ class Segmenter:
 
     def parameter_sets(self, nals: list[bytes]) -> None:
         """Parameter set NAL units of any type the codec uses (VPS, SPS, PPS); others are ignored."""
-        rules = self.rules
+        codec = self.codec
         for nal in nals:
-            t = rules.nal_type(nal)
-            if t not in rules.param_types:
+            t = codec.nal_type(nal)
+            if t not in codec.param_types:
                 continue
             old = self._params.get(t)
-            if t == rules.sps_type and old is not None and nal != old:
+            if t == codec.sps_type and old is not None and nal != old:
                 self._params_changed = True
             self._params[t] = bytes(nal)
 
@@ -247,8 +235,7 @@ class Segmenter:
         or the source was reset, just before this unit."""
         self.frames_in += 1
         size = au.size or sum(len(n) for n in au.nals)
-        if au.keyframe:
-            self._learn_inband_params(au)
+        self._learn_inband_params(au)
         actions: list[Action] = []
 
         if self._open:
@@ -294,7 +281,7 @@ class Segmenter:
         # No segment open: only a keyframe with known parameter sets can open one.
         if not au.keyframe:
             self._drop(actions, DROP_GAP if self._after_gap else DROP_WAIT_KEYFRAME, 1, size)
-        elif not all(t in self._params for t in self.rules.param_types):
+        elif not all(t in self._params for t in self.codec.param_types):
             self._drop(actions, DROP_NO_PARAMETER_SETS, 1, size)
         else:
             self._open_at(actions, au, pts_ns, size)
@@ -327,8 +314,14 @@ class Segmenter:
     # -- internals --------------------------------------------------------------------------
 
     def _learn_inband_params(self, au: AccessUnit) -> None:
-        types = self.rules.param_types
-        self.parameter_sets([n for n in au.nals if self.rules.nal_type(n) in types])
+        # Every access unit, not only keyframes: some cameras send their parameter sets as an
+        # access unit of their own. One table lookup per NAL unit; no list unless one is found.
+        codec = self.codec
+        types = codec.param_types
+        nal_types = codec.payload_format.nal_types
+        for nal in au.nals:
+            if nal and nal_types[nal[0]] in types:
+                self.parameter_sets([nal])
 
     def _observe_interval(self, pts_ns: int) -> None:
         interval_ns = pts_ns - self._last_pts_ns
@@ -338,21 +331,21 @@ class Segmenter:
     def _keyframe(self, au: AccessUnit, pts_ns: int, first: bool) -> Frame:
         data = au.annexb()
         if first:
-            rules = self.rules
-            types = {rules.nal_type(n) for n in au.nals}
-            if not types.issuperset(rules.param_types):
-                params = [self._params[t] for t in rules.param_types]
+            codec = self.codec
+            types = {codec.nal_type(n) for n in au.nals}
+            if not types.issuperset(codec.param_types):
+                params = [self._params[t] for t in codec.param_types]
                 # Access unit delimiters must stay first; the parameter sets follow them.
                 lead = 0
-                while lead < len(au.nals) and rules.nal_type(au.nals[lead]) == rules.aud_type:
+                while lead < len(au.nals) and codec.nal_type(au.nals[lead]) == codec.aud_type:
                     lead += 1
-                rest = [n for n in au.nals[lead:] if rules.nal_type(n) not in rules.param_types]
+                rest = [n for n in au.nals[lead:] if codec.nal_type(n) not in codec.param_types]
                 data = AccessUnit(au.rtp_timestamp, [*au.nals[:lead], *params, *rest], True).annexb()
         return Frame(data, pts_ns, self._nominal_ns, True)
 
     def _open_at(self, actions: list[Action], au: AccessUnit, pts_ns: int, size: int) -> None:
         key = self._keyframe(au, pts_ns, first=True)
-        actions.append(Open(pts_ns, self.sps or b"", self.pps or b""))
+        actions.append(Open(pts_ns, self.codec, tuple(self._params[t] for t in self.codec.param_types)))
         actions.append(Mux((key,)))
         self.frames_muxed += 1
         self.segments_opened += 1

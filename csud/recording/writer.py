@@ -33,7 +33,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -45,6 +44,7 @@ from csud.errors import StorageError
 from csud.recording.segmenter import Frame
 from csud.store.durable import fsync_dir, fsync_fd, makedirs_durable, open_footage
 from csud.store.layout import partial_name
+from csud.store.records import FragmentInfo, SegmentInfo
 
 MP4_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 MP4_TIMESCALE = 90000
@@ -93,29 +93,6 @@ def iter_boxes(buf: bytes | memoryview) -> Iterator[tuple[str, int, int]]:
             raise ValueError(f"box {box_type!r} at offset {offset} overruns the buffer ({size} bytes)")
         yield box_type, offset, size
         offset += size
-
-
-@dataclass(frozen=True, slots=True)
-class FragmentInfo:
-    """One fragment (one GOP): starts with the keyframe at ``start_ns``; its ``moof`` is at ``offset``."""
-
-    start_ns: int
-    offset: int
-    size: int
-    frames: int
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """A closed, durable segment file, as the index records it. ``sha256`` is of the whole file."""
-
-    relpath: str
-    start_ns: int
-    end_ns: int
-    bytes: int  # file size: exactly the bytes hashed
-    frames: int
-    sha256: str
-    fragments: tuple[FragmentInfo, ...]
 
 
 class _Sink:

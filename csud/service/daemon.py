@@ -235,8 +235,9 @@ class Daemon:
             self.index,
             password,
             udp_bind=self.loaded.settings.network.udp_bind,
-            frame_sink=self.live.frame_sink(camera.id) if self.live is not None else None,
         )
+        if self.live is not None:
+            recorder.set_tap(self.live.frame_sink(camera.id))
         stop = asyncio.Event()
         task = asyncio.create_task(recorder.run(stop), name=f"camera:{camera.id}")
         self.cameras[camera.id] = RunningCamera(recorder, stop, task, password)

@@ -1,7 +1,7 @@
 """Prometheus metrics: every name is declared here, and only here.
 
 The names are a contract (dashboards and alerts use them; see DESIGN.md). The hot path never
-touches these objects: recorders keep plain counters (:class:`csud.recording.recorder.CameraStats`)
+touches these objects: recorders keep plain counters (:class:`csud.recording.stats.CameraStats`)
 and :func:`export` copies them into the registry in aggregate, every few seconds.
 """
 
@@ -244,6 +244,7 @@ def export(recorders: Iterable[CameraRecorder]) -> None:
         for reason, count in stats.dropped_frames.items():
             _inc(camera_dropped_frames, (*labels, reason), f"drop:{reason}", count, seen)
         _inc(camera_auth_failures, labels, "auth", stats.auth_failures, seen)
+        _inc(storage_write_errors, labels, "storage", stats.storage_errors, seen)
         for reason, count in (  # the order of RTP_ERROR_REASONS
             ("malformed", stats.malformed_packets),
             ("payload_type", stats.foreign_packets),

@@ -23,58 +23,25 @@ import os
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from csud import __version__
 from csud.errors import ConfigError
 from csud.store.durable import fsync_dir
+from csud.store.index import Index
+from csud.store.schema import StoreIdentity
 
 MARKER_FILENAME = "csud-store.json"
 INDEX_FILENAME = "index.sqlite3"
-MARKER_FORMAT = 1
 ROOT_MODE = 0o750
 # A freshly formatted ext4 file system holds this; a root holding only it is "empty".
 EMPTY_FS_NAMES = frozenset({"lost+found"})
 LISTED_NAMES = 5  # names shown when refusing a non-empty directory
 
-STORE_IDENTITY_SCHEMA = """
-CREATE TABLE store_identity (
-    singleton    INTEGER PRIMARY KEY CHECK (singleton = 1),
-    uuid         TEXT    NOT NULL,
-    created_ns   INTEGER NOT NULL,
-    csud_version TEXT    NOT NULL
-);
-"""
-
-
-def migrate_store_identity(conn: sqlite3.Connection) -> None:
-    """Schema version 4: the ``store_identity`` table (one row, written by :func:`create_store`
-    or by ``csud init`` adopting a store made before identities existed)."""
-    conn.execute(STORE_IDENTITY_SCHEMA)
-
 
 class StoreIdentityError(ConfigError):
     """The storage root is not the csud store it should be (CLI exit code 2)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreIdentity:
-    uuid: str
-    created_ns: int
-    csud_version: str
-
-    def to_json(self) -> dict[str, Any]:
-        created = datetime.fromtimestamp(self.created_ns / 1e9, UTC).isoformat(timespec="seconds")
-        return {
-            "format": MARKER_FORMAT,
-            "uuid": self.uuid,
-            "created": created,
-            "created_ns": self.created_ns,
-            "csud_version": self.csud_version,
-        }
 
 
 def marker_path(root: Path) -> Path:
@@ -188,8 +155,6 @@ def create_store(root: Path, now_ns: int | None = None) -> tuple[StoreIdentity, 
     (already a store: nothing changed, so install scripts may run it again). Refuses
     (:class:`StoreIdentityError`) a non-empty directory that is not a csud store, and a store
     whose marker and index disagree."""
-    from csud.store.index import Index  # index.py imports this module's migration
-
     root = Path(root)
     if marker_path(root).exists():
         return verify_store(root), "exists"
@@ -222,7 +187,5 @@ def create_store(root: Path, now_ns: int | None = None) -> tuple[StoreIdentity, 
 
 def open_store_index(root: Path, readonly: bool = False) -> Any:
     """:func:`verify_store`, then open its index (never created here). Returns an ``Index``."""
-    from csud.store.index import Index
-
     verify_store(root)
     return Index.open(root / INDEX_FILENAME, readonly=readonly)

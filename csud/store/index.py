@@ -8,8 +8,9 @@ A row is inserted only after its file is durable (docs/storage.md, "Creating a s
 a row always names a complete, renamed, synced file. Times are UTC nanoseconds; paths are
 relative to the storage root.
 
-Schema versions live in ``PRAGMA user_version``; :data:`MIGRATIONS` ``[i]`` takes a database from
-version ``i`` to ``i + 1`` in one transaction. Version 2 adds judicial holds, the journal
+Schema versions live in ``PRAGMA user_version``; the tables and their migrations are in
+:mod:`csud.store.schema` (:data:`~csud.store.schema.MIGRATIONS` ``[i]`` takes a database from
+version ``i`` to ``i + 1`` in one transaction). Version 2 adds judicial holds, the journal
 (:mod:`csud.store.journal`), the deletion intent (``segments.deleting_ns``: docs/storage.md,
 "Destroying segments") and a per-camera usage table kept by triggers, so that retention never
 scans the 14-million-row segments table to learn which cameras exist or how much they hold.
@@ -32,165 +33,26 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csud.errors import StorageError
-from csud.recording.writer import FragmentInfo, SegmentInfo
 from csud.store.durable import FOOTAGE_FILE_MODE
-from csud.store.identity import StoreIdentity, migrate_store_identity
 from csud.store.journal import (
     HOLD_ADDED,
     HOLD_RELEASED,
-    JOURNAL_SCHEMA,
     RECOVERED,
     Journal,
     JournalCheck,
     JournalEntry,
     os_actor,
 )
-from csud.store.operators import migrate_operators
+from csud.store.records import FragmentInfo, SegmentInfo
 from csud.store.retention_plan import NS_PER_DAY, Hold, SegmentRef
-
-_SCHEMA_V1 = """
-CREATE TABLE segments (
-    id          INTEGER PRIMARY KEY,
-    camera      TEXT    NOT NULL,
-    commune     TEXT    NOT NULL,
-    start_ns    INTEGER NOT NULL,
-    end_ns      INTEGER NOT NULL,
-    path        TEXT    NOT NULL UNIQUE,
-    bytes       INTEGER NOT NULL,
-    frames      INTEGER NOT NULL,
-    sha256      TEXT    NOT NULL,
-    created_ns  INTEGER NOT NULL,
-    CHECK (end_ns >= start_ns)
-);
-CREATE INDEX segments_camera_start ON segments (camera, start_ns);
-CREATE INDEX segments_camera_end ON segments (camera, end_ns);
-CREATE INDEX segments_end ON segments (end_ns);
-
-CREATE TABLE fragments (
-    segment_id  INTEGER NOT NULL REFERENCES segments (id) ON DELETE CASCADE,
-    start_ns    INTEGER NOT NULL,
-    byte_offset INTEGER NOT NULL,
-    size        INTEGER NOT NULL,
-    frames      INTEGER NOT NULL
-);
-CREATE INDEX fragments_segment_start ON fragments (segment_id, start_ns);
-"""
-
-
-def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-_SCHEMA_V2 = """
-ALTER TABLE segments ADD COLUMN deleting_ns INTEGER;
-ALTER TABLE segments ADD COLUMN deleting_reason TEXT;
-CREATE INDEX segments_deleting ON segments (deleting_ns) WHERE deleting_ns IS NOT NULL;
-
-CREATE TABLE usage (
-    commune     TEXT    NOT NULL,
-    camera      TEXT    NOT NULL,
-    segments    INTEGER NOT NULL,
-    bytes       INTEGER NOT NULL,
-    PRIMARY KEY (commune, camera)
-) WITHOUT ROWID;
-INSERT INTO usage (commune, camera, segments, bytes)
-    SELECT commune, camera, COUNT(*), SUM(bytes) FROM segments GROUP BY commune, camera;
-CREATE TRIGGER segments_usage_insert AFTER INSERT ON segments BEGIN
-    INSERT INTO usage (commune, camera, segments, bytes) VALUES (NEW.commune, NEW.camera, 1, NEW.bytes)
-    ON CONFLICT (commune, camera) DO UPDATE SET segments = segments + 1, bytes = bytes + excluded.bytes;
-END;
-CREATE TRIGGER segments_usage_delete AFTER DELETE ON segments BEGIN
-    UPDATE usage SET segments = segments - 1, bytes = bytes - OLD.bytes
-    WHERE commune = OLD.commune AND camera = OLD.camera;
-END;
-
-CREATE TABLE holds (
-    id              INTEGER PRIMARY KEY,
-    from_ns         INTEGER NOT NULL,
-    to_ns           INTEGER NOT NULL,
-    requisition     TEXT    NOT NULL,
-    officer         TEXT    NOT NULL,
-    reason          TEXT    NOT NULL,
-    until_ns        INTEGER,
-    created_ns      INTEGER NOT NULL,
-    created_by      TEXT    NOT NULL,
-    released_ns     INTEGER,
-    released_by     TEXT,
-    release_reason  TEXT,
-    CHECK (to_ns > from_ns)
-);
-CREATE TABLE hold_cameras (
-    hold_id     INTEGER NOT NULL REFERENCES holds (id),
-    camera      TEXT    NOT NULL,
-    PRIMARY KEY (hold_id, camera)
-) WITHOUT ROWID;
-CREATE INDEX hold_cameras_camera ON hold_cameras (camera);
-"""
-
-
-def _run_script(conn: sqlite3.Connection, script: str) -> None:
-    """Run ``script`` statement by statement inside the caller's transaction (``executescript``
-    would COMMIT). Trigger bodies contain ``;`` and are kept whole."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                conn.execute(buffer)
-            buffer = ""
-    if buffer.strip():
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]!r}")
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    _run_script(conn, _SCHEMA_V2)
-    _run_script(conn, JOURNAL_SCHEMA)
-
-
-_SCHEMA_V3 = """
-ALTER TABLE segments ADD COLUMN missing_ns INTEGER;
-CREATE INDEX segments_missing ON segments (missing_ns) WHERE missing_ns IS NOT NULL;
-"""
-
-
-def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
-    """Version 3: ``segments.missing_ns``, set by startup recovery when a row's file is gone
-    (docs/storage.md, "Startup"); cleared if the file comes back."""
-    _run_script(conn, _SCHEMA_V3)
-
-
-_SCHEMA_RETENTION_WINDOW = """
-ALTER TABLE segments ADD COLUMN retention_days INTEGER;
-CREATE INDEX segments_camera_window ON segments (camera, retention_days);
-"""
-
-
-def _migrate_retention_window(conn: sqlite3.Connection) -> None:
-    """``segments.retention_days``: the retention window in force when the segment was written,
-    only ever shortened (csud.store.retention_plan, issue 12). Existing rows get NULL: the first
-    retention pass stores the current configuration's window in them. The index makes the
-    per-pass "shorten what is longer" update and the per-camera shortest window cheap."""
-    _run_script(conn, _SCHEMA_RETENTION_WINDOW)
-
-
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migrate_0_to_1,
-    _migrate_1_to_2,
-    _migrate_2_to_3,
-    migrate_store_identity,  # 3 -> 4: the store's UUID (csud/store/identity.py)
-    _migrate_retention_window,  # 4 -> 5: the window stored with each segment (issue 12)
-    migrate_operators,  # 5 -> 6: live-viewing operators (csud.store.operators)
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+from csud.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreIdentity
 
 
 @dataclass(frozen=True, slots=True)

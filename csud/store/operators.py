@@ -6,7 +6,7 @@ Passwords are hashed with scrypt (memory-hard, in the standard library): N=2^15,
 bytes, a random 16-byte salt, stored as ``scrypt$N$r$p$salt_hex$hash_hex``. ``generation`` grows
 with every password change and on disable, so that sessions opened before are no longer valid.
 
-The table is created by :func:`migrate_operators`, one of :data:`csud.store.index.MIGRATIONS`.
+The table is created by :func:`migrate_operators`, one of :data:`csud.store.schema.MIGRATIONS`.
 Every change is journaled in the same transaction (``operator_added``,
 ``operator_password_changed``, ``operator_disabled``).
 """
@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,24 +34,6 @@ HASH_BYTES = 32
 SALT_BYTES = 16
 MIN_PASSWORD_LENGTH = 12
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-OPERATORS_SCHEMA = """
-CREATE TABLE operators (
-    id            TEXT    PRIMARY KEY,
-    name          TEXT    NOT NULL,
-    communes      TEXT    NOT NULL,
-    password_hash TEXT    NOT NULL,
-    generation    INTEGER NOT NULL DEFAULT 1,
-    disabled_ns   INTEGER,
-    created_ns    INTEGER NOT NULL,
-    updated_ns    INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-
-
-def migrate_operators(conn: sqlite3.Connection) -> None:
-    """Schema step: the ``operators`` table (live viewing)."""
-    conn.execute(OPERATORS_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)

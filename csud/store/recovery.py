@@ -37,7 +37,6 @@ from typing import Any, BinaryIO
 
 from csud.errors import StorageError
 from csud.log import get_logger
-from csud.recording.writer import FragmentInfo, SegmentInfo
 from csud.store.durable import fsync_dir, makedirs_durable, sha256_file
 from csud.store.index import Index
 from csud.store.journal import INTEGRITY_FAILURE, RECOVERED, os_actor
@@ -48,6 +47,7 @@ from csud.store.layout import (
     parse_segment_filename,
     validate_path_component,
 )
+from csud.store.records import FragmentInfo, SegmentInfo
 from csud.store.scan import ScanResult, scan
 
 LOCK_FILENAME = ".csud.lock"

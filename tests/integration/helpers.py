@@ -15,16 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from csud.store.identity import create_store
+from tests.helpers import free_port as free_port  # one definition; re-exported for the integration tests
 
 CSUD = str(Path(sys.executable).parent / "csud")
 FPS = 25
 SMALL = ["--width", "320", "--height", "240", "--bitrate", "500000", "--fps", str(FPS), "--gop-seconds", "1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 90.0) -> None:

@@ -24,7 +24,8 @@ import av
 import pytest
 
 from csud.config import parse_settings
-from csud.recording import recorder as recorder_module
+from csud.recording import pipeline as pipeline_module
+from csud.recording import writer as writer_module
 from csud.recording.recorder import CameraRecorder, IndexService
 from csud.sim.faults import FaultInjector
 from csud.sim.server import SimOptions, SimServer, serve
@@ -260,19 +261,19 @@ async def test_slow_writer_drops_whole_gops_with_bounded_memory(
     """Camera 1's storage is slow (every write of its segments sleeps): its writer queue fills,
     the recorder drops whole GOPs ("overload"), memory stays bounded; camera 2 is untouched."""
     limit = 300_000
-    monkeypatch.setattr(recorder_module, "WRITER_QUEUE_MAX_BYTES", limit)
-    original = recorder_module.SegmentWriter.write
+    monkeypatch.setattr(pipeline_module, "WRITER_QUEUE_MAX_BYTES", limit)
+    original = writer_module.SegmentWriter.write
 
     async def slow_write(self: Any, frames: Any) -> None:
         if "/cam1/" in self.relpath:
             await asyncio.sleep(1.5)
         await original(self, frames)
 
-    monkeypatch.setattr(recorder_module.SegmentWriter, "write", slow_write)
+    monkeypatch.setattr(writer_module.SegmentWriter, "write", slow_write)
     peak = {"bytes": 0, "items": 0}
     async with rig(tmp_path, bitrate=1_000_000) as r:
         for _ in range(100):  # 8 s
-            peak["bytes"] = max(peak["bytes"], r.faulty._queued_bytes)
+            peak["bytes"] = max(peak["bytes"], r.faulty.pipeline.queued_bytes)
             peak["items"] = max(peak["items"], r.faulty._queue.qsize())
             await asyncio.sleep(0.08)
     stats = r.faulty.stats
@@ -300,7 +301,6 @@ async def test_storage_errors_are_logged_once_per_episode_and_recording_resumes(
 
     from csud import log
     from csud.errors import StorageError
-    from csud.recording import writer as writer_module
 
     log.configure("info", json=True)
     failing = {"writes": False, "fsync": False, "fsync_failed": 0}

@@ -196,11 +196,21 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
 
 
 def test_install_script_refuses_non_root() -> None:
-    script = [str(REPO / "scripts/install.sh")]
-    if os.geteuid() == 0:  # drop to nobody: the refusal is what is tested, nothing is installed
-        script = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", *script]
-    out = subprocess.run(script, capture_output=True, text=True, timeout=30, cwd="/")
-    assert out.returncode == 1
+    # A copy in a fresh directory any user can traverse: the checkout itself may live where
+    # ``nobody`` cannot (under /root, in a 0700 directory), and the script cds to its parent.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="csud-install-") as tmp:
+        os.chmod(tmp, 0o755)
+        (Path(tmp) / "scripts").mkdir(mode=0o755)
+        copy = Path(tmp) / "scripts" / "install.sh"
+        shutil.copy(REPO / "scripts/install.sh", copy)
+        copy.chmod(0o755)
+        script = [str(copy)]
+        if os.geteuid() == 0:  # drop to nobody: the refusal is what is tested, nothing is installed
+            script = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", *script]
+        out = subprocess.run(script, capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 1, out.stderr
     assert "must run as root" in out.stderr
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from csud import log
 from csud.errors import AuthError, StreamError
-from csud.recording.recorder import Backoff
+from csud.recording.pipeline import Backoff
 from csud.rtsp.client import RtspSession
 from csud.store.index import Index
 from tests.integration.inproc import make_recorder, running, simulator, split_blob, wait_for
@@ -113,7 +113,7 @@ async def test_refused_credentials_back_off_and_never_print_the_password(
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     import random
 
-    backoff = Backoff(1.0, 60.0, rng=random.Random(7))
+    backoff = Backoff(random.Random(7), 1.0, 60.0)
     delays = [backoff.next_delay() for _ in range(10)]
     bases = [min(2.0**i, 60.0) for i in range(10)]
     for delay, base in zip(delays, bases, strict=True):

@@ -29,7 +29,7 @@ from csud.media.h264 import (
     parse_sps,
     split_annexb,
 )
-from csud.media.rtp import Buffer, build_rtp
+from csud.media.rtp import build_rtp
 from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
 
 PT = 96
@@ -110,8 +110,8 @@ class Result:
     depacketizer: H264Depacketizer
 
 
-def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H264Depacketizer(list(sprop))
+def feed_all(packets: Sequence[bytes]) -> Result:
+    d = H264Depacketizer()
     errors = []
     for p in packets:
         try:
@@ -121,8 +121,8 @@ def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
     return Result(list(d.take_events()), errors, d)
 
 
-def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H264Depacketizer(list(sprop))
+def feed_one_by_one(packets: Sequence[bytes]) -> Result:
+    d = H264Depacketizer()
     events: list[MediaEvent] = []
     errors = []
     for p in packets:
@@ -134,8 +134,8 @@ def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Re
     return Result(events, errors, d)
 
 
-def run(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    whole, single = feed_all(packets, sprop), feed_one_by_one(packets, sprop)
+def run(packets: Sequence[bytes]) -> Result:
+    whole, single = feed_all(packets), feed_one_by_one(packets)
     assert whole.events == single.events
     assert whole.errors == single.errors
     return whole
@@ -391,49 +391,6 @@ def test_packetize_depacketize_round_trip(mtu: int, aggregate: bool) -> None:
     d = result.depacketizer
     assert (d.access_units, d.lost_packets, d.late_packets, d.malformed_packets) == (len(expected), 0, 0, 0)
     assert d.packets == len(s.packets())
-
-
-@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
-def test_feed_at_offsets_in_a_reused_buffer(kind: str) -> None:
-    """Packets inside a larger buffer (TCP interleaved); the buffer is reused afterwards."""
-    packets = FU_STREAM
-    joined = b"".join(b"$\x00" + len(p).to_bytes(2, "big") + p for p in packets)
-    store = bytearray(joined)
-    buffers: dict[str, Buffer] = {"bytes": joined, "bytearray": store, "memoryview": memoryview(store)}
-    buf = buffers[kind]
-    d = H264Depacketizer()
-    pos = 0
-    for p in packets:
-        d.feed(buf, pos + 4, pos + 4 + len(p))
-        pos += 4 + len(p)
-    store[:] = bytes(len(store))  # the caller reuses its buffer: nothing kept may alias it
-    assert list(d.take_events()) == [au(T0, KEY_AU), au(T1, [IDR_BIG]), au(T2, [P_SMALL])]
-
-
-def test_parameter_sets_and_counters() -> None:
-    new_sps = SPS[:-1] + b"\xa9"
-    d = H264Depacketizer([SPS, PPS, SEI])
-    assert (d.sps, d.pps) == (SPS, PPS)
-    assert d.take_events() == []
-    packets = Stream().au([new_sps, PPS, IDR_SMALL], T0).au([P_BIG], T1).packets()
-    for p in packets:
-        d.feed(p)
-    assert d.sps == new_sps
-    assert d.packets == len(packets)
-    assert d.bytes == sum(map(len, packets))
-    assert d.access_units == 2
-    events = d.take_events()
-    assert [type(e) for e in events] == [AccessUnit, AccessUnit]
-    assert d.take_events() == []
-
-
-def test_take_events_hands_over_the_list() -> None:
-    d = H264Depacketizer()
-    d.feed(build_rtp(PT, 1, 0, SSRC, True, IDR_SMALL))
-    first = d.take_events()
-    d.feed(build_rtp(PT, 2, 1, SSRC, True, P_SMALL))
-    assert first == [au(0, [IDR_SMALL])]
-    assert d.take_events() == [au(1, [P_SMALL])]
 
 
 # --- packetizer -------------------------------------------------------------------------

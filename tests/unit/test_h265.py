@@ -34,7 +34,7 @@ from csud.media.h265 import (
     packetize_nal,
     parse_sps,
 )
-from csud.media.rtp import Buffer, build_rtp
+from csud.media.rtp import build_rtp
 from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
 
 PT = 96
@@ -121,8 +121,8 @@ class Result:
     depacketizer: H265Depacketizer
 
 
-def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H265Depacketizer(list(sprop))
+def feed_all(packets: Sequence[bytes]) -> Result:
+    d = H265Depacketizer()
     errors = []
     for p in packets:
         try:
@@ -132,8 +132,8 @@ def feed_all(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
     return Result(list(d.take_events()), errors, d)
 
 
-def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    d = H265Depacketizer(list(sprop))
+def feed_one_by_one(packets: Sequence[bytes]) -> Result:
+    d = H265Depacketizer()
     events: list[MediaEvent] = []
     errors = []
     for p in packets:
@@ -145,8 +145,8 @@ def feed_one_by_one(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Re
     return Result(events, errors, d)
 
 
-def run(packets: Sequence[bytes], sprop: Sequence[bytes] = ()) -> Result:
-    whole, single = feed_all(packets, sprop), feed_one_by_one(packets, sprop)
+def run(packets: Sequence[bytes]) -> Result:
+    whole, single = feed_all(packets), feed_one_by_one(packets)
     assert whole.events == single.events
     assert whole.errors == single.errors
     return whole
@@ -416,40 +416,6 @@ def test_packetize_depacketize_round_trip(mtu: int, aggregate: bool) -> None:
     d = result.depacketizer
     assert (d.access_units, d.lost_packets, d.late_packets, d.malformed_packets) == (len(expected), 0, 0, 0)
     assert d.packets == len(s.packets())
-
-
-@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
-def test_feed_at_offsets_in_a_reused_buffer(kind: str) -> None:
-    packets = FU_STREAM
-    joined = b"".join(b"$\x00" + len(p).to_bytes(2, "big") + p for p in packets)
-    store = bytearray(joined)
-    buffers: dict[str, Buffer] = {"bytes": joined, "bytearray": store, "memoryview": memoryview(store)}
-    buf = buffers[kind]
-    d = H265Depacketizer()
-    pos = 0
-    for p in packets:
-        d.feed(buf, pos + 4, pos + 4 + len(p))
-        pos += 4 + len(p)
-    store[:] = bytes(len(store))
-    assert list(d.take_events()) == [au(T0, KEY_AU), au(T1, [IDR_BIG]), au(T2, [P_SMALL])]
-
-
-def test_parameter_sets_and_counters() -> None:
-    new_sps = SPS[:-1] + b"\x85"
-    d = H265Depacketizer([PPS, SPS, VPS, SEI, b"\x40"])  # any order; junk ignored
-    assert (d.vps, d.sps, d.pps) == (VPS, SPS, PPS)
-    assert d.take_events() == []
-    packets = Stream().au([new_sps, PPS, IDR_SMALL], T0).au([P_BIG], T1).packets()
-    for p in packets:
-        d.feed(p)
-    assert (d.vps, d.sps, d.pps) == (VPS, new_sps, PPS)
-    assert d.packets == len(packets)
-    assert d.bytes == sum(map(len, packets))
-    assert d.access_units == 2
-    events = d.take_events()
-    assert [type(e) for e in events] == [AccessUnit, AccessUnit]
-    assert [e.keyframe for e in events if isinstance(e, AccessUnit)] == [True, False]
-    assert d.take_events() == []
 
 
 # --- packetizer -------------------------------------------------------------------------

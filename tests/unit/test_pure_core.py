@@ -14,6 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "csud"
 PURE_MODULES = [
     "media/bits.py",
+    "media/codec.py",
     "media/depacketizer.py",
     "media/h264.py",
     "media/h265.py",
@@ -23,7 +24,9 @@ PURE_MODULES = [
     "media/units.py",
     "rtsp/interleave.py",
     "rtsp/sdp.py",
+    "recording/pipeline.py",
     "recording/segmenter.py",
+    "recording/stats.py",
     "recording/timeline.py",
     "store/layout.py",
     "store/retention_plan.py",

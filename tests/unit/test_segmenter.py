@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from csud.media.codec import H264, H265
 from csud.media.units import ANNEXB_START_CODE, AccessUnit
-from csud.recording.segmenter import H265_RULES, Action, Close, Drop, Frame, Mux, Open, Segmenter
+from csud.recording.segmenter import Action, Close, Drop, Frame, Mux, Open, Segmenter
 
 MS = 1_000_000
 SPS_A = bytes([0x67, 0x42, 0xC0, 0x0D, 0xAA])
@@ -214,7 +215,7 @@ def test_first_keyframe_gets_parameter_sets_prefixed() -> None:
     seg = Segmenter(segment_ns=1000 * MS, phase_ns=0)
     seg.params(SPS_A, PPS)
     actions = seg.push(au([AUD, idr(1)], True), 0)
-    assert actions[0] == Open(0, SPS_A, PPS)
+    assert actions[0] == Open(0, H264, (SPS_A, PPS))
     assert isinstance(actions[1], Mux)
     assert actions[1].frames[0].data == annexb(AUD, SPS_A, PPS, idr(1))  # AUD stays first
     # Later keyframes of the same segment are left as they are.
@@ -248,7 +249,7 @@ def test_params_change_out_of_band_rotates_at_next_keyframe() -> None:
     seg.params(SPS_B, PPS)
     actions = seg.push(au([idr(3)], True), 80 * MS)
     assert [render(a) for a in actions] == ["C80", "O80", "M[K80/40]"]
-    assert actions[1] == Open(80 * MS, SPS_B, PPS)
+    assert actions[1] == Open(80 * MS, H264, (SPS_B, PPS))
     assert isinstance(actions[2], Mux)
     assert actions[2].frames[0].data.startswith(annexb(SPS_B, PPS))
 
@@ -390,7 +391,7 @@ def test_h265_first_keyframe_carries_vps_sps_pps_after_its_delimiter() -> None:
         return bytes([nal_type << 1, 1, body])
 
     vps, sps, pps, aud, idr = nal(32, 0xA), nal(33, 0xB), nal(34, 0xC), nal(35, 0x50), nal(19, 0x80)
-    seg = Segmenter(segment_ns=1000 * MS, phase_ns=0, rules=H265_RULES)
+    seg = Segmenter(segment_ns=1000 * MS, phase_ns=0, codec=H265)
     seg.parameter_sets([sps, pps])  # the VPS is missing: no segment can start
     (drop,) = seg.push(AccessUnit(0, [aud, idr], True), 0)
     assert drop == Drop(1, 6, "no_parameter_sets")
