@@ -14,7 +14,8 @@ Invariants of a plan (tested, table-driven):
 - Segments of one camera may overlap after a clock step (docs/storage.md): a source never goes
   back in time; it is copied from its first keyframe at or after the previous source's end, and
   a segment entirely covered by the previous ones is left out. Output timestamps therefore only
-  increase.
+  increase. An overlap shorter than one frame duration (the timeline's rounding when a camera
+  restarts) is no clock step: that segment is copied whole, nothing of it reported as a gap.
 - ``gaps`` are the parts of ``[from_ns, to_ns)`` with no recording longer than one frame
   duration (the frame duration of the segment before the hole, estimated as its length over its
   frame count): between non-contiguous segments, before the first one and after the last one.
@@ -179,7 +180,9 @@ def plan_clip(
             if key.start_ns >= to_ns:
                 continue
         else:
-            if segment.start_ns < covered_to_ns:
+            # An overlap shorter than a frame is the timeline's rounding across a restart, not a
+            # clock step: the segment's first GOP is copied (the extractor keeps dts increasing).
+            if covered_to_ns - segment.start_ns >= (previous or segment).frame_ns:
                 key = _keyframe_at_or_after(segment, covered_to_ns)
                 reason = REASON_CLOCK_STEP
             else:

@@ -116,6 +116,18 @@ CASES = [
         [(10, 10.5, CLOCK)],
         (5, 15),
     ),
+    # Seen across a simulated camera reboot: the new segment starts 0.56 ms before the previous
+    # one's end (the timeline's rounding). Less than a frame is no clock step: its first GOP is
+    # recorded footage and must be copied, not skipped as a gap.
+    (
+        "overlap of less than a frame is contiguous",
+        [seg(1, 0, 10), seg(2, 9.99944, 20)],
+        5,
+        15,
+        [(1, 5), (2, 9.99944)],
+        [],
+        (5, 15),
+    ),
     (
         "segment wholly covered by an overlap",
         [seg(1, 0, 10), seg(2, 2, 6), seg(3, 10, 20)],
