@@ -51,14 +51,13 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from csud.cli.common import open_index
     from csud.config import load_config
-    from csud.service.daemon import INDEX_FILENAME
-    from csud.store.index import Index
     from csud.store.operators import Operators
 
     settings = load_config(args.config).settings
-    settings.storage.root.mkdir(parents=True, exist_ok=True)
-    index = Index.open(settings.storage.root / INDEX_FILENAME)
+    # Exit 2 unless the root is the csud store; never creates it (csud init does).
+    index = open_index(settings, readonly=False)
     return settings, index, Operators(index)
 
 

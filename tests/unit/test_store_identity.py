@@ -117,6 +117,8 @@ def test_every_command_refuses_an_empty_root_with_exit_2(
             *("--to", "2026-09-01T00:01:00+00:00", "--requisition", "R1", "--officer", "O"),
             *("--out", str(tmp_path / "out")),
         ],
+        ["operator", "list"],
+        ["operator", "disable", "alice"],
     ]
     for args in commands:
         assert main([*args, "--config", str(config)]) == 2, args
@@ -126,3 +128,22 @@ def test_every_command_refuses_an_empty_root_with_exit_2(
     assert main(["init", "--config", str(config)]) == 0
     assert "created csud store" in capsys.readouterr().out
     assert main(["hold", "list", "--config", str(config)]) == 0
+
+
+def test_operator_commands_never_create_a_missing_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``csud operator`` used to mkdir the root and fail on sqlite: on an unmounted disk it made the
+    mount point's directory (world-readable) instead of saying "not mounted?"."""
+    root = tmp_path / "store"
+    config = write_config(tmp_path, root, init=False)
+    password = tmp_path / "pw"
+    password.write_text("correct horse battery staple\n")
+    for args in (
+        ["operator", "list"],
+        ["operator", "add", "alice", "--name", "Alice", "--communes", "metz", "--password-file", str(password)],
+    ):
+        assert main([*args, "--config", str(config)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not exist (not mounted?)" in err[0], (args, err)
+    assert not root.exists()
