@@ -252,12 +252,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"integrity consistent, authenticity NOT established: {report.folder}")
         print(
             f"csud verify: the files match manifest.json but authenticity is not established "
-            f"({report.signature_line.split(':')[0]}); exit {EXIT_NOT_AUTHENTICATED}",
+            f"({_not_authenticated_reason(report)}); exit {EXIT_NOT_AUTHENTICATED}",
             file=sys.stderr,
         )
         return EXIT_NOT_AUTHENTICATED
     print(f"verification OK: {report.folder} (authentic: signed with the key you supplied)")
     return EXIT_OK
+
+
+def _not_authenticated_reason(report: Any) -> str:
+    """Why a consistent extraction is not authenticated, whole, for the one stderr line."""
+    if report.signature == "not signed":
+        return "manifest.json is not signed"
+    if report.signature == "unchecked":
+        return "manifest.json.sig present but no public key to check it"
+    key_print = report.key_source.rsplit(", ", 1)[-1]
+    return (
+        f"signed by the key IN THIS FOLDER ({key_print}), "
+        "no key of yours given: pass --public-key or --fingerprint"
+    )
 
 
 def _verify_archive(args: argparse.Namespace) -> int:

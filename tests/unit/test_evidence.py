@@ -175,6 +175,7 @@ def test_verify_unsigned_folder_says_not_signed(tmp_path: Path, capsys: pytest.C
     make_folder(tmp_path / "PV")
     code, out, err = verify_cli(capsys, tmp_path / "PV")
     assert code == 3 and err.count("\n") == 1 and "authenticity is not established" in err
+    assert "(manifest.json is not signed); exit 3" in err
     assert "NOT SIGNED: the files match manifest.json, but nothing proves manifest.json itself" in out
     assert "AUTHENTICITY NOT ESTABLISHED" in out and "verification OK" not in out
     _, site_key, _ = generate_keypair(tmp_path / "site")
@@ -206,6 +207,10 @@ def test_verify_key_substitution(tmp_path: Path, capsys: pytest.CaptureFixture[s
         "the site's published fingerprint, or pass --public-key"
     ) in out.splitlines()
     assert site_print not in out and "verification OK" not in out
+    # The one stderr line gives the reason whole (it used to be cut at the first colon:
+    # "(signature valid under the key IN THIS FOLDER (fingerprint SHA256); exit 3").
+    assert err.count("\n") == 1 and f"the key IN THIS FOLDER ({other_print})" in err
+    assert "no key of yours given: pass --public-key or --fingerprint); exit 3" in err
     code, _, err = verify_cli(capsys, tmp_path / "PV", "--public-key", site_key)
     assert code == 1 and "signature invalid" in err
     code, _, err = verify_cli(capsys, tmp_path / "PV", "--fingerprint", site_print)
