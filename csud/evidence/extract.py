@@ -439,16 +439,16 @@ def extract(
 ) -> Result:
     """Run the extraction described by ``request`` (module doc, steps 1-6)."""
     name = folder_name(request.requisition)
+    tz, tz_name = zone or local_zone()
     if request.to_ns > now_ns:
         raise UsageError(
-            f"--to {mf.utc_iso(request.to_ns)} is after now ({mf.utc_iso(now_ns)}): what comes after now "
-            "is not yet recorded; ask for an interval that ends now or earlier"
+            f"--to {mf.local_iso(request.to_ns, tz)} is after now ({mf.local_iso(now_ns, tz)}): what "
+            "comes after now is not yet recorded; ask for an interval that ends now or earlier"
         )
     final = request.out_dir.absolute() / name
     if (final.exists() or final.is_symlink()) and not request.force:
         raise UsageError(f"{final} exists (use --force to replace it)")
     plans = plan_all(index, request)
-    tz, tz_name = zone or local_zone()
     operator = operator or os_actor()
     total = 2 * sum(p.total_bytes for p in plans)
     done = 0

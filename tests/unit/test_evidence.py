@@ -326,3 +326,21 @@ def test_camera_context(
     )  # fmt: skip
     assert context.recording is recording
     assert [o.cause for o in context.outages] == ([cause] if cause else [])
+
+
+def test_extract_refuses_the_future_in_the_site_zone(tmp_path: Path) -> None:
+    """Issue 12, points 5 and 8: the refusal of an interval ending after now names both times in
+    the site's zone, with its offset (it printed them in UTC)."""
+    from zoneinfo import ZoneInfo
+
+    from csud.errors import UsageError
+    from csud.evidence.extract import Request, extract
+
+    now_ns = 1_796_197_041_000_000_000  # 2026-12-02T07:37:21Z
+    request = Request((), now_ns - 60 * 10**9, now_ns + 30 * 10**9, "R", "O", None, tmp_path)
+    with pytest.raises(UsageError) as caught:
+        paris = (ZoneInfo("Europe/Paris"), "Europe/Paris")
+        extract(request, root=tmp_path, index=None, now_ns=now_ns, zone=paris)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "--to 2026-12-02T08:37:51.000000+01:00 is after now (2026-12-02T08:37:21.000000+01:00)" in message
+    assert list(tmp_path.iterdir()) == []

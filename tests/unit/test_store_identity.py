@@ -141,7 +141,16 @@ def test_operator_commands_never_create_a_missing_root(
     password.write_text("correct horse battery staple\n")
     for args in (
         ["operator", "list"],
-        ["operator", "add", "alice", "--name", "Alice", "--communes", "metz", "--password-file", str(password)],
+        [
+            "operator",
+            "add",
+            "alice",
+            "--name",
+            "Alice",
+            "--communes",
+            "metz",
+            *("--password-file", str(password)),
+        ],
     ):
         assert main([*args, "--config", str(config)]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
