@@ -4,7 +4,9 @@ Three sources, all read at extraction time (DESIGN.md: "never presented as a rec
 
 - the journal: between a ``daemon_stopped`` and the next ``daemon_started`` the daemon was not
   running (``daemon stopped``); after the last ``daemon_stopped`` with no daemon running now,
-  until now;
+  until now; a ``daemon_started`` with no ``daemon_stopped`` since the previous start (killed,
+  power loss: the start journals ``unclean_stop_detected``) is the cause of the gap spanning
+  that restart (:data:`CAUSE_UNCLEAN_STOP`; when the daemon died is not known);
 - the running daemon's ``/status`` (when it holds the store lock and answers on
   ``metrics.listen``): a camera that is down now is down since its last frame, with its last
   error (``camera down: authentication refused`` when the camera refused the credentials);
@@ -29,6 +31,7 @@ from csud.store.journal import DAEMON_STARTED, DAEMON_STOPPED, JournalEntry
 
 NS_PER_SECOND = 1_000_000_000
 CAUSE_DAEMON_STOPPED = "daemon stopped"
+CAUSE_UNCLEAN_STOP = "daemon stopped uncleanly (killed or power loss)"
 CAUSE_AUTH_REFUSED = "camera down: authentication refused"
 RECORDING_SLACK_SECONDS = 30
 _AUTH_MARKERS = ("401", "refused the credentials", "unauthorized")
@@ -44,12 +47,19 @@ def daemon_outages(entries: Iterable[JournalEntry], now_ns: int, running: bool) 
     """Intervals when the daemon was stopped, from its start and stop entries (by id)."""
     out: list[Outage] = []
     stopped_at: int | None = None
+    started = False
     for e in sorted(entries, key=lambda e: e.id):
         if e.kind == DAEMON_STOPPED:
-            stopped_at = e.time_ns
-        elif e.kind == DAEMON_STARTED and stopped_at is not None:
-            out.append(Outage(stopped_at, e.time_ns, CAUSE_DAEMON_STOPPED))
-            stopped_at = None
+            stopped_at, started = e.time_ns, False
+        elif e.kind == DAEMON_STARTED:
+            if stopped_at is not None:
+                out.append(Outage(stopped_at, e.time_ns, CAUSE_DAEMON_STOPPED))
+            elif started:
+                # No daemon_stopped since the previous start (the start journaled
+                # unclean_stop_detected): when it died is unknown, that it was not running just
+                # before this start is known. The gap spanning this instant gets the cause.
+                out.append(Outage(e.time_ns - 1, e.time_ns, CAUSE_UNCLEAN_STOP))
+            stopped_at, started = None, True
     if stopped_at is not None and not running:
         out.append(Outage(stopped_at, now_ns + 1, CAUSE_DAEMON_STOPPED))
     return out

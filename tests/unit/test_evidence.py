@@ -293,6 +293,38 @@ def test_gaps_carry_their_known_cause() -> None:
     assert stopped == [Outage(T0 + 11 * S, T0 + 100 * S + 1, CAUSE_DAEMON_STOPPED)]
 
 
+def test_a_gap_across_an_unclean_restart_says_so() -> None:
+    """Issues 12.5 and 12.9: after SIGKILL there is no daemon_stopped; the gap from the last durable
+    frame to the restart had no cause. The restart (a daemon_started after a daemon_started, which
+    the start journals as unclean_stop_detected) is a known cause of the gap that spans it."""
+    from csud.evidence.clip import Outage, plan_clip
+    from csud.evidence.outages import CAUSE_DAEMON_STOPPED, CAUSE_UNCLEAN_STOP, daemon_outages
+    from csud.store.journal import JournalEntry
+
+    def entry(i: int, kind: str, at_s: float) -> JournalEntry:
+        at = T0 + round(at_s * S)
+        return JournalEntry(i, at, kind, "csud", None, None, None, None, None, None, {}, "", "")
+
+    journal = [
+        entry(1, "daemon_started", -100),
+        entry(2, "daemon_started", 11.7),  # killed at about 10.5, restarted here
+        entry(3, "daemon_stopped", 40),
+        entry(4, "daemon_started", 45),
+    ]
+    daemon = daemon_outages(journal, T0 + 100 * S, running=True)
+    restart = T0 + round(11.7 * S)
+    assert daemon == [
+        Outage(restart - 1, restart, CAUSE_UNCLEAN_STOP),
+        Outage(T0 + 40 * S, T0 + 45 * S, CAUSE_DAEMON_STOPPED),
+    ]
+    spans = [_span(1, 0, 10), _span(2, 12, 20), _span(3, 25, 30)]
+    plan = plan_clip(spans, T0, T0 + 30 * S, outages=daemon)
+    assert [(g.start_ns, g.end_ns, g.cause) for g in plan.gaps] == [
+        (T0 + 10 * S, T0 + 12 * S, CAUSE_UNCLEAN_STOP),
+        (T0 + 20 * S, T0 + 25 * S, None),  # the daemon ran then: cause unknown, none invented
+    ]
+
+
 @pytest.mark.parametrize(
     ("running", "enabled", "last_end_s", "status", "recording", "cause"),
     [
