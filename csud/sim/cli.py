@@ -26,20 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cameras", type=int, default=1, help="number of cameras (default 1)")
     parser.add_argument("--port", type=int, default=8554, help="TCP port on 127.0.0.1 (default 8554; 0: any)")
-    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--fps", type=int, default=25, help="frames per second (default 25)")
     parser.add_argument("--bitrate", type=int, default=4_000_000, help="bit/s (default 4000000)")
-    parser.add_argument("--gop-seconds", type=float, default=1.0)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--username")
+    parser.add_argument("--gop-seconds", type=float, default=1.0, help="keyframe interval (default 1.0)")
+    parser.add_argument("--width", type=int, default=1280, help="picture width (default 1280)")
+    parser.add_argument("--height", type=int, default=720, help="picture height (default 720)")
+    parser.add_argument("--username", help="require RTSP auth with this user (and a password)")
     parser.add_argument(
         "--password", help="prefer --password-file or $CSUD_SIM_PASSWORD: argv is visible to every user"
     )
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--auth", choices=("digest", "basic"), default="digest")
+    parser.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    parser.add_argument(
+        "--auth", choices=("digest", "basic"), default="digest", help="scheme (default digest)"
+    )
     parser.add_argument("--no-inband-parameter-sets", action="store_true", help="SPS/PPS only in the SDP")
-    parser.add_argument("--session-timeout", type=float, default=60.0)
-    parser.add_argument("--stats-file", type=Path)
+    parser.add_argument(
+        "--session-timeout", type=float, default=60.0, help="seconds without a request before TEARDOWN (60)"
+    )
+    parser.add_argument(
+        "--stats-file", type=Path, help="JSON stats (frames sent per camera), rewritten every second"
+    )
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument(
         "--fault",

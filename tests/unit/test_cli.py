@@ -243,6 +243,13 @@ def test_every_option_has_help() -> None:
     assert _walk(build_parser(), "csud") == []
 
 
+def test_every_simulate_option_has_help() -> None:
+    """``csud simulate`` has its own parser (csud/sim/cli.py): the walk above does not reach it."""
+    from csud.sim.cli import build_parser as simulate_parser
+
+    assert _walk(simulate_parser(), "csud simulate") == []
+
+
 def test_plain_csud_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     out, err = capsys.readouterr()
