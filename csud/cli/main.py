@@ -9,14 +9,15 @@ offset; naive times are refused; printed times carry the site's zone. Shared hel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from csud import __version__
-from csud.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, format_time, parse_time, with_config
+from csud.cli.common import EXIT_FAILURE, EXIT_USAGE, format_time, parse_time, with_config
 from csud.errors import ConfigError, CsudError, UsageError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "format_time", "main", "parse_time"]
@@ -70,17 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("csud: give a COMMAND", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(args_list)
+    stdout = sys.stdout
+    sys.stdout = _ReaderMayLeave(stdout)
     try:
         code = int(args.handler(args))
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        sys.stdout.flush()
         return code
-    except BrokenPipeError:
-        # `csud segments ... | head -1`: the reader has all it wanted. No traceback, and no
-        # second error when Python flushes stdout at exit: point it at /dev/null.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_OK
     except (ConfigError, UsageError) as exc:
         print(f"csud {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -89,6 +85,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    finally:
+        sys.stdout = stdout
+
+
+class _ReaderMayLeave:
+    """stdout for `csud verify PV | head -1`: once the reader has gone (EPIPE), the rest is
+    discarded (stdout pointed at /dev/null, so nothing fails again at exit) and the command runs
+    to its end: no traceback, and the exit code stays the command's verdict (a failed
+    verification is still 1, never 0 because the pipe closed early)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        with contextlib.suppress(OSError, ValueError):  # not a real file (tests' capture)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -376,3 +376,28 @@ def test_extract_refuses_the_future_in_the_site_zone(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "--to 2026-12-02T08:37:51.000000+01:00 is after now (2026-12-02T08:37:21.000000+01:00)" in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("tamper", "expected"), [(True, 1), (False, 3)])
+def test_verify_exit_code_survives_a_closed_pipe(tmp_path: Path, tamper: bool, expected: int) -> None:
+    """``csud verify PV | head -1``: the reader leaving must not turn a failed verification (1) or
+    an unauthenticated one (3) into exit 0; the verdict is the exit code, whatever stdout became."""
+    import os
+    import subprocess
+    import sys
+
+    make_folder(tmp_path / "PV")
+    if tamper:
+        (tmp_path / "PV" / "cam_x.mp4").write_bytes(b"altered")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "csud.cli.main", "verify", str(tmp_path / "PV")],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == expected, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
