@@ -18,7 +18,10 @@ entries are dated in the order they are chained, whatever time the caller comput
 ``--dry-run --now`` pretends; nothing it does is journaled, and the journal would not take its
 date anyway). The caller's ``now_ns`` (the time its decision was made with) never becomes the
 entry's date. :meth:`Journal.verify` also checks that the
-dates never go backwards and names the first entry dated before its predecessor.
+dates never go backwards and names the first entry dated before its predecessor. A system clock
+that steps back (an NTP correction) does not make the register look tampered with: an entry is
+never dated before its predecessor; it takes its predecessor's date and records
+``clock_behind_ns`` in its details.
 
 What this does not prove, honestly: someone who can write the database file can rewrite the
 whole chain *and* the head consistently. Detecting that needs a copy of the head outside the
@@ -275,6 +278,14 @@ class Journal:
         ).fetchone()
         # Dated here, under the write lock: entries are dated in the order they are chained.
         now_ns = wall_clock()
+        if last_id:
+            (last_ns,) = conn.execute("SELECT time_ns FROM journal WHERE id = ?", (last_id,)).fetchone()
+            if now_ns < last_ns:
+                # The system clock stepped back (NTP correction, a wrong RTC at boot): the entry is
+                # dated at its predecessor's time, never before, and says by how much the clock was
+                # behind, so that a step back is told apart from tampering (module doc).
+                details = {**details, "clock_behind_ns": last_ns - now_ns}
+                now_ns = last_ns
         # Round-trip details through JSON now, so the stored text hashes like what we return.
         details = json.loads(canonical_bytes(details))
         draft = JournalEntry(

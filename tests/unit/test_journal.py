@@ -240,3 +240,23 @@ def test_entries_are_dated_by_the_clock_not_by_the_caller(tmp_path: Path) -> Non
         assert index.verify_journal().ok
     finally:
         index.close()
+
+
+def test_a_clock_stepping_back_never_dates_an_entry_before_its_predecessor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An NTP step back must not make the register look tampered with: the entry keeps its
+    predecessor's date and says how far behind the clock was; ``verify`` stays OK."""
+    times = iter([T0 + 10 * S, T0 + 7 * S, T0 + 12 * S])  # the clock steps back 3 s, then recovers
+    monkeypatch.setattr(journal_module, "wall_clock", lambda: next(times))
+    index = open_index(tmp_path)
+    try:
+        first = index.append_journal("daemon_started", now_ns=0, actor="t")
+        stepped = index.append_journal("config_loaded", now_ns=0, actor="t", details={"sha256": "x"})
+        later = index.append_journal("daemon_stopped", now_ns=0, actor="t")
+        assert stepped.time_ns == first.time_ns == T0 + 10 * S
+        assert stepped.details == {"sha256": "x", "clock_behind_ns": 3 * S}
+        assert later.time_ns == T0 + 12 * S and "clock_behind_ns" not in later.details
+        assert index.verify_journal().ok
+    finally:
+        index.close()
