@@ -439,7 +439,8 @@ def registre_rows(settings: Any, index: Any, commune: str, month: str) -> list[d
         day_start, day_end = _day_bounds(day, tz)
         for h in holds:
             if camera in h.cameras and h.from_ns < day_end and day_start < h.to_ns:
-                row.held.add(h.requisition)
+                # A released hold no longer protects anything: say so rather than "held".
+                row.held.add(h.requisition + (" (released)" if h.released_ns is not None else ""))
     out = []
     for (camera, day), row in sorted(table.items()):
         out.append(

@@ -386,3 +386,18 @@ def test_progress_shows_an_estimate_on_a_terminal_only() -> None:
     quiet.finish()
     assert pipe.getvalue() == ""
     assert common.ProgressLine is ProgressLine
+
+
+def test_registre_marks_a_released_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "store"
+    index = open_index(root)
+    add_segment(index, root, "metz-gare-01", "metz", T0)
+    common = {"requisition": "", "officer": "OPJ", "reason": "r", "until_ns": None, "now_ns": T0}
+    kept = index.add_hold(["metz-gare-01"], T0, T0 + 60 * S, **{**common, "requisition": "PV 1"})
+    gone = index.add_hold(["metz-gare-01"], T0, T0 + 60 * S, **{**common, "requisition": "PV 2"})
+    index.release_hold(gone.id, reason="closed", now_ns=T0 + S)
+    index.close()
+    config = _config(tmp_path)
+    assert main(["registre", "--commune", "metz", "--month", "2026-09", "--json", "--config", config]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["recordings"]
+    assert kept.requisition == "PV 1" and row["held"] == "PV 1,PV 2 (released)"
