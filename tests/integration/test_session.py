@@ -241,11 +241,13 @@ async def test_a_busy_index_delays_a_row_but_never_drops_it(tmp_path: Path) -> N
     failures = {"left": 2}
     original = IndexService.add_segment
 
-    async def flaky(self: Any, camera: str, commune: str, info: Any) -> int:
+    async def flaky(
+        self: Any, camera: str, commune: str, info: Any, retention_days: int | None = None
+    ) -> int:
         if failures["left"]:
             failures["left"] -= 1
             raise RuntimeError("database is locked")
-        return await original(self, camera, commune, info)
+        return await original(self, camera, commune, info, retention_days)
 
     async with simulator() as sim:
         recorder = make_recorder(tmp_path, sim.port)
