@@ -33,6 +33,7 @@ PURE_MODULES = [
     "store/scan.py",
     "evidence/clip.py",
     "evidence/manifest.py",
+    "cluster/placement.py",
     "sim/rtsp.py",
     "live/fmp4.py",
 ]
