@@ -204,6 +204,41 @@ class WebConfig(_Strict):
             return False
 
 
+class ClusterConfig(_Strict):
+    """``[cluster]``: several nodes on etcd (csud.cluster, docs/cluster.md). Absent: one node."""
+
+    etcd: list[str] = Field(min_length=1)
+    node: str
+    listen: str = "127.0.0.1:9120"  # node API (csud.cluster.api), HMAC of the shared secret
+    advertise: str = "http://127.0.0.1:9120"
+    secret_file: Path = Path("/etc/csud/cluster.key")
+    lease_seconds: int = Field(10, ge=2, le=300)
+    capacity: int = Field(300, ge=0)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        return validate_path_component("node", value)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9120")
+        return value
+
+    def read_secret(self) -> bytes:
+        """The shared secret of the node API; :class:`ConfigError` if unreadable or short."""
+        try:
+            secret = self.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cluster.secret_file: cannot read {self.secret_file}: {exc.strerror}") from None
+        if len(secret) < 16:
+            raise ConfigError(f"cluster.secret_file: {self.secret_file} holds under 16 bytes")
+        return secret
+
+
 class CommuneConfig(_Strict):
     id: str
     name: str
@@ -346,6 +381,7 @@ class Settings(BaseSettings):
     evidence: EvidenceConfig = EvidenceConfig()
     network: NetworkConfig = NetworkConfig()
     web: WebConfig = WebConfig()
+    cluster: ClusterConfig | None = None
     communes: list[CommuneConfig] = []
     cameras: list[CameraConfig] = []
 

@@ -292,6 +292,25 @@ class Index:
         sql = f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE {' AND '.join(clauses)} ORDER BY start_ns, id"
         return [SegmentRow(*row) for row in self._query(sql, params)]
 
+    def set_segment_fence(self, segment_id: int, node: str, fence: int) -> None:
+        """Stamp a segment with the node that wrote it and its fencing token (csud.cluster)."""
+        try:
+            with self._lock, self._transaction() as conn:
+                conn.execute("UPDATE segments SET node = ?, fence = ? WHERE id = ?", (node, fence, segment_id))
+        except sqlite3.Error as e:
+            raise StorageError(f"index fence of segment {segment_id}: {e}") from e
+
+    def segment_fences(self, segment_ids: Sequence[int]) -> dict[int, tuple[str | None, int | None]]:
+        """``id -> (node, fence)`` for these segments (csud.cluster)."""
+        out: dict[int, tuple[str | None, int | None]] = {}
+        ids = list(segment_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, node, fence in self._query(f"SELECT id, node, fence FROM segments WHERE id IN ({marks})", chunk):
+                out[int(sid)] = (node, fence)
+        return out
+
     def segment(self, segment_id: int) -> SegmentRow | None:
         rows = self._query(f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE id = ?", [segment_id])
         return SegmentRow(*rows[0]) if rows else None

@@ -10,7 +10,7 @@ without the index importing them back (no import cycle).
 Versions: 1 segments and fragments; 2 usage, holds, journal, deletion intent; 3
 ``segments.missing_ns`` (startup recovery); 4 ``store_identity`` (``csud init``); 5
 ``segments.retention_days`` (the window in force at write time, only ever shortened); 6
-``operators`` (live viewing).
+``operators`` (live viewing); 7 ``segments.node`` and ``segments.fence`` (cluster).
 """
 
 from __future__ import annotations
@@ -204,6 +204,14 @@ class StoreIdentity:
         }
 
 
+def _migrate_cluster_fence(conn: sqlite3.Connection) -> None:
+    """Cluster (csud.cluster): ``segments.node`` and ``segments.fence``, the node that recorded
+    the segment and the etcd revision of its ownership key then (the fencing token: of two rows
+    of one camera written by two nodes at once, the higher fence is the rightful owner's).
+    Both NULL on a node without ``[cluster]``."""
+    _run_script(conn, "ALTER TABLE segments ADD COLUMN node TEXT;\nALTER TABLE segments ADD COLUMN fence INTEGER;")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -211,5 +219,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     migrate_store_identity,  # 3 -> 4: the store's UUID (csud/store/identity.py)
     _migrate_retention_window,  # 4 -> 5: the window stored with each segment (issue 12)
     migrate_operators,  # 5 -> 6: live-viewing operators (csud.store.operators)
+    _migrate_cluster_fence,  # 6 -> 7: segments.node, segments.fence (csud.cluster)
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,7 +32,7 @@ def index(tmp_path: Path) -> Iterator[Index]:
 
 
 def test_schema_and_pragmas(tmp_path: Path, index: Index) -> None:
-    assert index.schema_version == SCHEMA_VERSION >= 6  # 4: store_identity, 5: retention window, 6: operators
+    assert index.schema_version == SCHEMA_VERSION >= 7  # 4: identity, 5: retention window, 6: operators, 7: cluster
     conn = sqlite3.connect(tmp_path / "index.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
@@ -171,3 +171,15 @@ def test_readonly_open_reads_and_refuses_writes(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="open index"):
         Index.open(tmp_path / "missing.db", readonly=True)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_cluster_fence_is_stamped_on_a_segment(tmp_path: Path) -> None:
+    index = Index.open(tmp_path / "i.sqlite3")
+    info = SegmentInfo(
+        relpath="c/cam/a.mp4", start_ns=1, end_ns=2, bytes=3, frames=4, sha256="0" * 64, fragments=()
+    )
+    sid = index.add_segment("cam", "c", info, 5)
+    assert index.segment_fences([sid]) == {sid: (None, None)}  # one node: no fence
+    index.set_segment_fence(sid, "rec-1", 42)
+    assert index.segment_fences([sid]) == {sid: ("rec-1", 42)}
+    index.close()
