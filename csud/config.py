@@ -233,7 +233,9 @@ class ClusterConfig(_Strict):
         try:
             secret = self.secret_file.read_bytes().strip()
         except OSError as exc:
-            raise ConfigError(f"cluster.secret_file: cannot read {self.secret_file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cluster.secret_file: cannot read {self.secret_file}: {exc.strerror}"
+            ) from None
         if len(secret) < 16:
             raise ConfigError(f"cluster.secret_file: {self.secret_file} holds under 16 bytes")
         return secret

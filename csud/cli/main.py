@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "csud.cli.service",
     "csud.cli.segments",
     "csud.cli.check",
+    "csud.cli.cluster",
     "csud.cli.evidence",
     "csud.cli.init",
     "csud.cli.operator",

@@ -29,7 +29,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csud import __version__
 from csud.config import CameraConfig, CommuneConfig, LoadedConfig, load_config
@@ -45,6 +45,9 @@ from csud.store.index import Index
 from csud.store.recovery import StoreLock
 from csud.store.retention import RetentionService
 from csud.store.startup import BackgroundCheck, recover_at_startup
+
+if TYPE_CHECKING:
+    from csud.cluster.runtime import ClusterRuntime
 
 METRICS_EXPORT_SECONDS = 2.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
@@ -129,6 +132,7 @@ class Daemon:
         self.last_segments: dict[str, tuple[str, int]] = {}
         self._reload_requested = asyncio.Event()
         self._lock = asyncio.Lock()  # one reload at a time; shutdown waits for it
+        self.cluster: ClusterRuntime | None = None  # [cluster]: csud.cluster decides the cameras
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,11 +153,12 @@ class Daemon:
             self.store_lock = StoreLock.acquire(self.root)
             enabled = [c for c in settings.cameras if c.enabled]
             passwords = {c.id: c.resolve_password() for c in enabled}  # ConfigError: exit 2
+            self._cluster_init()
             index = await asyncio.to_thread(Index.open, self.root / INDEX_FILENAME)
             self.last_segments = await asyncio.to_thread(
                 last_segments, index, [c.id for c in enabled], time.time_ns()
             )
-            self.index = IndexService(index)
+            self.index = self.cluster.index_service(index) if self.cluster else IndexService(index)
             self.probe = WritableProbe(self.index.check_writable)
             await self._start_http(settings.metrics.listen)
             if settings.web.listen:  # live viewing (csud.live): operators' wall and streams
@@ -181,8 +186,11 @@ class Daemon:
             recent = await recover_at_startup(self.root / INDEX_FILENAME, self.root)
             await self.retention.journal_unclean_stop(recent.report)  # after a SIGKILL or power loss
             communes = {c.id: c for c in settings.communes}
-            for camera in enabled:
-                self._start_camera(camera, communes[camera.commune], passwords[camera.id])
+            if self.cluster is not None:
+                await self.cluster.start()  # starts and stops the cameras this node owns
+            else:
+                for camera in enabled:
+                    self._start_camera(camera, communes[camera.commune], passwords[camera.id])
             self.store_check = BackgroundCheck(self.root / INDEX_FILENAME, self.root, recent)
             self.store_check.start()
             background.append(asyncio.create_task(self._export_loop(stop), name="metrics-export"))
@@ -193,9 +201,11 @@ class Daemon:
             self.notifier.stopping("stopping: closing open segments")
             self.log.info("daemon_stopping")
             async with self._lock:  # a reload in progress finishes first
+                await self._cluster_stop()
                 await self._stop_cameras(list(self.cameras))
         finally:
             stop.set()
+            await self._cluster_stop()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -283,6 +293,20 @@ class Daemon:
             self.http = None
             raise CsudError(f"metrics.listen {listen}: cannot listen: {exc.strerror or exc}") from None
 
+    # -- cluster (csud.cluster; absent [cluster], none of this runs) -----------------------------
+
+    def _cluster_init(self) -> None:
+        config = self.loaded.settings.cluster
+        if config is not None and self.cluster is None:
+            from csud.cluster.runtime import ClusterRuntime
+
+            self.cluster = ClusterRuntime(self, config)
+
+    async def _cluster_stop(self) -> None:
+        """Leave the cluster first: no camera may start again while the daemon stops them."""
+        if self.cluster is not None:
+            await self.cluster.stop()
+
     # -- reload ------------------------------------------------------------------------------
 
     async def _reload_loop(self, stop: asyncio.Event) -> None:
@@ -337,6 +361,8 @@ class Daemon:
         )
         plan = ReloadPlan(removed=[cid for cid in self.cameras if cid not in wanted])
         for cid, camera in wanted.items():
+            if self.cluster is not None and cid not in self.cameras:
+                continue  # in a cluster, the node loop starts the cameras this node owns
             commune, password = communes[camera.commune], passwords[cid]
             running = self.cameras.get(cid)
             if running is None:

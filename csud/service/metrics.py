@@ -164,6 +164,14 @@ live_send_latency = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+# Cluster (csud.cluster.node): absent [cluster], these stay at their defaults.
+cluster_members = Gauge("csud_cluster_members", "Nodes holding a live lease in etcd", registry=REGISTRY)
+camera_owned = Gauge(
+    "csud_camera_owned", "1 while this node owns the camera (its key in etcd)", ("camera",), registry=REGISTRY
+)
+cluster_unassigned = Gauge(
+    "csud_cluster_unassigned_cameras", "Configured cameras that no node owns", registry=REGISTRY
+)
 build_info = Info("csud_build", "csud version", registry=REGISTRY)
 build_info.info({"version": __version__})
 

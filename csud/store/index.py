@@ -296,7 +296,9 @@ class Index:
         """Stamp a segment with the node that wrote it and its fencing token (csud.cluster)."""
         try:
             with self._lock, self._transaction() as conn:
-                conn.execute("UPDATE segments SET node = ?, fence = ? WHERE id = ?", (node, fence, segment_id))
+                conn.execute(
+                    "UPDATE segments SET node = ?, fence = ? WHERE id = ?", (node, fence, segment_id)
+                )
         except sqlite3.Error as e:
             raise StorageError(f"index fence of segment {segment_id}: {e}") from e
 
@@ -305,9 +307,11 @@ class Index:
         out: dict[int, tuple[str | None, int | None]] = {}
         ids = list(segment_ids)
         for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+            chunk: list[object] = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for sid, node, fence in self._query(f"SELECT id, node, fence FROM segments WHERE id IN ({marks})", chunk):
+            for sid, node, fence in self._query(
+                f"SELECT id, node, fence FROM segments WHERE id IN ({marks})", chunk
+            ):
                 out[int(sid)] = (node, fence)
         return out
 

@@ -1,0 +1,54 @@
+"""``csud cluster status [--json]``: members and camera owners, read from etcd (DESIGN.md,
+"Cluster"). Works from any node, whether or not its daemon runs; exit 2 without ``[cluster]``,
+exit 1 when no etcd endpoint answers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from csud.errors import ConfigError
+
+WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def register(subparsers: Any, with_config: WithConfig) -> None:
+    cluster = subparsers.add_parser("cluster", help="the cluster of recorder nodes (etcd)")
+    sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    st = with_config(sub.add_parser("status", help="members and which node records each camera"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=cmd_cluster_status)
+
+
+async def _status(endpoints: list[str], cameras: list[str]) -> dict[str, Any]:
+    from csud.cluster.etcd import Etcd
+    from csud.cluster.node import read_view, status_document
+
+    etcd = Etcd(endpoints)
+    try:
+        return status_document(await read_view(etcd), cameras)
+    finally:
+        await etcd.close()
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from csud.config import load_config
+
+    settings = load_config(args.config).settings
+    if settings.cluster is None:
+        raise ConfigError("no [cluster] section: this node is not in a cluster")
+    cameras = [c.id for c in settings.cameras if c.enabled]
+    doc = asyncio.run(_status(settings.cluster.etcd, cameras))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for m in doc["members"]:
+        print(f"{m['node']:<16} {m['advertise']:<32} {m['cameras']:>5}/{m['capacity']} cameras")
+    unassigned = [c for c, n in doc["cameras"].items() if n is None]
+    print(f"{len(doc['members'])} member(s); {len(unassigned)} camera(s) unassigned")
+    for camera in unassigned:
+        print(f"  unassigned: {camera}")
+    return 0

@@ -1,0 +1,137 @@
+"""The node API: what one node tells the others about its own store (aiohttp, ``[cluster] listen``).
+
+Every request carries ``X-Csud-Auth: <unix seconds>:<hex HMAC-SHA256>`` of
+``"<seconds>\\n<METHOD>\\n<path?query>"`` under the shared secret (``secret_file``): the secret
+never travels, a request is good for ``AUTH_WINDOW_SECONDS`` only. Anything else answers 401.
+
+- ``GET /v1/segments?camera=ID[&from_ns=N][&to_ns=N]``: ``{"node", "segments": [row...]}``, each
+  row with ``id, camera, commune, start_ns, end_ns, path, bytes, frames, sha256, node, fence``.
+- ``GET /v1/segments/{id}/fragments``: ``[{"start_ns", "offset", "size", "frames"}]``.
+- ``GET /v1/segments/{id}/file``: the segment file's bytes (``Range`` honoured), for extraction.
+
+Reads go through a read-only index connection per request, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from csud.store.index import Index
+
+AUTH_HEADER = "X-Csud-Auth"
+AUTH_WINDOW_SECONDS = 60
+INDEX_FILENAME = "index.sqlite3"  # same name as csud.service.daemon.INDEX_FILENAME
+
+
+def sign(secret: bytes, method: str, path_qs: str, now: float) -> str:
+    seconds = int(now)
+    mac = hmac.new(secret, f"{seconds}\n{method}\n{path_qs}".encode(), hashlib.sha256).hexdigest()
+    return f"{seconds}:{mac}"
+
+
+def check(secret: bytes, header: str, method: str, path_qs: str, now: float) -> bool:
+    seconds_text, _, mac = header.partition(":")
+    if not seconds_text.isdigit() or abs(now - int(seconds_text)) > AUTH_WINDOW_SECONDS:
+        return False
+    expected = sign(secret, method, path_qs, int(seconds_text)).partition(":")[2]
+    return hmac.compare_digest(expected, mac)
+
+
+def segment_rows(index: Index, camera: str, from_ns: int | None, to_ns: int | None) -> list[dict[str, Any]]:
+    rows = index.segments(camera, from_ns, to_ns)
+    fences = index.segment_fences([r.id for r in rows])
+    out = []
+    for r in rows:
+        node, fence = fences.get(r.id, (None, None))
+        out.append(
+            {
+                "id": r.id,
+                "camera": r.camera,
+                "commune": r.commune,
+                "start_ns": r.start_ns,
+                "end_ns": r.end_ns,
+                "path": r.path,
+                "bytes": r.bytes,
+                "frames": r.frames,
+                "sha256": r.sha256,
+                "node": node,
+                "fence": fence,
+            }
+        )
+    return out
+
+
+class NodeApi:
+    def __init__(self, node: str, root: Path, secret: bytes) -> None:
+        self.node = node
+        self.root = root
+        self.secret = secret
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/v1/segments", self._segments)
+        app.router.add_get("/v1/segments/{id:\\d+}/fragments", self._fragments)
+        app.router.add_get("/v1/segments/{id:\\d+}/file", self._file)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        header = request.headers.get(AUTH_HEADER, "")
+        if not check(self.secret, header, request.method, request.path_qs, time.time()):
+            return web.json_response({"error": "unauthorised"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _query(self, fn: Any, *args: Any) -> Any:
+        index = Index.open(self.root / INDEX_FILENAME, readonly=True)
+        try:
+            return fn(index, *args)
+        finally:
+            index.close()
+
+    async def _segments(self, request: web.Request) -> web.Response:
+        camera = request.query.get("camera", "")
+        if not camera:
+            return web.json_response({"error": "camera required"}, status=400)
+        try:
+            from_ns = int(request.query["from_ns"]) if "from_ns" in request.query else None
+            to_ns = int(request.query["to_ns"]) if "to_ns" in request.query else None
+        except ValueError:
+            return web.json_response({"error": "from_ns/to_ns: integers"}, status=400)
+        rows = await asyncio.to_thread(self._query, segment_rows, camera, from_ns, to_ns)
+        return web.json_response({"node": self.node, "segments": rows})
+
+    async def _fragments(self, request: web.Request) -> web.Response:
+        segment_id = int(request.match_info["id"])
+        frags = await asyncio.to_thread(self._query, lambda ix: ix.fragments(segment_id))
+        return web.json_response(
+            [{"start_ns": f.start_ns, "offset": f.offset, "size": f.size, "frames": f.frames} for f in frags]
+        )
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        segment_id = int(request.match_info["id"])
+        row = await asyncio.to_thread(self._query, lambda ix: ix.segment(segment_id))
+        if row is None:
+            return web.json_response({"error": "no such segment"}, status=404)
+        path = self.root / row.path
+        if not path.is_file():
+            return web.json_response({"error": "segment file missing"}, status=404)
+        return web.FileResponse(path)

@@ -1,0 +1,101 @@
+"""The cluster inside ``csud run``: the node loop, the node API and the fenced index, wired to the
+daemon through three Daemon-level calls only (start a camera, stop cameras, is it receiving).
+
+Kept apart from :mod:`csud.service.daemon` so that the daemon's own edit stays a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from csud.cluster.api import NodeApi
+from csud.cluster.node import ClusterNode
+from csud.config import ClusterConfig
+from csud.recording.recorder import IndexService
+from csud.store.index import Index
+
+if TYPE_CHECKING:
+    from csud.service.daemon import Daemon
+
+# The new owner of a moved camera says "ready" once frames have flowed this long: a keyframe has
+# arrived by then for any GOP up to this length (CSU cameras: 1-2 s), so the old owner letting
+# go leaves no gap (make-before-break). The Daemon exposes frames, not keyframes.
+READY_AFTER_FRAMES_SECONDS = 2.0
+
+
+class FencedIndexService(IndexService):
+    """The index, stamping every segment row with this node and its fencing token."""
+
+    def __init__(self, index: Index, node: str, fence_of: Any) -> None:
+        super().__init__(index)
+        self.node = node
+        self.fence_of = fence_of
+
+    async def add_segment(self, camera: str, commune: str, info: Any) -> int:
+        fence = int(self.fence_of(camera))
+        row_id = await super().add_segment(camera, commune, info)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.index.set_segment_fence, row_id, self.node, fence)
+        return row_id
+
+
+class DaemonRecorders:
+    """:class:`csud.cluster.node.Recorders` over the daemon's start/stop of a camera."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._frames_since: dict[str, float] = {}
+
+    def start(self, camera: str) -> None:
+        settings = self.daemon.loaded.settings
+        config = settings.camera(camera)
+        self._frames_since.pop(camera, None)
+        self.daemon._start_camera(config, settings.commune(config.commune), config.resolve_password())
+
+    async def stop(self, cameras: list[str]) -> None:
+        for camera in cameras:
+            self._frames_since.pop(camera, None)
+        await self.daemon._stop_cameras(cameras)
+
+    def has_frames(self, camera: str) -> bool:
+        running = self.daemon.cameras.get(camera)
+        if running is None or running.recorder.stats.last_frame_ns == 0:
+            return False
+        since = self._frames_since.setdefault(camera, time.monotonic())
+        return time.monotonic() - since >= READY_AFTER_FRAMES_SECONDS
+
+    def running(self) -> set[str]:
+        return set(self.daemon.cameras)
+
+
+class ClusterRuntime:
+    def __init__(self, daemon: Daemon, config: ClusterConfig) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.secret = config.read_secret()  # ConfigError (exit 2) before anything starts
+        self.node = ClusterNode(config, self._cameras, DaemonRecorders(daemon))
+        self.api = NodeApi(config.node, daemon.root, self.secret)
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def _cameras(self) -> list[str]:
+        return [c.id for c in self.daemon.loaded.settings.cameras if c.enabled]
+
+    def index_service(self, index: Index) -> IndexService:
+        return FencedIndexService(index, self.config.node, self.node.fence)
+
+    async def start(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        await self.api.start(host, int(port))
+        self._task = asyncio.create_task(self.node.run(self._stop), name="cluster-node")
+
+    async def stop(self) -> None:
+        """Stop owning cameras (their recorders close their segments), leave, close the API."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.api.close()
