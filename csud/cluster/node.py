@@ -40,6 +40,8 @@ PREFIX = "/csud/"
 MEMBERS = PREFIX + "members/"
 OWNERS = PREFIX + "owners/"
 READY = PREFIX + "ready/"
+CLAIM_STARTING = "starting"  # a new owner's claim while its recorder starts
+CLAIM_READY = "ready"  # ... once frames flow: the old owner may let go
 
 
 class Recorders(Protocol):
@@ -68,7 +70,8 @@ class View:
 
     members: dict[str, Member] = field(default_factory=dict)
     owners: dict[str, KeyValue] = field(default_factory=dict)
-    ready: dict[str, set[str]] = field(default_factory=dict)
+    ready: dict[str, set[str]] = field(default_factory=dict)  # camera -> nodes with frames
+    ready_now: dict[str, set[str]] = field(default_factory=dict)  # node -> cameras it says ready
 
 
 def parse_view(kvs: list[KeyValue]) -> View:
@@ -85,7 +88,9 @@ def parse_view(kvs: list[KeyValue]) -> View:
             view.owners[kv.key[len(OWNERS) :]] = kv
         elif kv.key.startswith(READY):
             camera, _, node = kv.key[len(READY) :].rpartition("/")
-            view.ready.setdefault(camera, set()).add(node)
+            if kv.value == CLAIM_READY:
+                view.ready.setdefault(camera, set()).add(node)
+                view.ready_now.setdefault(node, set()).add(camera)
     return view
 
 
@@ -121,6 +126,7 @@ class ClusterNode:
         self.ready_written: set[str] = set()
         self.release_waiting_since: dict[str, float] = {}
         self.view = View()
+        self._cleanup: set[str] = set()  # claim keys to delete once we own the camera
         self.log = get_logger().bind(node=self.node)
         self._lock = asyncio.Lock()  # one step (or lease-loss stop) at a time
 
@@ -208,14 +214,22 @@ class ClusterNode:
         placement = place(cameras, {m.node: m.capacity for m in view.members.values()})
         metrics.cluster_members.set(len(view.members))
         metrics.cluster_unassigned.set(sum(1 for c in cameras if c not in view.owners))
+        release: list[str] = []
         for camera in cameras:
-            await self._converge(camera, placement.get(camera), view, lease)
-        for camera in sorted(self.recorders.running() - set(cameras)):  # removed from the config
-            await self._release(camera, view)
+            if await self._converge(camera, placement.get(camera), view, lease):
+                release.append(camera)
+        release += sorted(self.recorders.running() - set(cameras))  # removed from the config
+        if release:
+            await self._release(release, view)
+        for camera in sorted(self._cleanup):
+            await self.etcd.delete(f"{READY}{camera}/{self.node}")
+            self._cleanup.discard(camera)
         for camera in cameras:
             metrics.camera_owned.labels(camera).set(1 if camera in self.owned else 0)
 
-    async def _converge(self, camera: str, target: str | None, view: View, lease: int) -> None:
+    async def _converge(self, camera: str, target: str | None, view: View, lease: int) -> bool:
+        """Bring ``camera`` one step towards ``target``; True if this node must let it go (the
+        caller stops all of those together: a recorder takes a moment to close its segment)."""
         owner = view.owners.get(camera)
         if owner is not None and owner.value == self.node and owner.lease != lease:
             # Our key from a previous lease (a restart, or a cut shorter than the lease): drop it.
@@ -228,34 +242,36 @@ class ClusterNode:
                 created, kv = await self.etcd.create(OWNERS + camera, self.node, lease)
                 if created and kv is not None:
                     self._own(camera, kv)
-                    return
+                    return False
                 owner = kv
                 mine = False
             if mine:
                 assert owner is not None
                 self._own(camera, owner)
-                return
-            # Another node owns it: start alongside, announce readiness once frames arrive.
+                return False
+            # Another node owns it: claim (the claim key's revision fences our rows meanwhile),
+            # record alongside, and say "ready" once frames flow: the owner then lets go.
+            claim = f"{READY}{camera}/{self.node}"
             if not running:
                 self.log.info("cluster_camera_joining", camera=camera, owner=owner.value if owner else None)
-                self.recorders.start(camera)
-            elif camera not in self.ready_written and self.recorders.has_frames(camera):
-                await self.etcd.put(f"{READY}{camera}/{self.node}", "1", lease)
+                self.fences[camera] = await self.etcd.put(claim, CLAIM_STARTING, lease)
                 self.ready_written.add(camera)
-            return
+                self.recorders.start(camera)
+            elif self.recorders.has_frames(camera) and camera not in view.ready_now.get(self.node, set()):
+                await self.etcd.put(claim, CLAIM_READY, lease)
+            return False
         if mine:
             assert owner is not None
             self.fences[camera] = owner.mod_revision
             if target is None:
-                return  # nobody else has room: keep recording it
+                return False  # nobody else has room: keep recording it
             since = self.release_waiting_since.setdefault(camera, self.clock())
             waited = self.clock() - since
             if target in view.ready.get(camera, set()) or waited > self.handover_timeout_seconds:
                 self.log.info("cluster_camera_handover", camera=camera, to=target, waited=round(waited, 3))
-                await self._release(camera, view)
-            return
-        if running:  # joining a camera no longer ours, or ownership lost to another node
-            await self._release(camera, view)
+                return True
+            return False
+        return running  # joining a camera no longer ours, or ownership lost to another node
 
     def _own(self, camera: str, kv: KeyValue) -> None:
         if camera not in self.owned:
@@ -263,20 +279,25 @@ class ClusterNode:
         self.owned.add(camera)
         self.fences[camera] = kv.mod_revision
         self.release_waiting_since.pop(camera, None)
+        if camera in self.ready_written:
+            self.ready_written.discard(camera)
+            self._cleanup.add(camera)
         if camera not in self.recorders.running():
             self.recorders.start(camera)
 
-    async def _release(self, camera: str, view: View) -> None:
-        await self.recorders.stop([camera])
-        owner = view.owners.get(camera)
-        if camera in self.owned and owner is not None and owner.value == self.node:
-            await self.etcd.delete_if(OWNERS + camera, owner.mod_revision)
-        if camera in self.ready_written:
-            await self.etcd.delete(f"{READY}{camera}/{self.node}")
-        self.owned.discard(camera)
-        self.ready_written.discard(camera)
-        self.fences.pop(camera, None)
-        self.release_waiting_since.pop(camera, None)
+    async def _release(self, cameras: list[str], view: View) -> None:
+        """Stop these recorders (their segments close with our fence), then drop our keys."""
+        await self.recorders.stop(cameras)
+        for camera in cameras:
+            owner = view.owners.get(camera)
+            if camera in self.owned and owner is not None and owner.value == self.node:
+                await self.etcd.delete_if(OWNERS + camera, owner.mod_revision)
+            if camera in self.ready_written:
+                await self.etcd.delete(f"{READY}{camera}/{self.node}")
+            self.owned.discard(camera)
+            self.ready_written.discard(camera)
+            self.fences.pop(camera, None)
+            self.release_waiting_since.pop(camera, None)
 
     # -- for the index wrapper and status ------------------------------------------------------
 

@@ -147,7 +147,9 @@ class Node:
         return out
 
 
-def make_nodes(tmp: Path, etcd: list[str], sim_port: int, cameras: int, names: list[str], **kw: Any) -> list[Node]:
+def make_nodes(
+    tmp: Path, etcd: list[str], sim_port: int, cameras: int, names: list[str], **kw: Any
+) -> list[Node]:
     nodes = []
     for name in names:
         path, mport, aport = write_node_config(tmp, name, etcd, sim_port, cameras, **kw)
@@ -186,3 +188,18 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval:
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(interval)
+
+
+def node_segments(node: Node, camera: str) -> list[dict[str, Any]]:
+    """The segment rows of ``camera`` in ``node``'s own index (read-only), with node and fence."""
+    from csud.cluster.api import segment_rows
+    from csud.store.index import Index
+
+    path = node.tmp / node.name / "store" / "index.sqlite3"
+    if not path.exists():
+        return []
+    index = Index.open(path, readonly=True)
+    try:
+        return segment_rows(index, camera, None, None)
+    finally:
+        index.close()

@@ -1,0 +1,165 @@
+"""Three csud nodes on a real 3-member etcd, recording 6 simulated cameras (issue 14, "Must show").
+
+Recording is observed on each node's ``/status`` (a camera there, up, with a frame in the last
+2 s); ownership in etcd through ``csud cluster status --json``; continuity in each node's index
+through the node API. Every process started here is stopped; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from csud.cluster.placement import place
+from tests.cluster.etcd_local import EtcdCluster, free_port
+from tests.cluster.harness import Node, cluster_status, make_nodes, node_segments, recorders, wait_for
+from tests.integration.helpers import simulator, wait_port
+
+pytestmark = pytest.mark.integration
+
+CAMERAS = 6
+LEASE_SECONDS = 4
+GAP_SLACK_NS = 200_000_000  # 5 frames at 25 fps
+ALL = {f"cam{i}" for i in range(1, CAMERAS + 1)}
+
+
+@pytest.fixture
+def sim_port(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    with simulator(tmp_path, port, CAMERAS):
+        yield port
+
+
+def exactly_one(nodes: list[Node]) -> bool:
+    current = recorders(nodes)
+    return set(current) == ALL and all(len(v) == 1 for v in current.values())
+
+
+def owners(nodes: list[Node]) -> dict[str, str | None]:
+    cams: dict[str, str | None] = cluster_status(next(n for n in nodes if n.alive()).config)["cameras"]
+    return cams
+
+
+def stop_all(nodes: list[Node]) -> None:
+    for node in nodes:
+        node.stop()
+
+
+def test_failover_rebalance_and_etcd_member_loss(
+    tmp_path: Path, etcd_cluster: EtcdCluster, sim_port: int
+) -> None:
+    nodes = make_nodes(tmp_path, etcd_cluster.endpoints, sim_port, CAMERAS, ["rec-1", "rec-2", "rec-3"])
+    try:
+        for node in nodes:
+            node.start()
+        placed = place(ALL, {n.name: 100 for n in nodes})
+        wait_for("owners as placed on three nodes", lambda: owners(nodes) == placed, 90)
+        wait_for("every camera recorded by exactly one node", lambda: exactly_one(nodes), 30)
+        by_node = {n.name: {c for c, o in placed.items() if o == n.name} for n in nodes}
+        assert all(by_node.values()), f"rendezvous placed nothing on a node: {by_node}"
+        for _ in range(10):  # steady: stays exactly one
+            assert exactly_one(nodes), recorders(nodes)
+            time.sleep(0.3)
+
+        # One etcd member dies: nothing changes (owners, recorders).
+        before = recorders(nodes)
+        etcd_cluster.kill(0)
+        end = time.monotonic() + LEASE_SECONDS + 3
+        while time.monotonic() < end:
+            assert recorders(nodes) == before
+            time.sleep(0.3)
+        assert owners(nodes) == placed
+
+        # SIGKILL rec-3: its cameras are recorded elsewhere within lease_seconds + 5 s.
+        victim = nodes[2]
+        lost = by_node[victim.name]
+        victim.kill()
+        killed_at = time.monotonic()
+        took = wait_for(
+            "the killed node's cameras recorded elsewhere",
+            lambda: lost <= set(recorders(nodes)),
+            LEASE_SECONDS + 5,
+        )
+        assert took <= LEASE_SECONDS + 5
+        wait_for("every camera recorded by exactly one node after failover", lambda: exactly_one(nodes), 10)
+        assert time.monotonic() - killed_at < 60
+
+        # rec-3 back: its cameras come back to it, the old owners let go once it has frames.
+        restarted_ns = time.time_ns()
+        victim.start()
+        wait_for("rebalanced onto the restarted node", lambda: owners(nodes) == placed, 40)
+        wait_for("each camera recorded once after the rebalance", lambda: exactly_one(nodes), 20)
+        handovers = [
+            e
+            for n in nodes[:2]
+            for e in n.log_events()
+            if e.get("event") == "cluster_camera_handover"
+            and datetime.fromisoformat(e["timestamp"]).timestamp() * 1e9 >= restarted_ns
+        ]
+        assert {e["camera"] for e in handovers} == lost
+        assert all(e["to"] == victim.name for e in handovers)
+        time.sleep(LEASE_SECONDS + 2)  # let a segment close on the new owner
+    finally:
+        stop_all(nodes)
+
+    # No gap at the handover (make-before-break): from the restart on, the segments of each moved
+    # camera, whichever node wrote them, cover time without a hole (a frame interval of slack).
+    for camera in lost:
+        rows = sorted(
+            (r for n in nodes for r in node_segments(n, camera) if r["end_ns"] > restarted_ns),
+            key=lambda r: r["start_ns"],
+        )
+        assert {r["node"] for r in rows} >= {victim.name}, (camera, rows)
+        covered_to = rows[0]["end_ns"]
+        for row in rows[1:]:
+            assert row["start_ns"] <= covered_to + GAP_SLACK_NS, (camera, row, covered_to)
+            covered_to = max(covered_to, row["end_ns"])
+        assert all(r["fence"] and r["fence"] > 0 for r in rows), "every row carries a fencing token"
+
+
+def test_a_node_cut_off_from_etcd_stops_and_another_takes_over(
+    tmp_path: Path, etcd_cluster: EtcdCluster, sim_port: int
+) -> None:
+    proxy_port = free_port()
+    target = etcd_cluster.members[1].client_port
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster.tcp_proxy", str(proxy_port), str(target)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = make_nodes(tmp_path, etcd_cluster.endpoints, sim_port, CAMERAS, ["rec-1", "rec-2"])
+    nodes += make_nodes(tmp_path, [f"http://127.0.0.1:{proxy_port}"], sim_port, CAMERAS, ["rec-3"])
+    cut = nodes[2]
+    try:
+        wait_port(proxy_port)
+        for node in nodes:
+            node.start()
+        placed = place(ALL, {n.name: 100 for n in nodes})
+        wait_for("owners as placed on three nodes", lambda: owners(nodes) == placed, 90)
+        wait_for("every camera recorded by exactly one node", lambda: exactly_one(nodes), 30)
+        mine = {c for c, o in placed.items() if o == cut.name}
+        assert mine and mine <= cut.recording()
+
+        proxy.send_signal(signal.SIGSTOP)  # rec-3's only way to etcd now hangs (no RST)
+        took = wait_for("the cut-off node stops recording", lambda: not cut.running(), LEASE_SECONDS + 1, 0.1)
+        assert took <= LEASE_SECONDS + 0.5  # polling slack
+        assert cut.alive()
+        wait_for(
+            "its cameras recorded by another node",
+            lambda: mine <= set(recorders(nodes[:2])),
+            LEASE_SECONDS + 5,
+        )
+        wait_for("each camera once, by the two connected nodes", lambda: exactly_one(nodes), 10)
+        assert "cluster_lease_lost" in {e.get("event") for e in cut.log_events()}
+    finally:
+        proxy.send_signal(signal.SIGCONT)
+        stop_all(nodes)
+        proxy.terminate()
+        proxy.wait(10)
