@@ -52,3 +52,48 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     for camera in unassigned:
         print(f"  unassigned: {camera}")
     return 0
+
+
+def cmd_segments_cluster(
+    args: argparse.Namespace, settings: Any, from_ns: int | None, to_ns: int | None
+) -> int:
+    """``csud segments`` in a cluster: every node's rows, each with its ``node``. A node that
+    does not answer is named on stderr ("node rec-2 unreachable") and the exit code is 1: the
+    list is incomplete, never "not recorded"."""
+    import sys
+
+    from csud.cli.common import format_time, site_zone
+    from csud.cluster.queries import cluster_rows
+
+    tz = site_zone(settings)
+    result = asyncio.run(cluster_rows(settings, args.camera, from_ns, to_ns))
+    if args.json:
+        out = [
+            {
+                "camera": r["camera"],
+                "commune": r["commune"],
+                "start": format_time(r["start_ns"], tz),
+                "end": format_time(r["end_ns"], tz),
+                "start_ns": r["start_ns"],
+                "end_ns": r["end_ns"],
+                "path": r["path"],
+                "bytes": r["bytes"],
+                "frames": r["frames"],
+                "sha256": r["sha256"],
+                "node": r["node"],
+                "fence": r["fence"],
+            }
+            for r in result.rows
+        ]
+        print(json.dumps(out, indent=2))
+    elif not result.rows:
+        print(f"no segments for camera {args.camera} on the reachable nodes")
+    else:
+        for r in result.rows:
+            print(
+                f"{format_time(r['start_ns'], tz)}  {format_time(r['end_ns'], tz)}  {r['frames']:6d} frames  "
+                f"{r['bytes']:>11d} B  {r['node']}:{r['path']}"
+            )
+    for exc in result.unreachable:
+        print(f"csud segments: {exc}: its footage is not listed", file=sys.stderr)
+    return 1 if result.unreachable else 0

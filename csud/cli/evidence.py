@@ -129,10 +129,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
             recording=recording,
             outages=outages,
         )
-        result = extract(
-            request, root=root, index=index, now_ns=now_ns, signing_key=signing_key,
-            progress=progress, zone=settings.site.zone(),
-        )  # fmt: skip
+        if settings.cluster is not None:  # every node's footage (csud.cluster.queries.archive)
+            from csud.cluster.queries import archive
+
+            with archive(settings, index, [c.id for c in request.cameras], from_ns, to_ns) as (work, merged):
+                result = extract(
+                    request, root=work, index=merged, now_ns=now_ns, signing_key=signing_key,
+                    progress=progress, zone=settings.site.zone(),
+                )  # fmt: skip
+        else:
+            result = extract(
+                request, root=root, index=index, now_ns=now_ns, signing_key=signing_key,
+                progress=progress, zone=settings.site.zone(),
+            )  # fmt: skip
     finally:
         progress.finish()
         index.close()

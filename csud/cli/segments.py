@@ -142,6 +142,10 @@ def cmd_segments(args: argparse.Namespace) -> int:
     to_ns = parse_time(args.to) if args.to else None
     if from_ns is not None and to_ns is not None and to_ns <= from_ns:
         raise UsageError("--to must be after --from")
+    if args.camera and settings.cluster is not None:  # every node's archive (csud.cli.cluster)
+        from csud.cli.cluster import cmd_segments_cluster
+
+        return cmd_segments_cluster(args, settings, from_ns, to_ns)
     index = open_index(settings, readonly=True)
     try:
         if args.camera:

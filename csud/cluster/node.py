@@ -40,6 +40,7 @@ PREFIX = "/csud/"
 MEMBERS = PREFIX + "members/"
 OWNERS = PREFIX + "owners/"
 READY = PREFIX + "ready/"
+NODES = PREFIX + "nodes/"  # every node that ever joined (no lease): whose archive to ask
 CLAIM_STARTING = "starting"  # a new owner's claim while its recorder starts
 CLAIM_READY = "ready"  # ... once frames flow: the old owner may let go
 
@@ -72,6 +73,7 @@ class View:
     owners: dict[str, KeyValue] = field(default_factory=dict)
     ready: dict[str, set[str]] = field(default_factory=dict)  # camera -> nodes with frames
     ready_now: dict[str, set[str]] = field(default_factory=dict)  # node -> cameras it says ready
+    known: dict[str, str] = field(default_factory=dict)  # node -> advertise, alive or not
 
 
 def parse_view(kvs: list[KeyValue]) -> View:
@@ -84,6 +86,8 @@ def parse_view(kvs: list[KeyValue]) -> View:
                 view.members[node] = Member(node, str(data["advertise"]), int(data["capacity"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a foreign or damaged key is not a member
+        elif kv.key.startswith(NODES):
+            view.known[kv.key[len(NODES) :]] = kv.value
         elif kv.key.startswith(OWNERS):
             view.owners[kv.key[len(OWNERS) :]] = kv
         elif kv.key.startswith(READY):
@@ -193,6 +197,7 @@ class ClusterNode:
             lease = await self.etcd.grant(self.lease_seconds)
             member = json.dumps({"advertise": self.config.advertise, "capacity": self.config.capacity})
             await self.etcd.put(MEMBERS + self.node, member, lease)
+            await self.etcd.put(NODES + self.node, self.config.advertise)  # outlives the node
             self.lease_id, self.lease_ok_at = lease, sent
             self.log.info("cluster_joined", lease=lease, endpoint=self.etcd.endpoint)
         elif self.clock() - self.lease_ok_at >= self.keepalive_seconds:

@@ -1,0 +1,193 @@
+"""Cluster-wide queries: the archive of every node, seen from any node (DESIGN.md, "Cluster").
+
+Footage stays on the node that recorded it. A query asks every node that ever joined (the
+``/csud/nodes/`` registry in etcd, which outlives the nodes' leases) through the node API, reads
+this node's own index directly, and merges. A node that does not answer is reported by name
+("node rec-2 unreachable"), never taken for "not recorded".
+
+Extraction across nodes (:func:`archive`): the other nodes' segment files in the interval are
+fetched into a work directory, next to a link to this node's store, under ``nodes/<node>/``;
+an index view merges every node's rows (paths ``nodes/<node>/<path>``) and hands everything
+else (the journal) to this node's index. The extractor then runs unchanged: it checks every
+segment's bytes against the hash its own node recorded, and the manifest's source paths name
+the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+
+from csud.cluster.api import INDEX_FILENAME, segment_rows
+from csud.cluster.client import NodeClient, NodeUnreachable
+from csud.cluster.etcd import Etcd
+from csud.cluster.node import read_view
+from csud.config import ClusterConfig, Settings
+from csud.errors import CsudError
+from csud.recording.writer import FragmentInfo
+from csud.store.index import Index, SegmentRow
+
+NODES_DIR = "nodes"
+
+
+@dataclass
+class ClusterRows:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    unreachable: list[NodeUnreachable] = field(default_factory=list)
+
+
+async def known_nodes(config: ClusterConfig) -> dict[str, str]:
+    """node -> advertise, for every node that ever joined (live members' current address wins)."""
+    etcd = Etcd(config.etcd)
+    try:
+        view = await read_view(etcd)
+    finally:
+        await etcd.close()
+    nodes = dict(view.known)
+    nodes.update({m.node: m.advertise for m in view.members.values()})
+    nodes.setdefault(config.node, config.advertise)
+    return nodes
+
+
+def local_rows(
+    root: Path, camera: str, from_ns: int | None, to_ns: int | None, node: str
+) -> list[dict[str, Any]]:
+    path = root / INDEX_FILENAME
+    if not path.exists():
+        return []
+    index = Index.open(path, readonly=True)
+    try:
+        rows = segment_rows(index, camera, from_ns, to_ns)
+    finally:
+        index.close()
+    for row in rows:
+        row["node"] = row["node"] or node
+    return rows
+
+
+async def cluster_rows(
+    settings: Settings, camera: str, from_ns: int | None, to_ns: int | None
+) -> ClusterRows:
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    out = ClusterRows(rows=local_rows(settings.storage.root, camera, from_ns, to_ns, config.node))
+    async with aiohttp.ClientSession() as session:
+        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
+        answers = await asyncio.gather(
+            *(c.segments(camera, from_ns, to_ns) for c in others), return_exceptions=True
+        )
+    for client, answer in zip(others, answers, strict=True):
+        if isinstance(answer, NodeUnreachable):
+            out.unreachable.append(answer)
+        elif isinstance(answer, BaseException):
+            out.unreachable.append(NodeUnreachable(client.node, str(answer)))
+        else:
+            out.rows.extend(answer)
+    out.rows.sort(key=lambda r: (r["start_ns"], str(r["node"])))
+    return out
+
+
+class MergedIndex:
+    """An :class:`Index` whose ``segments`` and ``fragments`` cover every node; anything else
+    (journal, holds) is this node's index."""
+
+    def __init__(self, local: Index) -> None:
+        self._local = local
+        self._rows: dict[str, list[SegmentRow]] = {}
+        self._fragments: dict[int, list[FragmentInfo]] = {}
+        self.nodes_of: dict[int, str] = {}
+
+    def add(self, node: str, row: dict[str, Any], fragments: list[FragmentInfo]) -> None:
+        synthetic = len(self.nodes_of) + 1
+        seg = SegmentRow(
+            id=synthetic,
+            camera=row["camera"],
+            commune=row["commune"],
+            start_ns=row["start_ns"],
+            end_ns=row["end_ns"],
+            path=f"{NODES_DIR}/{node}/{row['path']}",
+            bytes=row["bytes"],
+            frames=row["frames"],
+            sha256=row["sha256"],
+            created_ns=0,
+        )
+        self._rows.setdefault(seg.camera, []).append(seg)
+        self._fragments[synthetic] = fragments
+        self.nodes_of[synthetic] = node
+
+    def segments(self, camera: str, from_ns: int | None = None, to_ns: int | None = None) -> list[SegmentRow]:
+        rows = [
+            r
+            for r in self._rows.get(camera, [])
+            if (to_ns is None or r.start_ns < to_ns) and (from_ns is None or r.end_ns > from_ns)
+        ]
+        return sorted(rows, key=lambda r: (r.start_ns, r.id))
+
+    def fragments(self, segment_id: int) -> list[FragmentInfo]:
+        return self._fragments[segment_id]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._local, name)
+
+
+async def _gather_archive(
+    settings: Settings, local: Index, cameras: list[str], from_ns: int, to_ns: int, work: Path
+) -> MergedIndex:
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    merged = MergedIndex(local)
+    (work / NODES_DIR).mkdir(parents=True, exist_ok=True)
+    (work / NODES_DIR / config.node).symlink_to(settings.storage.root.absolute(), target_is_directory=True)
+    unreachable: list[NodeUnreachable] = []
+    async with aiohttp.ClientSession() as session:
+        clients = {n: NodeClient(n, a, secret, session) for n, a in nodes.items() if n != config.node}
+        for camera in cameras:
+            for own in local.segments(camera, from_ns, to_ns):
+                merged.add(config.node, _row_dict(own), local.fragments(own.id))
+            for node, client in sorted(clients.items()):
+                try:
+                    for row in await client.segments(camera, from_ns, to_ns):
+                        frags = [FragmentInfo(**f) for f in await client.fragments(row["id"])]
+                        await client.download(row["id"], work / NODES_DIR / node / row["path"])
+                        merged.add(node, row, frags)
+                except NodeUnreachable as exc:
+                    unreachable.append(exc)
+    if unreachable:
+        names = ", ".join(sorted({u.node for u in unreachable}))
+        raise CsudError(f"node {names} unreachable: its footage cannot be extracted now (not 'not recorded')")
+    return merged
+
+
+def _row_dict(row: SegmentRow) -> dict[str, Any]:
+    return {
+        "camera": row.camera,
+        "commune": row.commune,
+        "start_ns": row.start_ns,
+        "end_ns": row.end_ns,
+        "path": row.path,
+        "bytes": row.bytes,
+        "frames": row.frames,
+        "sha256": row.sha256,
+    }
+
+
+@contextlib.contextmanager
+def archive(
+    settings: Settings, local: Index, cameras: list[str], from_ns: int, to_ns: int
+) -> Iterator[tuple[Path, Index]]:
+    """``(root, index)`` covering every node's footage of ``cameras`` in ``[from_ns, to_ns)``."""
+    with tempfile.TemporaryDirectory(prefix="csud-cluster-extract-") as tmp:
+        work = Path(tmp)
+        merged = asyncio.run(_gather_archive(settings, local, cameras, from_ns, to_ns, work))
+        yield work, cast(Index, merged)  # duck-typed: segments and fragments merged, the rest local
