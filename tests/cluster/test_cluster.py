@@ -7,19 +7,20 @@ through the node API. Every process started here is stopped; every wait is bound
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from csud.cluster.placement import place
 from tests.cluster.etcd_local import EtcdCluster, free_port
-from tests.cluster.harness import Node, cluster_status, make_nodes, node_segments, recorders, wait_for
+from tests.cluster.harness import CSUD, Node, cluster_status, make_nodes, node_segments, recorders, wait_for
 from tests.integration.helpers import simulator, wait_port
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,10 @@ def sim_port(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     with simulator(tmp_path, port, CAMERAS):
         yield port
+
+
+def csud(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CSUD, *args], capture_output=True, text=True, timeout=120)
 
 
 def exactly_one(nodes: list[Node]) -> bool:
@@ -81,7 +86,7 @@ def test_failover_rebalance_and_etcd_member_loss(
         victim = nodes[2]
         lost = by_node[victim.name]
         victim.kill()
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         took = wait_for(
             "the killed node's cameras recorded elsewhere",
             lambda: lost <= set(recorders(nodes)),
@@ -90,6 +95,14 @@ def test_failover_rebalance_and_etcd_member_loss(
         assert took <= LEASE_SECONDS + 5
         wait_for("every camera recorded by exactly one node after failover", lambda: exactly_one(nodes), 10)
         assert time.monotonic() - killed_at < 60
+        camera = sorted(lost)[0]
+        taker = recorders(nodes)[camera][0]
+        third = next(n for n in nodes if n.name not in (victim.name, taker))
+
+        # Its footage is reported unreachable while it is down, never "not recorded".
+        out = csud("segments", "--config", str(third.config), "--camera", camera, "--json")
+        assert out.returncode == 1 and f"node {victim.name} unreachable" in out.stderr
+        assert victim.name not in {r["node"] for r in json.loads(out.stdout)}
 
         # rec-3 back: its cameras come back to it, the old owners let go once it has frames.
         restarted_ns = time.time_ns()
@@ -106,6 +119,24 @@ def test_failover_rebalance_and_etcd_member_loss(
         assert {e["camera"] for e in handovers} == lost
         assert all(e["to"] == victim.name for e in handovers)
         time.sleep(LEASE_SECONDS + 2)  # let a segment close on the new owner
+
+        # From the third node: an extraction across the failover holds both nodes' footage.
+        span_from = datetime.fromtimestamp(killed_wall - 5, UTC).isoformat()
+        span_to = datetime.fromtimestamp(killed_wall + LEASE_SECONDS + 8, UTC).isoformat()
+        out = csud(
+            "extract", "--config", str(third.config), "--camera", camera, "--from", span_from,
+            "--to", span_to, "--requisition", "PV-CLUSTER-1", "--officer", "OPJ Test",
+            "--out", str(tmp_path / "out"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        manifest = json.loads((tmp_path / "out" / "PV-CLUSTER-1" / "manifest.json").read_text())
+        sources = {src["path"].split("/")[1] for src in manifest["clips"][0]["sources"]}
+        assert sources == {victim.name, taker}, manifest["clips"][0]["sources"]
+        verified = csud("verify", str(tmp_path / "out" / "PV-CLUSTER-1"))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        listed = csud("segments", "--config", str(third.config), "--camera", camera, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert {r["node"] for r in json.loads(listed.stdout)} >= {victim.name, taker}
     finally:
         stop_all(nodes)
 
