@@ -97,3 +97,29 @@ def cmd_segments_cluster(
     for exc in result.unreachable:
         print(f"csud segments: {exc}: its footage is not listed", file=sys.stderr)
     return 1 if result.unreachable else 0
+
+
+def hold_everywhere(settings: Any, hold: Any) -> int:
+    """After ``csud hold add`` placed ``hold`` here: the same hold on every other node. A node
+    that does not answer is named on stderr and the exit code is 1 (run the command again when
+    it is back: each node journals the holds it receives)."""
+    import sys
+
+    from csud.cluster.queries import place_hold_everywhere
+
+    doc = {
+        "cameras": list(hold.cameras),
+        "from_ns": hold.from_ns,
+        "to_ns": hold.to_ns,
+        "requisition": hold.requisition,
+        "officer": hold.officer,
+        "reason": hold.reason,
+        "until_ns": hold.until_ns,
+        "actor": hold.created_by,
+    }
+    result = asyncio.run(place_hold_everywhere(settings, doc))
+    for node, hold_id in sorted(result.placed.items()):
+        print(f"  also on node {node} (hold {hold_id} there)")
+    for exc in result.unreachable:
+        print(f"csud hold add: {exc}: the hold is NOT placed there yet", file=sys.stderr)
+    return 1 if result.unreachable else 0

@@ -224,6 +224,10 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
         f"hold {hold.id} added: {', '.join(hold.cameras)} [{_t(hold.from_ns, tz)}, {_t(hold.to_ns, tz)}), "
         f"requisition {hold.requisition}, officer {hold.officer}{until}"
     )
+    if settings.cluster is not None:  # the same hold on every node (csud.cli.cluster)
+        from csud.cli.cluster import hold_everywhere
+
+        return hold_everywhere(settings, hold)
     return 0
 
 

@@ -8,6 +8,9 @@ never travels, a request is good for ``AUTH_WINDOW_SECONDS`` only. Anything else
   row with ``id, camera, commune, start_ns, end_ns, path, bytes, frames, sha256, node, fence``.
 - ``GET /v1/segments/{id}/fragments``: ``[{"start_ns", "offset", "size", "frames"}]``.
 - ``GET /v1/segments/{id}/file``: the segment file's bytes (``Range`` honoured), for extraction.
+- ``POST /v1/holds``: ``{"cameras", "from_ns", "to_ns", "requisition", "officer", "reason",
+  "until_ns", "actor"}``: place the same judicial hold on this node's store (journaled here);
+  answers ``{"node", "hold"}`` (this node's hold id). The body is covered by the signature.
 
 Reads go through a read-only index connection per request, off the event loop.
 """
@@ -30,17 +33,18 @@ AUTH_WINDOW_SECONDS = 60
 INDEX_FILENAME = "index.sqlite3"  # same name as csud.service.daemon.INDEX_FILENAME
 
 
-def sign(secret: bytes, method: str, path_qs: str, now: float) -> str:
+def sign(secret: bytes, method: str, path_qs: str, now: float, body: bytes = b"") -> str:
     seconds = int(now)
-    mac = hmac.new(secret, f"{seconds}\n{method}\n{path_qs}".encode(), hashlib.sha256).hexdigest()
+    message = f"{seconds}\n{method}\n{path_qs}\n{hashlib.sha256(body).hexdigest()}"
+    mac = hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
     return f"{seconds}:{mac}"
 
 
-def check(secret: bytes, header: str, method: str, path_qs: str, now: float) -> bool:
+def check(secret: bytes, header: str, method: str, path_qs: str, now: float, body: bytes = b"") -> bool:
     seconds_text, _, mac = header.partition(":")
     if not seconds_text.isdigit() or abs(now - int(seconds_text)) > AUTH_WINDOW_SECONDS:
         return False
-    expected = sign(secret, method, path_qs, int(seconds_text)).partition(":")[2]
+    expected = sign(secret, method, path_qs, int(seconds_text), body).partition(":")[2]
     return hmac.compare_digest(expected, mac)
 
 
@@ -80,6 +84,7 @@ class NodeApi:
         app.router.add_get("/v1/segments", self._segments)
         app.router.add_get("/v1/segments/{id:\\d+}/fragments", self._fragments)
         app.router.add_get("/v1/segments/{id:\\d+}/file", self._file)
+        app.router.add_post("/v1/holds", self._add_hold)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -95,7 +100,8 @@ class NodeApi:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         header = request.headers.get(AUTH_HEADER, "")
-        if not check(self.secret, header, request.method, request.path_qs, time.time()):
+        body = await request.read() if request.can_read_body else b""
+        if not check(self.secret, header, request.method, request.path_qs, time.time(), body):
             return web.json_response({"error": "unauthorised"}, status=401)
         response: web.StreamResponse = await handler(request)
         return response
@@ -135,3 +141,30 @@ class NodeApi:
         if not path.is_file():
             return web.json_response({"error": "segment file missing"}, status=404)
         return web.FileResponse(path)
+
+    async def _add_hold(self, request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+            cameras = [str(c) for c in doc["cameras"]]
+            from_ns, to_ns = int(doc["from_ns"]), int(doc["to_ns"])
+            until_ns = int(doc["until_ns"]) if doc.get("until_ns") is not None else None
+            fields = {k: str(doc[k]) for k in ("requisition", "officer", "reason")}
+            actor = str(doc.get("actor") or "cluster")
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "malformed hold"}, status=400)
+
+        def add() -> int:
+            index = Index.open(self.root / INDEX_FILENAME)
+            try:
+                hold = index.add_hold(
+                    cameras, from_ns, to_ns, until_ns=until_ns, now_ns=time.time_ns(), actor=actor, **fields
+                )
+                return hold.id
+            finally:
+                index.close()
+
+        try:
+            hold_id = await asyncio.to_thread(add)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"node": self.node, "hold": hold_id})

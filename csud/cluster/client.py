@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,25 @@ class NodeClient:
         self.secret = secret
         self.session = session
 
-    def _headers(self, method: str, path_qs: str) -> dict[str, str]:
-        return {AUTH_HEADER: sign(self.secret, method, path_qs, time.time())}
+    def _headers(self, method: str, path_qs: str, body: bytes = b"") -> dict[str, str]:
+        return {AUTH_HEADER: sign(self.secret, method, path_qs, time.time(), body)}
+
+    async def add_hold(self, hold: dict[str, Any]) -> int:
+        """Place ``hold`` (see csud.cluster.api) on that node; its hold id there."""
+        body = json.dumps(hold).encode()
+        headers = {**self._headers("POST", "/v1/holds", body), "Content-Type": "application/json"}
+        try:
+            async with self.session.post(
+                self.base + "/v1/holds",
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+            ) as resp:
+                if resp.status != 200:
+                    raise NodeUnreachable(self.node, f"HTTP {resp.status} for the hold")
+                return int((await resp.json())["hold"])
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NodeUnreachable(self.node, type(exc).__name__) from None
 
     async def _json(self, path_qs: str) -> Any:
         try:

@@ -191,3 +191,29 @@ def archive(
         work = Path(tmp)
         merged = asyncio.run(_gather_archive(settings, local, cameras, from_ns, to_ns, work))
         yield work, cast(Index, merged)  # duck-typed: segments and fragments merged, the rest local
+
+
+async def place_hold_everywhere(settings: Settings, hold: dict[str, Any]) -> ClusterHolds:
+    """The same hold on every other node that ever joined (this node's is placed by the caller)."""
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    out = ClusterHolds()
+    async with aiohttp.ClientSession() as session:
+        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
+        answers = await asyncio.gather(*(c.add_hold(hold) for c in others), return_exceptions=True)
+    for client, answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            out.unreachable.append(
+                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
+            )
+        else:
+            out.placed[client.node] = answer
+    return out
+
+
+@dataclass
+class ClusterHolds:
+    placed: dict[str, int] = field(default_factory=dict)  # node -> hold id there
+    unreachable: list[NodeUnreachable] = field(default_factory=list)

@@ -134,6 +134,15 @@ def test_failover_rebalance_and_etcd_member_loss(
         assert sources == {victim.name, taker}, manifest["clips"][0]["sources"]
         verified = csud("verify", str(tmp_path / "out" / "PV-CLUSTER-1"))
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        # A hold placed from one node protects the camera's footage on every node.
+        held = csud(
+            "hold", "add", "--config", str(third.config), "--camera", camera, "--from", span_from,
+            "--to", span_to, "--requisition", "PV-CLUSTER-1", "--officer", "OPJ Test", "--reason", "enquête",
+        )  # fmt: skip
+        assert held.returncode == 0, held.stderr
+        for node in nodes:
+            holds = json.loads(csud("hold", "list", "--json", "--config", str(node.config)).stdout)
+            assert [h["requisition"] for h in holds] == ["PV-CLUSTER-1"], (node.name, holds)
         listed = csud("segments", "--config", str(third.config), "--camera", camera, "--json")
         assert listed.returncode == 0, listed.stderr
         assert {r["node"] for r in json.loads(listed.stdout)} >= {victim.name, taker}

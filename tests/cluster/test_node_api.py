@@ -75,6 +75,18 @@ async def test_segments_fragments_and_file_over_authenticated_http(store: Path, 
             ]
             await client.download(rows[0]["id"], tmp_path / "copy.mp4")
             assert hashlib.sha256((tmp_path / "copy.mp4").read_bytes()).hexdigest() == rows[0]["sha256"]
+            hold = {
+                "cameras": ["cam1"], "from_ns": 5, "to_ns": 25, "requisition": "PV 1", "officer": "OPJ",
+                "reason": "enquête", "until_ns": None, "actor": "alice",
+            }  # fmt: skip
+            hold_id = await client.add_hold(hold)
+            index = Index.open(store / "index.sqlite3", readonly=True)
+            try:
+                placed = index.hold(hold_id)
+                assert placed is not None and placed.cameras == ("cam1",) and placed.created_by == "alice"
+                assert placed.requisition == "PV 1" and (placed.from_ns, placed.to_ns) == (5, 25)
+            finally:
+                index.close()
             wrong = NodeClient("rec-2", f"http://127.0.0.1:{port}", b"x" * 32, session)
             with pytest.raises(NodeUnreachable, match="node rec-2 unreachable"):
                 await wrong.segments("cam1", None, None)
