@@ -123,3 +123,27 @@ def hold_everywhere(settings: Any, hold: Any) -> int:
     for exc in result.unreachable:
         print(f"csud hold add: {exc}: the hold is NOT placed there yet", file=sys.stderr)
     return 1 if result.unreachable else 0
+
+
+def verify_archive_elsewhere(settings: Any, camera: str | None) -> bool:
+    """``verify --archive`` on every other node (each reads its own bytes): their lines, node by
+    node; False if any failed or did not answer."""
+    from csud.cluster.queries import verify_everywhere
+
+    reports, unreachable = asyncio.run(verify_everywhere(settings, camera))
+    ok = not unreachable
+    for node, rep in sorted(reports.items()):
+        for bad in rep["mismatched"]:
+            print(f"MISMATCH  {node}:{bad['path']}: {bad['why']}")
+        for path in rep["missing"]:
+            print(f"MISSING   {node}:{path}")
+        for path in rep["unindexed"]:
+            print(f"UNINDEXED {node}:{path}")
+        print(
+            f"node {node}: checked {rep['checked']} segment(s), {rep['bytes']} B: {len(rep['mismatched'])} "
+            f"mismatched, {len(rep['missing'])} missing, {len(rep['unindexed'])} unindexed"
+        )
+        ok = ok and not (rep["mismatched"] or rep["missing"] or rep["unindexed"])
+    for exc in unreachable:
+        print(f"{exc}: its archive is NOT checked")
+    return ok

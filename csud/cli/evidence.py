@@ -308,8 +308,15 @@ def _verify_archive(args: argparse.Namespace) -> int:
         print_json(_archive_json(report, site_zone(loaded.settings)))
     else:
         _print_archive(report, root / QUARANTINE_DIR)
-    if report.ok:
+    others_ok = True
+    if loaded.settings.cluster is not None and not args.json:  # each other node checks its own store
+        from csud.cli.cluster import verify_archive_elsewhere
+
+        others_ok = verify_archive_elsewhere(loaded.settings, args.camera)
+    if report.ok and others_ok:
         return EXIT_OK
+    if report.ok:
+        raise EvidenceError("archive check FAILED on another node (see above)")
     if report.mismatched or report.missing:
         # Journal what the register must show; the scan itself only read the index.
         index = Index.open(index_path)

@@ -11,6 +11,9 @@ never travels, a request is good for ``AUTH_WINDOW_SECONDS`` only. Anything else
 - ``POST /v1/holds``: ``{"cameras", "from_ns", "to_ns", "requisition", "officer", "reason",
   "until_ns", "actor"}``: place the same judicial hold on this node's store (journaled here);
   answers ``{"node", "hold"}`` (this node's hold id). The body is covered by the signature.
+- ``POST /v1/verify-archive``: ``{"camera": ID | null}``: ``csud verify --archive`` on this
+  node's store, where the bytes are; failures journaled here. Answers the report's counts and
+  the paths that failed.
 
 Reads go through a read-only index connection per request, off the event loop.
 """
@@ -85,6 +88,7 @@ class NodeApi:
         app.router.add_get("/v1/segments/{id:\\d+}/fragments", self._fragments)
         app.router.add_get("/v1/segments/{id:\\d+}/file", self._file)
         app.router.add_post("/v1/holds", self._add_hold)
+        app.router.add_post("/v1/verify-archive", self._verify_archive)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -168,3 +172,45 @@ class NodeApi:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"node": self.node, "hold": hold_id})
+
+    async def _verify_archive(self, request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+            camera = str(doc["camera"]) if doc.get("camera") else None
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "malformed request"}, status=400)
+        report = await asyncio.to_thread(verify_and_journal, self.root, camera)
+        return web.json_response({"node": self.node, **report})
+
+
+def verify_and_journal(root: Path, camera: str | None) -> dict[str, Any]:
+    """``verify --archive`` of this store, integrity failures journaled (as the CLI does)."""
+    from csud.evidence.verify import verify_archive
+    from csud.store.journal import INTEGRITY_FAILURE
+
+    index = Index.open(root / INDEX_FILENAME, readonly=True)
+    try:
+        report = verify_archive(root, index, camera, None)
+    finally:
+        index.close()
+    failures = [(row, f"hash mismatch: {why}") for row, why in report.mismatched]
+    failures += [(row, "file missing") for row in report.missing]
+    if failures:
+        index = Index.open(root / INDEX_FILENAME)
+        try:
+            for row, reason in failures:
+                index.append_journal(
+                    INTEGRITY_FAILURE, now_ns=time.time_ns(), actor="cluster", camera=row.camera,
+                    commune=row.commune, from_ns=row.start_ns, to_ns=row.end_ns, reason=reason,
+                    details={"path": row.path, "recorded_sha256": row.sha256, "during": "verify --archive"},
+                )  # fmt: skip
+        finally:
+            index.close()
+    return {
+        "checked": report.checked,
+        "bytes": report.bytes,
+        "mismatched": [{"path": row.path, "why": why} for row, why in report.mismatched],
+        "missing": [row.path for row in report.missing],
+        "unindexed": list(report.unindexed),
+        "quarantined": report.quarantined,
+    }

@@ -33,6 +33,25 @@ class NodeClient:
     def _headers(self, method: str, path_qs: str, body: bytes = b"") -> dict[str, str]:
         return {AUTH_HEADER: sign(self.secret, method, path_qs, time.time(), body)}
 
+    async def verify_archive(self, camera: str | None) -> dict[str, Any]:
+        """That node checks its own store (the bytes stay there): its report."""
+        body = json.dumps({"camera": camera}).encode()
+        headers = {**self._headers("POST", "/v1/verify-archive", body), "Content-Type": "application/json"}
+        try:
+            async with self.session.post(
+                self.base + "/v1/verify-archive",
+                data=body,
+                headers=headers,
+                # Reading a whole store takes its time: only connecting is bounded tightly.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_SECONDS),
+            ) as resp:
+                if resp.status != 200:
+                    raise NodeUnreachable(self.node, f"HTTP {resp.status} for verify --archive")
+                report: dict[str, Any] = await resp.json()
+                return report
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NodeUnreachable(self.node, type(exc).__name__) from None
+
     async def add_hold(self, hold: dict[str, Any]) -> int:
         """Place ``hold`` (see csud.cluster.api) on that node; its hold id there."""
         body = json.dumps(hold).encode()

@@ -217,3 +217,26 @@ async def place_hold_everywhere(settings: Settings, hold: dict[str, Any]) -> Clu
 class ClusterHolds:
     placed: dict[str, int] = field(default_factory=dict)  # node -> hold id there
     unreachable: list[NodeUnreachable] = field(default_factory=list)
+
+
+async def verify_everywhere(
+    settings: Settings, camera: str | None
+) -> tuple[dict[str, Any], list[NodeUnreachable]]:
+    """``verify --archive`` on every other node: node -> report, and the nodes that did not answer."""
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    reports: dict[str, Any] = {}
+    unreachable: list[NodeUnreachable] = []
+    async with aiohttp.ClientSession() as session:
+        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
+        answers = await asyncio.gather(*(c.verify_archive(camera) for c in others), return_exceptions=True)
+    for client, answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            unreachable.append(
+                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
+            )
+        else:
+            reports[client.node] = answer
+    return reports, unreachable

@@ -143,6 +143,11 @@ def test_failover_rebalance_and_etcd_member_loss(
         for node in nodes:
             holds = json.loads(csud("hold", "list", "--json", "--config", str(node.config)).stdout)
             assert [h["requisition"] for h in holds] == ["PV-CLUSTER-1"], (node.name, holds)
+        checked = csud("verify", "--archive", "--config", str(third.config))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        for node in nodes:
+            if node is not third:
+                assert f"node {node.name}: checked " in checked.stdout, checked.stdout
         listed = csud("segments", "--config", str(third.config), "--camera", camera, "--json")
         assert listed.returncode == 0, listed.stderr
         assert {r["node"] for r in json.loads(listed.stdout)} >= {victim.name, taker}
