@@ -21,13 +21,13 @@ def test_absent_cluster_is_one_node() -> None:
 def test_defaults_and_validation(tmp_path: Path) -> None:
     cluster = parse_settings({"cluster": BASE}).cluster
     assert cluster is not None and cluster.lease_seconds == 10 and cluster.capacity == 300
-    with pytest.raises(ConfigError, match="cluster.node"):
+    with pytest.raises(ConfigError, match=r"cluster\.node"):
         parse_settings({"cluster": {**BASE, "node": "../etc"}})
-    with pytest.raises(ConfigError, match="cluster.etcd"):
+    with pytest.raises(ConfigError, match=r"cluster\.etcd"):
         parse_settings({"cluster": {**BASE, "etcd": []}})
-    with pytest.raises(ConfigError, match="cluster.lease_seconds"):
+    with pytest.raises(ConfigError, match=r"cluster\.lease_seconds"):
         parse_settings({"cluster": {**BASE, "lease_seconds": 1}})
-    with pytest.raises(ConfigError, match="cluster.listen"):
+    with pytest.raises(ConfigError, match=r"cluster\.listen"):
         parse_settings({"cluster": {**BASE, "listen": "nowhere"}})
 
 
