@@ -142,8 +142,7 @@ class ClusterNode:
         try:
             while not stop.is_set():
                 try:
-                    async with self._lock:
-                        await self._step()
+                    await self.step()
                     if unreachable_logged:
                         self.log.info("cluster_etcd_reachable", endpoint=self.etcd.endpoint)
                     unreachable_logged = False
@@ -166,11 +165,22 @@ class ClusterNode:
 
     async def _guard(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if self.lease_id is not None and self.clock() - self.lease_ok_at > self.safe_seconds:
-                age = self.clock() - self.lease_ok_at
-                self.log.error("cluster_lease_lost", seconds_since_keepalive=round(age, 3))
-                await self._lose("lease_lost", revoke=False)
+            await self.check_lease()
             await asyncio.sleep(min(0.25, self.tick_seconds))
+
+    async def check_lease(self) -> bool:
+        """Stop every recorder if the lease may be about to expire in etcd; False then."""
+        if self.lease_id is not None and self.clock() - self.lease_ok_at > self.safe_seconds:
+            age = self.clock() - self.lease_ok_at
+            self.log.error("cluster_lease_lost", seconds_since_keepalive=round(age, 3))
+            await self._lose("lease_lost", revoke=False)
+            return False
+        return True
+
+    async def step(self) -> None:
+        """One convergence step (the loop's body; tests drive it directly)."""
+        async with self._lock:
+            await self._step()
 
     async def _lose(self, reason: str, revoke: bool = True) -> None:
         """Stop every recorder of this node and forget the lease."""
@@ -221,6 +231,8 @@ class ClusterNode:
         metrics.cluster_unassigned.set(sum(1 for c in cameras if c not in view.owners))
         release: list[str] = []
         for camera in cameras:
+            if self.lease_id != lease:
+                return  # the guard gave the lease up while this step waited on etcd
             if await self._converge(camera, placement.get(camera), view, lease):
                 release.append(camera)
         release += sorted(self.recorders.running() - set(cameras))  # removed from the config
@@ -246,13 +258,13 @@ class ClusterNode:
             if owner is None:
                 created, kv = await self.etcd.create(OWNERS + camera, self.node, lease)
                 if created and kv is not None:
-                    self._own(camera, kv)
+                    self._own(camera, kv, lease)
                     return False
                 owner = kv
                 mine = False
             if mine:
                 assert owner is not None
-                self._own(camera, owner)
+                self._own(camera, owner, lease)
                 return False
             # Another node owns it: claim (the claim key's revision fences our rows meanwhile),
             # record alongside, and say "ready" once frames flow: the owner then lets go.
@@ -261,7 +273,8 @@ class ClusterNode:
                 self.log.info("cluster_camera_joining", camera=camera, owner=owner.value if owner else None)
                 self.fences[camera] = await self.etcd.put(claim, CLAIM_STARTING, lease)
                 self.ready_written.add(camera)
-                self.recorders.start(camera)
+                if self.lease_id == lease:  # the guard may have given the lease up meanwhile
+                    self.recorders.start(camera)
             elif self.recorders.has_frames(camera) and camera not in view.ready_now.get(self.node, set()):
                 await self.etcd.put(claim, CLAIM_READY, lease)
             return False
@@ -278,7 +291,7 @@ class ClusterNode:
             return False
         return running  # joining a camera no longer ours, or ownership lost to another node
 
-    def _own(self, camera: str, kv: KeyValue) -> None:
+    def _own(self, camera: str, kv: KeyValue, lease: int) -> None:
         if camera not in self.owned:
             self.log.info("cluster_camera_owned", camera=camera, fence=kv.mod_revision)
         self.owned.add(camera)
@@ -287,7 +300,7 @@ class ClusterNode:
         if camera in self.ready_written:
             self.ready_written.discard(camera)
             self._cleanup.add(camera)
-        if camera not in self.recorders.running():
+        if camera not in self.recorders.running() and self.lease_id == lease:
             self.recorders.start(camera)
 
     async def _release(self, cameras: list[str], view: View) -> None:
