@@ -34,9 +34,9 @@ class FencedIndexService(IndexService):
         self.node = node
         self.fence_of = fence_of
 
-    async def add_segment(self, camera: str, commune: str, info: Any) -> int:
+    async def add_segment(self, camera: str, commune: str, info: Any, *args: Any, **kwargs: Any) -> int:
         fence = int(self.fence_of(camera))
-        row_id = await super().add_segment(camera, commune, info)
+        row_id = await super().add_segment(camera, commune, info, *args, **kwargs)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.index.set_segment_fence, row_id, self.node, fence)
         return row_id

@@ -73,6 +73,8 @@ def write_node_config(
     (tmp / node).mkdir(parents=True, exist_ok=True)
     path = tmp / node / "csud.toml"
     path.write_text("\n".join(lines) + "\n")
+    if not (tmp / node / "store").exists():  # each node records into its own store (csud init)
+        subprocess.run([CSUD, "init", "--config", str(path)], check=True, capture_output=True, timeout=60)
     return path, metrics_port, api_port
 
 

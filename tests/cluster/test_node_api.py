@@ -35,7 +35,7 @@ def store(tmp_path: Path) -> Path:
     (root / "metz" / "cam1").mkdir(parents=True)
     data = b"\x00\x00\x00\x08ftypmoof-bytes-of-a-segment" * 100
     (root / "metz/cam1/seg.mp4").write_bytes(data)
-    index = Index.open(root / "index.sqlite3")
+    index = Index.create(root / "index.sqlite3")
     info = SegmentInfo(
         "metz/cam1/seg.mp4",
         10,

@@ -32,7 +32,8 @@ def index(tmp_path: Path) -> Iterator[Index]:
 
 
 def test_schema_and_pragmas(tmp_path: Path, index: Index) -> None:
-    assert index.schema_version == SCHEMA_VERSION >= 7  # 4: identity, 5: retention window, 6: operators, 7: cluster
+    # 4: identity, 5: retention window, 6: operators, 7: cluster
+    assert index.schema_version == SCHEMA_VERSION >= 7
     conn = sqlite3.connect(tmp_path / "index.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
@@ -174,7 +175,7 @@ def test_readonly_open_reads_and_refuses_writes(tmp_path: Path) -> None:
 
 
 def test_cluster_fence_is_stamped_on_a_segment(tmp_path: Path) -> None:
-    index = Index.open(tmp_path / "i.sqlite3")
+    index = Index.create(tmp_path / "i.sqlite3")
     info = SegmentInfo(
         relpath="c/cam/a.mp4", start_ns=1, end_ns=2, bytes=3, frames=4, sha256="0" * 64, fragments=()
     )
