@@ -42,7 +42,12 @@ def write_node_config(
     if not secret.exists():
         secret.write_text(SECRET)
         secret.chmod(0o600)
+    keys = tmp / "keys"  # the site's signing key, shared by the nodes (csud keygen)
+    if not (keys / "signing_key.pem").exists():
+        subprocess.run([CSUD, "keygen", "--out", str(keys)], check=True, capture_output=True, timeout=60)
     lines = [
+        "[evidence]",
+        f'signing_key = "{keys / "signing_key.pem"}"',
         "[storage]",
         f'root = "{tmp / node / "store"}"',
         f"segment_seconds = {segment_seconds}",

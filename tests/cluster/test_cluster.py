@@ -132,7 +132,8 @@ def test_failover_rebalance_and_etcd_member_loss(
         manifest = json.loads((tmp_path / "out" / "PV-CLUSTER-1" / "manifest.json").read_text())
         sources = {src["path"].split("/")[1] for src in manifest["clips"][0]["sources"]}
         assert sources == {victim.name, taker}, manifest["clips"][0]["sources"]
-        verified = csud("verify", str(tmp_path / "out" / "PV-CLUSTER-1"))
+        public_key = str(tmp_path / "keys" / "public_key.pem")
+        verified = csud("verify", str(tmp_path / "out" / "PV-CLUSTER-1"), "--public-key", public_key)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         # A hold placed from one node protects the camera's footage on every node.
         held = csud(
