@@ -19,7 +19,7 @@ def register(subparsers: Any, with_config: WithConfig) -> None:
     cluster = subparsers.add_parser("cluster", help="the cluster of recorder nodes (etcd)")
     sub = cluster.add_subparsers(dest="cluster_command", required=True)
     st = with_config(sub.add_parser("status", help="members and which node records each camera"))
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="members and owners as JSON (DESIGN.md, Cluster)")
     st.set_defaults(handler=cmd_cluster_status)
 
 
