@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from csud.cluster.api import NodeApi
 from csud.cluster.node import ClusterNode
 from csud.config import ClusterConfig
-from csud.recording.recorder import IndexService
+from csud.recording.sink import IndexService
 from csud.store.index import Index
 
 if TYPE_CHECKING:

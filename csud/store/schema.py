@@ -204,12 +204,18 @@ class StoreIdentity:
         }
 
 
+_SCHEMA_CLUSTER_FENCE = """
+ALTER TABLE segments ADD COLUMN node TEXT;
+ALTER TABLE segments ADD COLUMN fence INTEGER;
+"""
+
+
 def _migrate_cluster_fence(conn: sqlite3.Connection) -> None:
     """Cluster (csud.cluster): ``segments.node`` and ``segments.fence``, the node that recorded
     the segment and the etcd revision of its ownership key then (the fencing token: of two rows
     of one camera written by two nodes at once, the higher fence is the rightful owner's).
     Both NULL on a node without ``[cluster]``."""
-    _run_script(conn, "ALTER TABLE segments ADD COLUMN node TEXT;\nALTER TABLE segments ADD COLUMN fence INTEGER;")
+    _run_script(conn, _SCHEMA_CLUSTER_FENCE)
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
