@@ -9,16 +9,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 from csud.cluster.api import NodeApi
 from csud.cluster.node import ClusterNode
-from csud.config import ClusterConfig
+from csud.config import CameraConfig, ClusterConfig, CommuneConfig, LoadedConfig
 from csud.recording.sink import IndexService
 from csud.store.index import Index
 
-if TYPE_CHECKING:
-    from csud.service.daemon import Daemon
+
+class Daemon(Protocol):
+    """What this module uses of :class:`csud.service.daemon.Daemon` (not imported: the daemon
+    imports this module)."""
+
+    root: Path
+    loaded: LoadedConfig
+
+    @property
+    def cameras(self) -> Mapping[str, Any]: ...  # camera id -> running recorder (``.recorder.stats``)
+
+    def _start_camera(self, camera: CameraConfig, commune: CommuneConfig, password: str | None) -> None: ...
+
+    async def _stop_cameras(self, camera_ids: list[str]) -> None: ...
+
 
 # The new owner of a moved camera says "ready" once frames have flowed this long: a keyframe has
 # arrived by then for any GOP up to this length (CSU cameras: 1-2 s), so the old owner letting
