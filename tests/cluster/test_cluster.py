@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from csud.cluster.placement import place
 from tests.cluster.etcd_local import EtcdCluster, free_port
@@ -36,6 +38,35 @@ def sim_port(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     with simulator(tmp_path, port, CAMERAS):
         yield port
+
+
+def metric_values(node: Node) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def cluster_metrics(nodes: list[Node]) -> tuple[float, float, dict[str, float]]:
+    """(members, unassigned) as every node agrees (-1 if they differ), and owners per camera."""
+    members: set[float] = set()
+    unassigned: set[float] = set()
+    owned: dict[str, float] = {}
+    for node in nodes:
+        families = metric_values(node)
+        members.add(families["csud_cluster_members"][()])
+        unassigned.add(families["csud_cluster_unassigned_cameras"][()])
+        for labels, value in families["csud_camera_owned"].items():
+            camera = dict(labels)["camera"]
+            owned[camera] = owned.get(camera, 0.0) + value
+    return (
+        (members.pop() if len(members) == 1 else -1),
+        (unassigned.pop() if len(unassigned) == 1 else -1),
+        owned,
+    )
 
 
 def csud(*args: str) -> subprocess.CompletedProcess[str]:
@@ -204,6 +235,11 @@ def test_a_node_cut_off_from_etcd_stops_and_another_takes_over(
         )
         wait_for("each camera once, by the two connected nodes", lambda: exactly_one(nodes), 10)
         assert "cluster_lease_lost" in {e.get("event") for e in cut.log_events()}
+        # The metrics agree (they follow etcd within a tick): two members, every camera owned
+        # once, none unassigned.
+        wait_for(
+            "the metrics to agree", lambda: cluster_metrics(nodes[:2]) == (2, 0, dict.fromkeys(ALL, 1.0)), 5
+        )
     finally:
         proxy.send_signal(signal.SIGCONT)
         stop_all(nodes)
