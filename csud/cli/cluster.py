@@ -147,3 +147,14 @@ def verify_archive_elsewhere(settings: Any, camera: str | None) -> bool:
     for exc in unreachable:
         print(f"{exc}: its archive is NOT checked")
     return ok
+
+
+def registre_everywhere(
+    settings: Any, commune: str, month: str, rows: list[dict[str, Any]], views: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
+    """This node's registre rows merged with every other node's, each tagged with its node."""
+    from csud.cluster.registre import merge, others_registre
+
+    parts, unreachable = asyncio.run(others_registre(settings, commune, month))
+    merged = merge(settings.cluster.node, {"recordings": rows, "live_views": views}, parts)
+    return merged["recordings"], merged["live_views"], unreachable

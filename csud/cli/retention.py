@@ -475,14 +475,20 @@ def cmd_registre(args: argparse.Namespace) -> int:
     finally:
         index.close()
     columns = ["camera", "day", "hours_recorded", "first_segment", "last_segment", "destroyed_on", "held"]
+    unreachable: list[Any] = []
+    if settings.cluster is not None:  # every node's part, each row with its node (csud.cli.cluster)
+        from csud.cli.cluster import registre_everywhere
+
+        rows, views, unreachable = registre_everywhere(settings, args.commune, args.month, rows, views)
+        columns.append("node")
     if args.json:
         print_json({"recordings": rows, "live_views": views})
-        return 0
+        return _unreachable(unreachable)
     if args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        return 0
+        return _unreachable(unreachable)
     try:
         commune = settings.commune(args.commune)
         title = f"{commune.name} ({commune.id}), {commune.authorisation or 'no authorisation recorded'}, "
@@ -502,4 +508,11 @@ def cmd_registre(args: argparse.Namespace) -> int:
     if not rows:
         print("(nothing recorded this month)")
     print("\n".join(format_rows(views, lambda ns: _t(ns, zone))))  # live viewing (csud.live.registre)
-    return 0
+    return _unreachable(unreachable)
+
+
+def _unreachable(nodes: list[Any]) -> int:
+    """Cluster: a node that did not answer is named (its part of the registre is missing): exit 1."""
+    for exc in nodes:
+        print(f"csud registre: {exc}: its recordings are not listed", file=sys.stderr)
+    return 1 if nodes else 0

@@ -11,6 +11,8 @@ never travels, a request is good for ``AUTH_WINDOW_SECONDS`` only. Anything else
 - ``POST /v1/holds``: ``{"cameras", "from_ns", "to_ns", "requisition", "officer", "reason",
   "until_ns", "actor"}``: place the same judicial hold on this node's store (journaled here);
   answers ``{"node", "hold"}`` (this node's hold id). The body is covered by the signature.
+- ``GET /v1/registre?commune=ID&month=YYYY-MM``: this node's part of the registre
+  (``csud registre --json``'s document).
 - ``POST /v1/verify-archive``: ``{"camera": ID | null}``: ``csud verify --archive`` on this
   node's store, where the bytes are; failures journaled here. Answers the report's counts and
   the paths that failed.
@@ -24,11 +26,13 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from csud.errors import CsudError
 from csud.store.index import Index
 
 AUTH_HEADER = "X-Csud-Auth"
@@ -76,10 +80,17 @@ def segment_rows(index: Index, camera: str, from_ns: int | None, to_ns: int | No
 
 
 class NodeApi:
-    def __init__(self, node: str, root: Path, secret: bytes) -> None:
+    def __init__(
+        self,
+        node: str,
+        root: Path,
+        secret: bytes,
+        registre: Callable[[str, str], dict[str, Any]] | None = None,
+    ) -> None:
         self.node = node
         self.root = root
         self.secret = secret
+        self.registre = registre  # (commune, month) -> this node's registre (csud.cluster.registre)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -89,6 +100,7 @@ class NodeApi:
         app.router.add_get("/v1/segments/{id:\\d+}/file", self._file)
         app.router.add_post("/v1/holds", self._add_hold)
         app.router.add_post("/v1/verify-archive", self._verify_archive)
+        app.router.add_get("/v1/registre", self._registre)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -172,6 +184,16 @@ class NodeApi:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"node": self.node, "hold": hold_id})
+
+    async def _registre(self, request: web.Request) -> web.Response:
+        commune, month = request.query.get("commune", ""), request.query.get("month", "")
+        if self.registre is None or not commune or not month:
+            return web.json_response({"error": "commune and month required"}, status=400)
+        try:
+            doc = await asyncio.to_thread(self.registre, commune, month)
+        except (ValueError, CsudError) as exc:  # a malformed month
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(doc)
 
     async def _verify_archive(self, request: web.Request) -> web.Response:
         try:

@@ -94,6 +94,10 @@ class NodeClient:
             row["node"] = row.get("node") or self.node
         return rows
 
+    async def registre(self, commune: str, month: str) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._json(f"/v1/registre?commune={commune}&month={month}")
+        return doc
+
     async def fragments(self, segment_id: int) -> list[dict[str, Any]]:
         frags: list[dict[str, Any]] = await self._json(f"/v1/segments/{segment_id}/fragments")
         return frags

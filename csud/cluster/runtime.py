@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from csud.cluster.api import NodeApi
+from csud.cluster.api import INDEX_FILENAME, NodeApi
 from csud.cluster.node import ClusterNode
-from csud.config import CameraConfig, ClusterConfig, CommuneConfig, LoadedConfig
+from csud.config import CameraConfig, ClusterConfig, CommuneConfig, LoadedConfig, Settings
 from csud.recording.sink import IndexService
 from csud.store.index import Index
 
@@ -92,9 +92,12 @@ class ClusterRuntime:
         self.config = config
         self.secret = config.read_secret()  # ConfigError (exit 2) before anything starts
         self.node = ClusterNode(config, self._cameras, DaemonRecorders(daemon))
-        self.api = NodeApi(config.node, daemon.root, self.secret)
+        self.api = NodeApi(config.node, daemon.root, self.secret, registre=self._registre)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+
+    def _registre(self, commune: str, month: str) -> dict[str, Any]:
+        return node_registre(self.daemon.loaded.settings, self.daemon.root, commune, month)
 
     def _cameras(self) -> list[str]:
         return [c.id for c in self.daemon.loaded.settings.cameras if c.enabled]
@@ -114,3 +117,19 @@ class ClusterRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.api.close()
+
+
+def node_registre(settings: Settings, root: Path, commune: str, month: str) -> dict[str, Any]:
+    """This node's part of a commune's registre: ``{"recordings", "live_views"}``, exactly as
+    ``csud registre --json`` prints it on one node (the same functions)."""
+    from csud.cli.retention import _month, _ns, registre_rows
+    from csud.live.registre import live_view_rows
+
+    index = Index.open(root / INDEX_FILENAME, readonly=True)
+    try:
+        rows = registre_rows(settings, index, commune, month)
+        zone = settings.site.zone()[0]
+        views = live_view_rows(index, commune, *(_ns(m) for m in _month(month, zone)))
+    finally:
+        index.close()
+    return {"recordings": rows, "live_views": views}

@@ -180,6 +180,12 @@ def test_failover_rebalance_and_etcd_member_loss(
         for node in nodes:
             if node is not third:
                 assert f"node {node.name}: checked " in checked.stdout, checked.stdout
+        month = datetime.fromtimestamp(killed_wall, UTC).strftime("%Y-%m")
+        by_third = ("--json", "--config", str(third.config))
+        registre = csud("registre", "--commune", "metz", "--month", month, *by_third)
+        assert registre.returncode == 0, registre.stderr
+        rows = json.loads(registre.stdout)["recordings"]
+        assert {r["node"] for r in rows if r["camera"] == camera} >= {victim.name, taker}
         listed = csud("segments", "--config", str(third.config), "--camera", camera, "--json")
         assert listed.returncode == 0, listed.stderr
         assert {r["node"] for r in json.loads(listed.stdout)} >= {victim.name, taker}
