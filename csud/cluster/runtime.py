@@ -35,10 +35,11 @@ class Daemon(Protocol):
     async def _stop_cameras(self, camera_ids: list[str]) -> None: ...
 
 
-# The new owner of a moved camera says "ready" once frames have flowed this long: a keyframe has
-# arrived by then for any GOP up to this length (CSU cameras: 1-2 s), so the old owner letting
-# go leaves no gap (make-before-break). The Daemon exposes frames, not keyframes.
-READY_AFTER_FRAMES_SECONDS = 2.0
+# The new owner of a moved camera says "ready" once its recorder has accepted a frame into a
+# segment, i.e. after its first keyframe (a frame received and not dropped while waiting for a
+# keyframe), plus this margin for the first fragment to be under way. The old owner then lets
+# go: make-before-break, overlapping by about one GOP and two ticks.
+READY_MARGIN_SECONDS = 0.5
 
 
 class FencedIndexService(IndexService):
@@ -76,11 +77,15 @@ class DaemonRecorders:
         await self.daemon._stop_cameras(cameras)
 
     def has_frames(self, camera: str) -> bool:
+        """True once the camera's recorder records: its first keyframe arrived (and a margin)."""
         running = self.daemon.cameras.get(camera)
-        if running is None or running.recorder.stats.last_frame_ns == 0:
+        if running is None:
             return False
+        stats = running.recorder.stats
+        if stats.frames_received <= sum(stats.dropped_frames.values()):
+            return False  # nothing accepted yet: still waiting for a keyframe
         since = self._frames_since.setdefault(camera, time.monotonic())
-        return time.monotonic() - since >= READY_AFTER_FRAMES_SECONDS
+        return time.monotonic() - since >= READY_MARGIN_SECONDS
 
     def running(self) -> set[str]:
         return set(self.daemon.cameras)
