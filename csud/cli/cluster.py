@@ -116,6 +116,7 @@ def hold_everywhere(settings: Any, hold: Any) -> int:
         "reason": hold.reason,
         "until_ns": hold.until_ns,
         "actor": hold.created_by,
+        "created_ns": hold.created_ns,  # with the other fields, identifies the hold on every node
     }
     result = asyncio.run(place_hold_everywhere(settings, doc))
     for node, hold_id in sorted(result.placed.items()):
@@ -158,3 +159,28 @@ def registre_everywhere(
     parts, unreachable = asyncio.run(others_registre(settings, commune, month))
     merged = merge(settings.cluster.node, {"recordings": rows, "live_views": views}, parts)
     return merged["recordings"], merged["live_views"], unreachable
+
+
+def release_everywhere(settings: Any, hold: Any) -> int:
+    """After ``csud hold release`` here: release the same hold on every other node (identified
+    by requisition, interval, cameras and creation time). An unreachable node is named, exit 1:
+    its copy still protects the footage there until released."""
+    import sys
+
+    from csud.cluster.queries import place_hold_everywhere
+
+    doc = {
+        "requisition": hold.requisition,
+        "from_ns": hold.from_ns,
+        "to_ns": hold.to_ns,
+        "cameras": list(hold.cameras),
+        "created_ns": hold.created_ns,
+        "reason": hold.release_reason,
+        "actor": hold.released_by,
+    }
+    result = asyncio.run(place_hold_everywhere(settings, doc, release=True))
+    for node, ids in sorted(result.placed.items()):
+        print(f"  released on node {node} too (hold {', '.join(map(str, ids)) or 'none found'} there)")
+    for exc in result.unreachable:
+        print(f"csud hold release: {exc}: the hold still protects the footage there", file=sys.stderr)
+    return 1 if result.unreachable else 0

@@ -280,7 +280,7 @@ def cmd_hold_list(args: argparse.Namespace) -> int:
 def cmd_hold_release(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise UsageError("--reason must not be empty")
-    _, index = _open(args, readonly=False)
+    settings, index = _open(args, readonly=False)
     try:
         hold = index.release_hold(args.id, reason=args.reason, now_ns=time.time_ns())
     except KeyError:
@@ -290,6 +290,10 @@ def cmd_hold_release(args: argparse.Namespace) -> int:
     finally:
         index.close()
     print(f"hold {hold.id} released: its footage is due at the next retention pass if past its window")
+    if settings.cluster is not None:  # the same hold released on every node (csud.cli.cluster)
+        from csud.cli.cluster import release_everywhere
+
+        return release_everywhere(settings, hold)
     return 0
 
 

@@ -13,6 +13,10 @@ never travels, a request is good for ``AUTH_WINDOW_SECONDS`` only. Anything else
   answers ``{"node", "hold"}`` (this node's hold id). The body is covered by the signature.
 - ``GET /v1/registre?commune=ID&month=YYYY-MM``: this node's part of the registre
   (``csud registre --json``'s document).
+- ``POST /v1/holds/release``: ``{"requisition", "from_ns", "to_ns", "cameras", "created_ns",
+  "reason", "actor"}``: release this node's copy of that hold (the same fields identify it on
+  every node: a hold placed cluster-wide carries its first node's ``created_ns``); answers
+  ``{"node", "released": [ids]}``.
 - ``POST /v1/verify-archive``: ``{"camera": ID | null}``: ``csud verify --archive`` on this
   node's store, where the bytes are; failures journaled here. Answers the report's counts and
   the paths that failed.
@@ -99,6 +103,7 @@ class NodeApi:
         app.router.add_get("/v1/segments/{id:\\d+}/fragments", self._fragments)
         app.router.add_get("/v1/segments/{id:\\d+}/file", self._file)
         app.router.add_post("/v1/holds", self._add_hold)
+        app.router.add_post("/v1/holds/release", self._release_hold)
         app.router.add_post("/v1/verify-archive", self._verify_archive)
         app.router.add_get("/v1/registre", self._registre)
         return app
@@ -166,6 +171,7 @@ class NodeApi:
             until_ns = int(doc["until_ns"]) if doc.get("until_ns") is not None else None
             fields = {k: str(doc[k]) for k in ("requisition", "officer", "reason")}
             actor = str(doc.get("actor") or "cluster")
+            created_ns = int(doc.get("created_ns") or time.time_ns())
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "malformed hold"}, status=400)
 
@@ -173,7 +179,7 @@ class NodeApi:
             index = Index.open(self.root / INDEX_FILENAME)
             try:
                 hold = index.add_hold(
-                    cameras, from_ns, to_ns, until_ns=until_ns, now_ns=time.time_ns(), actor=actor, **fields
+                    cameras, from_ns, to_ns, until_ns=until_ns, now_ns=created_ns, actor=actor, **fields
                 )
                 return hold.id
             finally:
@@ -194,6 +200,42 @@ class NodeApi:
         except (ValueError, CsudError) as exc:  # a malformed month
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(doc)
+
+    async def _release_hold(self, request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+            key = (
+                str(doc["requisition"]),
+                int(doc["from_ns"]),
+                int(doc["to_ns"]),
+                tuple(sorted(str(c) for c in doc["cameras"])),
+                int(doc["created_ns"]),
+            )
+            reason, actor = str(doc["reason"]), str(doc.get("actor") or "cluster")
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "malformed release"}, status=400)
+
+        def release() -> list[int]:
+            index = Index.open(self.root / INDEX_FILENAME)
+            try:
+                released = []
+                for hold in index.holds(include_released=False):
+                    ident = (
+                        hold.requisition,
+                        hold.from_ns,
+                        hold.to_ns,
+                        tuple(sorted(hold.cameras)),
+                        hold.created_ns,
+                    )
+                    if ident == key:
+                        index.release_hold(hold.id, reason=reason, now_ns=time.time_ns(), actor=actor)
+                        released.append(hold.id)
+                return released
+            finally:
+                index.close()
+
+        released = await asyncio.to_thread(release)
+        return web.json_response({"node": self.node, "released": released})
 
     async def _verify_archive(self, request: web.Request) -> web.Response:
         try:

@@ -54,18 +54,28 @@ class NodeClient:
 
     async def add_hold(self, hold: dict[str, Any]) -> int:
         """Place ``hold`` (see csud.cluster.api) on that node; its hold id there."""
-        body = json.dumps(hold).encode()
-        headers = {**self._headers("POST", "/v1/holds", body), "Content-Type": "application/json"}
+        doc = await self._post("/v1/holds", hold, "the hold")
+        return int(doc["hold"])
+
+    async def release_hold(self, hold: dict[str, Any]) -> list[int]:
+        """Release that node's copy of ``hold``; the ids released there."""
+        doc = await self._post("/v1/holds/release", hold, "the release")
+        return [int(i) for i in doc["released"]]
+
+    async def _post(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
+        body = json.dumps(payload).encode()
+        headers = {**self._headers("POST", path, body), "Content-Type": "application/json"}
         try:
             async with self.session.post(
-                self.base + "/v1/holds",
+                self.base + path,
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
             ) as resp:
                 if resp.status != 200:
-                    raise NodeUnreachable(self.node, f"HTTP {resp.status} for the hold")
-                return int((await resp.json())["hold"])
+                    raise NodeUnreachable(self.node, f"HTTP {resp.status} for {what}")
+                doc: dict[str, Any] = await resp.json()
+                return doc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise NodeUnreachable(self.node, type(exc).__name__) from None
 

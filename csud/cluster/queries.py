@@ -193,8 +193,11 @@ def archive(
         yield work, cast(Index, merged)  # duck-typed: segments and fragments merged, the rest local
 
 
-async def place_hold_everywhere(settings: Settings, hold: dict[str, Any]) -> ClusterHolds:
-    """The same hold on every other node that ever joined (this node's is placed by the caller)."""
+async def place_hold_everywhere(
+    settings: Settings, hold: dict[str, Any], release: bool = False
+) -> ClusterHolds:
+    """The same hold on every other node that ever joined (this node's is placed by the caller);
+    ``release``: release it there instead."""
     config = settings.cluster
     assert config is not None
     secret = config.read_secret()
@@ -202,7 +205,8 @@ async def place_hold_everywhere(settings: Settings, hold: dict[str, Any]) -> Clu
     out = ClusterHolds()
     async with aiohttp.ClientSession() as session:
         others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        answers = await asyncio.gather(*(c.add_hold(hold) for c in others), return_exceptions=True)
+        calls = [c.release_hold(hold) if release else c.add_hold(hold) for c in others]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
     for client, answer in zip(others, answers, strict=True):
         if isinstance(answer, BaseException):
             out.unreachable.append(
@@ -215,7 +219,7 @@ async def place_hold_everywhere(settings: Settings, hold: dict[str, Any]) -> Clu
 
 @dataclass
 class ClusterHolds:
-    placed: dict[str, int] = field(default_factory=dict)  # node -> hold id there
+    placed: dict[str, Any] = field(default_factory=dict)  # node -> hold id there (ids released)
     unreachable: list[NodeUnreachable] = field(default_factory=list)
 
 

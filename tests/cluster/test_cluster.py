@@ -175,6 +175,15 @@ def test_failover_rebalance_and_etcd_member_loss(
         for node in nodes:
             holds = json.loads(csud("hold", "list", "--json", "--config", str(node.config)).stdout)
             assert [h["requisition"] for h in holds] == ["PV-CLUSTER-1"], (node.name, holds)
+        # ... and released from another node, it is released on every node.
+        local_id = json.loads(csud("hold", "list", "--json", "--config", str(victim.config)).stdout)[0]["id"]
+        released = csud(
+            "hold", "release", str(local_id), "--reason", "classement", "--config", str(victim.config)
+        )
+        assert released.returncode == 0, released.stderr
+        for node in nodes:
+            holds = json.loads(csud("hold", "list", "--json", "--config", str(node.config)).stdout)
+            assert [h["status"] for h in holds] == ["released"], (node.name, holds)
         checked = csud("verify", "--archive", "--config", str(third.config))
         assert checked.returncode == 0, checked.stdout + checked.stderr
         for node in nodes:

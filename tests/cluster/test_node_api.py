@@ -87,6 +87,13 @@ async def test_segments_fragments_and_file_over_authenticated_http(store: Path, 
                 assert placed.requisition == "PV 1" and (placed.from_ns, placed.to_ns) == (5, 25)
             finally:
                 index.close()
+            release = {
+                "requisition": "PV 1", "from_ns": 5, "to_ns": 25, "cameras": ["cam1"],
+                "created_ns": placed.created_ns, "reason": "classement", "actor": "bob",
+            }  # fmt: skip
+            assert await client.release_hold({**release, "created_ns": 1}) == []  # another hold
+            assert await client.release_hold(release) == [hold_id]
+            assert await client.release_hold(release) == []  # already released
             wrong = NodeClient("rec-2", f"http://127.0.0.1:{port}", b"x" * 32, session)
             with pytest.raises(NodeUnreachable, match="node rec-2 unreachable"):
                 await wrong.segments("cam1", None, None)
