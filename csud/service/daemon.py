@@ -39,11 +39,11 @@ from csud.recording.recorder import NS_PER_SECOND, CameraRecorder, IndexService
 from csud.service import metrics
 from csud.service.health import LoopMonitor, WritableProbe
 from csud.service.http import HttpServer, Response, text
+from csud.service.retention import RetentionService
 from csud.service.systemd import Notifier
 from csud.store.identity import verify_store
 from csud.store.index import Index
 from csud.store.recovery import StoreLock
-from csud.store.retention import RetentionService
 from csud.store.startup import BackgroundCheck, recover_at_startup
 
 if TYPE_CHECKING:

@@ -32,26 +32,17 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csud.errors import StorageError
 from csud.store.durable import FOOTAGE_FILE_MODE
-from csud.store.journal import (
-    HOLD_ADDED,
-    HOLD_RELEASED,
-    RECOVERED,
-    Journal,
-    JournalCheck,
-    JournalEntry,
-    os_actor,
-)
+from csud.store.holds import HoldQueries
+from csud.store.journal import Journal, JournalCheck, JournalEntry
 from csud.store.records import FragmentInfo, SegmentInfo
-from csud.store.retention_plan import NS_PER_DAY, Hold, SegmentRef
+from csud.store.retention_queries import RetentionQueries
 from csud.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreIdentity
 
 
@@ -77,57 +68,7 @@ class IndexStats:
     cameras: int
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    commune: str
-    camera: str
-    segments: int
-    bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class HoldRow:
-    """A judicial hold as stored (see ``csud hold``); :meth:`policy` is what retention needs."""
-
-    id: int
-    cameras: tuple[str, ...]
-    from_ns: int
-    to_ns: int
-    requisition: str
-    officer: str
-    reason: str
-    until_ns: int | None
-    created_ns: int
-    created_by: str
-    released_ns: int | None
-    released_by: str | None
-    release_reason: str | None
-
-    def policy(self) -> Hold:
-        return Hold(
-            id=self.id,
-            cameras=frozenset(self.cameras),
-            from_ns=self.from_ns,
-            to_ns=self.to_ns,
-            requisition=self.requisition,
-            until_ns=self.until_ns,
-            released_ns=self.released_ns,
-        )
-
-
 _SEGMENT_COLUMNS = "id, camera, commune, start_ns, end_ns, path, bytes, frames, sha256, created_ns"
-_REF_COLUMNS = "id, camera, commune, start_ns, end_ns, bytes, path, retention_days"
-_HOLD_COLUMNS = (
-    "id, from_ns, to_ns, requisition, officer, reason, until_ns, created_ns, created_by,"
-    " released_ns, released_by, release_reason"
-)
-# A segment row covered by an active hold at ``:now`` (same rule as csud.store.retention_plan.Hold).
-_HELD = (
-    "EXISTS (SELECT 1 FROM hold_cameras hc JOIN holds h ON h.id = hc.hold_id"
-    " WHERE hc.camera = segments.camera AND h.released_ns IS NULL"
-    " AND (h.until_ns IS NULL OR :now < h.until_ns)"
-    " AND h.from_ns < segments.end_ns AND segments.start_ns < h.to_ns)"
-)
 
 
 def _prefix_end(prefix: str) -> str:
@@ -146,13 +87,12 @@ def _create_private(path: Path) -> None:
         raise StorageError(f"open index {path}: {e.strerror or e}") from e
 
 
-class Index:
-    """The SQLite index. Create with :meth:`open`; every failure raises ``StorageError``."""
+class Index(HoldQueries, RetentionQueries):
+    """The SQLite index. Create with :meth:`open`; every failure raises ``StorageError``.
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-        self.path = path
+    Holds are :class:`~csud.store.holds.HoldQueries`, retention's queries
+    :class:`~csud.store.retention_queries.RetentionQueries`; both share this connection and lock
+    (:class:`~csud.store.connection.IndexConnection`)."""
 
     @classmethod
     def create(cls, path: Path | str) -> Index:
@@ -220,17 +160,6 @@ class Index:
             with self._transaction() as conn:
                 MIGRATIONS[target - 1](conn)
                 conn.execute(f"PRAGMA user_version={target}")  # in the same transaction
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def add_segment(
         self,
@@ -403,312 +332,6 @@ class Index:
         )
         return [SegmentRow(*row) for row in rows]
 
-    # -- retention (docs/storage.md, "Destroying segments") ---------------------------------
-
-    def usage(self) -> list[Usage]:
-        """Per (commune, camera): segments and bytes indexed (kept by triggers: no table scan)."""
-        rows = self._query(
-            "SELECT commune, camera, segments, bytes FROM usage WHERE segments > 0 ORDER BY commune, camera",
-            [],
-        )
-        return [Usage(*row) for row in rows]
-
-    def due_candidates(
-        self,
-        camera: str,
-        commune: str,
-        cutoff_ns: int,
-        exclude: Sequence[tuple[int, int]] = (),
-        limit: int = 1000,
-        window: tuple[int, int] | None = None,
-    ) -> list[SegmentRef]:
-        """Live segments of ``camera`` recorded for ``commune`` ending at or before ``cutoff_ns``,
-        oldest first, skipping those overlapping any ``[from, to)`` of ``exclude`` (the active
-        holds on this camera: so that held footage never fills the ``limit``). A range scan of
-        index ``segments_camera_end``. ``window`` = (now, configured days): a row is then due only
-        once its own window (stored, shortened by the configured one) has passed; ``cutoff_ns``
-        is the loosest bound (from the shortest window of the camera)."""
-        sql, params = self._due_sql("SELECT " + _REF_COLUMNS, camera, commune, cutoff_ns, exclude, window)
-        sql += " ORDER BY end_ns, id LIMIT ?"
-        return [SegmentRef(*row) for row in self._query(sql, [*params, limit])]
-
-    def count_due(
-        self,
-        camera: str,
-        commune: str,
-        cutoff_ns: int,
-        exclude: Sequence[tuple[int, int]] = (),
-        window: tuple[int, int] | None = None,
-    ) -> int:
-        sql, params = self._due_sql("SELECT COUNT(*)", camera, commune, cutoff_ns, exclude, window)
-        return int(self._query(sql, params)[0][0])
-
-    @staticmethod
-    def _due_sql(
-        select: str,
-        camera: str,
-        commune: str,
-        cutoff_ns: int,
-        exclude: Sequence[tuple[int, int]],
-        window: tuple[int, int] | None = None,
-    ) -> tuple[str, list[object]]:
-        sql = (
-            f"{select} FROM segments INDEXED BY segments_camera_end WHERE camera = ? AND end_ns <= ?"
-            " AND commune = ? AND deleting_ns IS NULL"
-        )
-        params: list[object] = [camera, cutoff_ns, commune]
-        if window is not None:
-            now_ns, days = window
-            sql += " AND end_ns <= ? - MIN(COALESCE(retention_days, ?), ?) * ?"
-            params += [now_ns, days, days, NS_PER_DAY]
-        for from_ns, to_ns in exclude:
-            sql += " AND NOT (start_ns < ? AND end_ns > ?)"
-            params += [to_ns, from_ns]
-        return sql, params
-
-    def shortest_window(self, camera: str) -> int | None:
-        """The shortest window stored with ``camera``'s live rows (index ``segments_camera_window``)."""
-        rows = self._query(
-            "SELECT MIN(retention_days) FROM segments WHERE camera = ? AND retention_days IS NOT NULL",
-            [camera],
-        )
-        return None if rows[0][0] is None else int(rows[0][0])
-
-    def shorten_windows(self, camera: str, commune: str, days: int) -> int:
-        """Store ``days`` in the rows of ``camera`` (for ``commune``) whose stored window is longer
-        or absent: a shortened window applies to existing footage, a longer one never does.
-        Returns the rows changed. A read first (index ``segments_camera_window``): most passes
-        change nothing and take no write lock."""
-        pending = self._query(
-            "SELECT 1 FROM segments WHERE camera = ? AND commune = ?"
-            " AND (retention_days IS NULL OR retention_days > ?) LIMIT 1",
-            [camera, commune, days],
-        )
-        if not pending:
-            return 0
-        try:
-            with self._lock, self._transaction() as conn:
-                cur = conn.execute(
-                    "UPDATE segments SET retention_days = ? WHERE camera = ? AND commune = ?"
-                    " AND (retention_days IS NULL OR retention_days > ?)",
-                    (days, camera, commune, days),
-                )
-                return int(cur.rowcount)
-        except sqlite3.Error as e:
-            raise StorageError(f"index shorten windows of {camera}: {e}") from e
-
-    def oldest_unheld(self, now_ns: int, limit: int) -> list[SegmentRef]:
-        """Live segments not covered by a hold active at ``now_ns``, oldest end first, across
-        cameras (disk pressure). Walks index ``segments_end``."""
-        sql = (
-            f"SELECT {_REF_COLUMNS} FROM segments INDEXED BY segments_end WHERE deleting_ns IS NULL"
-            f" AND NOT {_HELD} ORDER BY end_ns, id LIMIT :limit"
-        )
-        return [SegmentRef(*row) for row in self._query(sql, {"now": now_ns, "limit": limit})]
-
-    def mark_deleting(self, ids: Sequence[int], reason: str, now_ns: int) -> list[SegmentRef]:
-        """Step 1: record the intent to destroy. Marks the live rows among ``ids`` that no hold
-        active at ``now_ns`` covers (checked again here, in the transaction, so that a hold added
-        after the plan was made still wins); returns the rows marked."""
-        if not ids:
-            return []
-        sql = (
-            "UPDATE segments SET deleting_ns = :now, deleting_reason = :reason"
-            " WHERE id IN (SELECT value FROM json_each(:ids)) AND deleting_ns IS NULL"
-            f" AND NOT {_HELD} RETURNING {_REF_COLUMNS}"
-        )
-        try:
-            with self._lock, self._transaction() as conn:
-                rows = conn.execute(sql, {"now": now_ns, "reason": reason, "ids": json.dumps(list(ids))})
-                return sorted((SegmentRef(*row) for row in rows), key=lambda r: (r.end_ns, r.id))
-        except sqlite3.Error as e:
-            raise StorageError(f"index mark deleting: {e}") from e
-
-    def unmark_deleting(self, ids: Sequence[int]) -> None:
-        """Undo step 1 for rows whose file could not be unlinked (they stay live and due)."""
-        try:
-            with self._lock, self._transaction() as conn:
-                conn.execute(
-                    "UPDATE segments SET deleting_ns = NULL, deleting_reason = NULL"
-                    " WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(list(ids)),),
-                )
-        except sqlite3.Error as e:
-            raise StorageError(f"index unmark deleting: {e}") from e
-
-    def unmark_held(self, now_ns: int, actor: str | None = None) -> list[SegmentRef]:
-        """Startup, before finishing interrupted destructions: unmark the rows marked ``deleting``
-        that a hold active at ``now_ns`` covers, and journal one ``recovered`` entry per camera
-        (``action: held_unmarked``), in one transaction. Returns the rows unmarked."""
-        sql = (
-            "UPDATE segments SET deleting_ns = NULL, deleting_reason = NULL"
-            f" WHERE deleting_ns IS NOT NULL AND {_HELD} RETURNING {_REF_COLUMNS}"
-        )
-        try:
-            with self._lock, self._transaction() as conn:
-                rows = sorted(
-                    (SegmentRef(*row) for row in conn.execute(sql, {"now": now_ns}).fetchall()),
-                    key=lambda r: (r.commune, r.camera, r.end_ns, r.id),
-                )
-                by_camera: dict[tuple[str, str], list[SegmentRef]] = {}
-                for r in rows:
-                    by_camera.setdefault((r.commune, r.camera), []).append(r)
-                journal = Journal(conn)
-                for (commune, camera), segs in by_camera.items():
-                    journal.append(
-                        RECOVERED,
-                        now_ns=now_ns,
-                        actor=actor,
-                        camera=camera,
-                        commune=commune,
-                        from_ns=min(s.start_ns for s in segs),
-                        to_ns=max(s.end_ns for s in segs),
-                        reason="destruction cancelled at startup: an active hold covers the footage",
-                        details={
-                            "action": "held_unmarked",
-                            "count": len(segs),
-                            "paths": [s.path for s in segs[:100]],
-                        },
-                    )
-                return rows
-        except sqlite3.Error as e:
-            raise StorageError(f"index unmark held: {e}") from e
-
-    def deleting(self) -> list[tuple[SegmentRef, str]]:
-        """Rows marked for destruction and not yet removed (an interrupted deletion), with reason."""
-        rows = self._query(
-            f"SELECT {_REF_COLUMNS}, deleting_reason FROM segments WHERE deleting_ns IS NOT NULL"
-            " ORDER BY end_ns, id",
-            [],
-        )
-        return [(SegmentRef(*row[:-1]), str(row[-1] or "")) for row in rows]
-
-    def remove_deleted(self, ids: Sequence[int], entries: Sequence[dict[str, Any]]) -> int:
-        """Step 4: drop the marked rows among ``ids`` (fragments cascade) and append the journal
-        ``entries`` (keyword arguments of :meth:`Journal.append`) in one transaction."""
-        try:
-            with self._lock, self._transaction() as conn:
-                removed = conn.execute(
-                    "DELETE FROM segments WHERE id IN (SELECT value FROM json_each(?))"
-                    " AND deleting_ns IS NOT NULL",
-                    (json.dumps(list(ids)),),
-                ).rowcount
-                journal = Journal(conn)
-                for entry in entries:
-                    journal.append(**entry)
-                return int(removed)
-        except sqlite3.Error as e:
-            raise StorageError(f"index remove deleted: {e}") from e
-
-    # -- holds ------------------------------------------------------------------------------
-
-    def add_hold(
-        self,
-        cameras: Sequence[str],
-        from_ns: int,
-        to_ns: int,
-        *,
-        requisition: str,
-        officer: str,
-        reason: str,
-        until_ns: int | None,
-        now_ns: int,
-        actor: str | None = None,
-    ) -> HoldRow:
-        """Create a hold and journal it (one transaction). From its commit on, no retention pass
-        can mark the footage it covers (:meth:`mark_deleting` checks in its own transaction)."""
-        if to_ns <= from_ns:
-            raise ValueError("a hold's end must be after its start")
-        if not cameras:
-            raise ValueError("a hold names at least one camera")
-        actor = actor if actor is not None else os_actor()
-        cams = sorted(set(cameras))
-        try:
-            with self._lock, self._transaction() as conn:
-                cur = conn.execute(
-                    "INSERT INTO holds (from_ns, to_ns, requisition, officer, reason, until_ns,"
-                    " created_ns, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (from_ns, to_ns, requisition, officer, reason, until_ns, now_ns, actor),
-                )
-                hold_id = cur.lastrowid
-                assert hold_id is not None
-                conn.executemany(
-                    "INSERT INTO hold_cameras (hold_id, camera) VALUES (?, ?)", [(hold_id, c) for c in cams]
-                )
-                Journal(conn).append(
-                    HOLD_ADDED,
-                    now_ns=now_ns,
-                    actor=actor,
-                    camera=",".join(cams),
-                    from_ns=from_ns,
-                    to_ns=to_ns,
-                    requisition=requisition,
-                    reason=reason,
-                    details={"hold": hold_id, "cameras": cams, "officer": officer, "until_ns": until_ns},
-                )
-        except sqlite3.Error as e:
-            raise StorageError(f"index add hold: {e}") from e
-        hold = self.hold(hold_id)
-        assert hold is not None
-        return hold
-
-    def release_hold(self, hold_id: int, *, reason: str, now_ns: int, actor: str | None = None) -> HoldRow:
-        """Release a hold and journal it. Raises ``KeyError`` if unknown, ``ValueError`` if released."""
-        actor = actor if actor is not None else os_actor()
-        try:
-            with self._lock, self._transaction() as conn:
-                row = conn.execute("SELECT released_ns FROM holds WHERE id = ?", (hold_id,)).fetchone()
-                if row is None:
-                    raise KeyError(hold_id)
-                if row[0] is not None:
-                    raise ValueError(f"hold {hold_id} is already released")
-                conn.execute(
-                    "UPDATE holds SET released_ns = ?, released_by = ?, release_reason = ? WHERE id = ?",
-                    (now_ns, actor, reason, hold_id),
-                )
-                hold = self._holds(conn, "WHERE id = ?", [hold_id])[0]
-                Journal(conn).append(
-                    HOLD_RELEASED,
-                    now_ns=now_ns,
-                    actor=actor,
-                    camera=",".join(hold.cameras),
-                    from_ns=hold.from_ns,
-                    to_ns=hold.to_ns,
-                    requisition=hold.requisition,
-                    reason=reason,
-                    details={"hold": hold_id, "cameras": list(hold.cameras)},
-                )
-                return hold
-        except sqlite3.Error as e:
-            raise StorageError(f"index release hold {hold_id}: {e}") from e
-
-    def hold(self, hold_id: int) -> HoldRow | None:
-        with self._lock:
-            rows = self._holds(self._conn, "WHERE id = ?", [hold_id])
-        return rows[0] if rows else None
-
-    def holds(self, include_released: bool = True) -> list[HoldRow]:
-        where = "" if include_released else "WHERE released_ns IS NULL"
-        try:
-            with self._lock:
-                return self._holds(self._conn, where, [])
-        except sqlite3.Error as e:
-            raise StorageError(f"index holds: {e}") from e
-
-    @staticmethod
-    def _holds(conn: sqlite3.Connection, where: str, params: list[object]) -> list[HoldRow]:
-        rows = conn.execute(f"SELECT {_HOLD_COLUMNS} FROM holds {where} ORDER BY id", params).fetchall()
-        out = []
-        for row in rows:
-            cams = tuple(
-                c
-                for (c,) in conn.execute(
-                    "SELECT camera FROM hold_cameras WHERE hold_id = ? ORDER BY camera", (row[0],)
-                )
-            )
-            out.append(HoldRow(row[0], cams, *row[1:]))
-        return out
-
     # -- journal ----------------------------------------------------------------------------
 
     def append_journal(self, kind: str, **fields: Any) -> JournalEntry:
@@ -779,14 +402,3 @@ class Index:
             [],
         )[0]
         return IndexStats(*(int(v) for v in row))
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def _query(self, sql: str, params: list[object] | dict[str, object]) -> list[tuple[Any, ...]]:
-        try:
-            with self._lock:
-                return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise StorageError(f"index query: {e}") from e

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from csud.config import LoadedConfig, Settings
+from csud.service.retention import RetentionService
 from csud.store import retention as aio_retention
 from csud.store.index import SCHEMA_VERSION, Index
 from csud.store.retention import Retention, policies_from
@@ -648,13 +649,13 @@ def test_disk_pressure_on_a_small_filesystem(tmpfs: Path, tmp_path: Path) -> Non
 # -- unclean stop (issue 12, point 9) -----------------------------------------------------------
 
 
-def _start_service(tmp_path: Path) -> tuple[aio_retention.RetentionService, LoadedConfig]:
+def _start_service(tmp_path: Path) -> tuple[RetentionService, LoadedConfig]:
     from csud.config import load_config
 
     root = tmp_path / "store"
     open_index(root).close()
     loaded = load_config(write_config(tmp_path, root))
-    return aio_retention.RetentionService(root / "index.sqlite3", loaded.settings), loaded
+    return RetentionService(root / "index.sqlite3", loaded.settings), loaded
 
 
 def test_a_start_after_an_unclean_stop_journals_it_with_what_recovery_did(tmp_path: Path) -> None:
