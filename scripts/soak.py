@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csud.sim.faults import KINDS, FaultInjector
 from csud.sim.server import SimOptions, serve
-from tests.helpers import free_port
+from tests.helpers import free_port, sim_site, write_config
 
 CSUD = str(Path(sys.executable).parent / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -107,35 +107,6 @@ def scrape(port: int) -> Sample:
     return sample
 
 
-def write_config(tmp: Path, port: int, metrics_port: int, cameras: int, segment_seconds: int) -> Path:
-    lines = [
-        "[storage]",
-        f'root = "{tmp / "store"}"',
-        f"segment_seconds = {segment_seconds}",
-        "[metrics]",
-        f'listen = "127.0.0.1:{metrics_port}"',
-        "[[communes]]",
-        'id = "metz"',
-        'name = "Metz"',
-        'service = "live"',
-        "retention_days = 15",
-    ]
-    for i in range(1, cameras + 1):
-        lines += [
-            "[[cameras]]",
-            f'id = "cam{i}"',
-            'commune = "metz"',
-            f'url = "rtsp://127.0.0.1:{port}/cam{i}"',
-            "stall_seconds = 5",
-        ]
-    path = tmp / "csud.toml"
-    path.write_text("\n".join(lines) + "\n")
-    from csud.store.identity import create_store
-
-    create_store(tmp / "store")  # what csud init does: csud run never creates a store
-    return path
-
-
 def recovery(fault: Fault, samples: list[Sample]) -> tuple[float | None, float]:
     """(seconds from the fault's end to lasting health, seconds the camera was down meanwhile)."""
     cam = f"cam{fault.camera}"
@@ -175,7 +146,12 @@ async def soak(args: argparse.Namespace, tmp: Path) -> int:
     if args.faults == "random":
         await injector.load_alt_clip()
     metrics_port = free_port()
-    config = write_config(tmp, server.port, metrics_port, args.cameras, args.segment_seconds)
+    config = write_config(
+        tmp,
+        sim_site(server.port, args.cameras),
+        segment_seconds=args.segment_seconds,
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
     log = (tmp / "csud.log").open("ab")
     env = {k: v for k, v in os.environ.items() if k != "CSUD_CONFIG"}
     proc = subprocess.Popen(

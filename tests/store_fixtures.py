@@ -16,53 +16,23 @@ from csud.service.daemon import INDEX_FILENAME
 from csud.store.identity import create_store
 from csud.store.index import Index
 from csud.store.layout import segment_relpath
+from tests.helpers import METZ, WOIPPY, Site
 
 S = 1_000_000_000
 DAY = 86_400 * S
 T0 = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp()) * S
 
-CONFIG = """
-[storage]
-root = "{root}"
-min_free_percent = {min_free}
-[retention]
-interval_seconds = 60
-[[communes]]
-id = "metz"
-name = "Metz"
-service = "live"
-retention_days = 15
-authorisation = "arrêté 2023-042"
-[[communes]]
-id = "woippy"
-name = "Woippy"
-service = "storage"
-retention_days = 30
-[[cameras]]
-id = "metz-gare-01"
-commune = "metz"
-url = "rtsp://10.20.0.11/s"
-[[cameras]]
-id = "metz-gare-02"
-commune = "metz"
-url = "rtsp://10.20.0.12/s"
-retention_days = 7
-[[cameras]]
-id = "woippy-mairie-01"
-commune = "woippy"
-url = "rtsp://10.20.1.21/s"
-"""
-
-
-def write_config(tmp: Path, root: Path, min_free: float = 0, init: bool = True) -> Path:
-    """The config, and (``init``) the store at ``root`` as ``csud init`` makes it."""
-    if init:
-        create_store(root)
-    path = tmp / "csud.toml"
-    path.write_text(
-        CONFIG.replace("{root}", str(root)).replace("{min_free}", str(min_free)), encoding="utf-8"
-    )
-    return path
+STORE_SITE = Site(
+    communes=[{**METZ, "authorisation": "arrêté 2023-042"}, WOIPPY],
+    cameras=[
+        {"id": "metz-gare-01", "commune": "metz", "url": "rtsp://10.20.0.11/s"},
+        {"id": "metz-gare-02", "commune": "metz", "url": "rtsp://10.20.0.12/s", "retention_days": 7},
+        {"id": "woippy-mairie-01", "commune": "woippy", "url": "rtsp://10.20.1.21/s"},
+    ],
+    tables={"storage": {"min_free_percent": 0}, "retention": {"interval_seconds": 60}},
+)
+"""Two communes, three cameras (one with its own 7-day window), no free-space floor: the config
+is ``write_config(tmp, STORE_SITE, root=root)`` (:func:`tests.helpers.write_config`)."""
 
 
 def settings_of(path: Path) -> Settings:

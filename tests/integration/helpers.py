@@ -9,12 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from csud.store.identity import create_store
 from tests.helpers import free_port as free_port  # one definition; re-exported for the integration tests
 
 CSUD = str(Path(sys.executable).parent / "csud")
@@ -59,56 +58,6 @@ def simulator(
     finally:
         stop_process(proc)
         log.close()
-
-
-def write_config(
-    tmp: Path,
-    port: int,
-    cameras: int,
-    segment_seconds: int = 5,
-    auth: str = "",
-    camera_options: Sequence[Mapping[str, str | float | int]] = (),
-    metrics_listen: str = "",
-    init: bool = True,
-) -> Path:
-    """A config for ``cameras`` cameras ``cam1``.. at ``rtsp://127.0.0.1:port/camN``, and
-    (``init``) its store ``tmp/store``, made as ``csud init`` makes it.
-
-    ``camera_options[i]`` overrides camera ``i + 1``: ``path`` (URL path, default ``/camN``)
-    and any camera key (``username``, ``password``, ``transport``, ``stall_seconds``...).
-    ``metrics_listen`` is ``metrics.listen`` (default ``""``: no HTTP endpoint).
-    """
-    root = tmp / "store"
-    lines = [
-        "[storage]",
-        f'root = "{root}"',
-        f"segment_seconds = {segment_seconds}",
-        "[network]",
-        'udp_bind = "127.0.0.1"',
-        "[metrics]",
-        f"listen = {json.dumps(metrics_listen)}",
-        "[[communes]]",
-        'id = "metz"',
-        'name = "Metz"',
-        'service = "live"',
-        "retention_days = 15",
-    ]
-    for i in range(1, cameras + 1):
-        options = dict(camera_options[i - 1]) if i <= len(camera_options) else {}
-        url_path = options.pop("path", f"/cam{i}")
-        options.setdefault("stall_seconds", 5)
-        lines += [
-            "[[cameras]]",
-            f'id = "cam{i}"',
-            'commune = "metz"',
-            f'url = "rtsp://{auth}127.0.0.1:{port}{url_path}"',
-        ]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]  # JSON is valid TOML here
-    path = tmp / "csud.toml"
-    path.write_text("\n".join(lines) + "\n")
-    if init:
-        create_store(root)
-    return path
 
 
 @contextmanager

@@ -37,6 +37,7 @@ import pytest
 from csud.store.index import Index
 from csud.store.layout import PARTIAL_SUFFIX
 from csud.store.recovery import QUARANTINE_DIR, scan_file
+from tests.helpers import sim_site, write_config
 from tests.integration.helpers import (
     CSUD,
     FPS,
@@ -45,7 +46,6 @@ from tests.integration.helpers import (
     log_lines,
     simulator,
     stop_process,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -107,7 +107,7 @@ def check_after_restart(
 def test_sigkill_three_times_loses_at_most_the_gop_in_flight(tmp_path: Path) -> None:
     rng = random.Random(7)
     port = free_port()
-    config = write_config(tmp_path, port, CAMERAS, segment_seconds=5)
+    config = write_config(tmp_path, sim_site(port, CAMERAS), segment_seconds=5)
     root = tmp_path / "store"
     recovered_files = 0
     snapshot: dict[str, tuple[bool, list[tuple[int, int, int]]]] = {}

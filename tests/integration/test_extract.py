@@ -28,6 +28,8 @@ from csud.evidence import extract as ev
 from csud.evidence.manifest import CameraRef
 from csud.store.identity import create_store
 from csud.store.index import Index
+from tests.helpers import METZ, WOIPPY, write_config
+from tests.helpers import Site as ConfigSite
 from tests.integration.helpers import CSUD
 from tests.media import FRAME_NS, NS_PER_SECOND, T0_NS, Recording, encode, record_store, timed_frames
 
@@ -64,19 +66,15 @@ def run(
     )
 
 
-def write_config(path: Path, root: Path, signing_key: Path | None) -> Path:
-    lines = [
-        "[storage]", f'root = "{root}"', "[metrics]", 'listen = ""',
-        "[[communes]]", 'id = "metz"', 'name = "Metz"', 'service = "live"', "retention_days = 15",
-        "[[communes]]", 'id = "woippy"', 'name = "Woippy"', 'service = "storage"', "retention_days = 30",
-        "[[cameras]]", 'id = "cam-1"', 'commune = "metz"', 'name = "Gare, parvis nord"', 'url = "rtsp://127.0.0.1/1"',
-        "[[cameras]]", 'id = "cam-2"', 'commune = "woippy"', 'url = "rtsp://127.0.0.1/2"',
-        "[[cameras]]", 'id = "cam-3"', 'commune = "woippy"', 'url = "rtsp://127.0.0.1/3"',
-    ]  # fmt: skip
-    if signing_key is not None:
-        lines += ["[evidence]", f'signing_key = "{signing_key}"']
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+EXTRACT_SITE = ConfigSite(
+    communes=[METZ, WOIPPY],
+    cameras=[
+        {"id": "cam-1", "commune": "metz", "name": "Gare, parvis nord", "url": "rtsp://127.0.0.1/1"},
+        {"id": "cam-2", "commune": "woippy", "url": "rtsp://127.0.0.1/2"},
+        {"id": "cam-3", "commune": "woippy", "url": "rtsp://127.0.0.1/3"},
+    ],
+    tables={"metrics": {"listen": ""}},
+)
 
 
 async def _record(root: Path) -> dict[str, Recording]:
@@ -100,7 +98,7 @@ def make_site(base: Path) -> Site:
     done = run("keygen", "--out", keys)
     assert done.returncode == 0, done.stderr
     (print_line,) = [line for line in done.stdout.splitlines() if line.startswith("fingerprint ")]
-    config = write_config(base / "csud.toml", root, keys / "signing_key.pem")
+    config = write_config(base, EXTRACT_SITE, root=root, signing_key=keys / "signing_key.pem", init=False)
     return Site(root, config, keys, recordings, print_line.split()[1])
 
 
@@ -305,7 +303,7 @@ def test_verify_offline_and_tampering(site: Site, tmp_path: Path) -> None:
 
 
 def test_unsigned_extraction_verifies_as_not_signed(site: Site, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "unsigned.toml", site.root, None)
+    config = write_config(tmp_path, EXTRACT_SITE, root=site.root, name="unsigned.toml", init=False)
     done = run(
         "extract", "--config", config, "--camera", "cam-2", "--from", t(1), "--to", t(2),
         "--requisition", "R1", "--officer", "X", "--out", tmp_path,
@@ -573,7 +571,9 @@ def copy_site(site: Site, base: Path) -> Site:
     """A copy of the shared store (cheaper than recording one), for a test that alters it."""
     root = base / "store"
     shutil.copytree(site.root, root)
-    config = write_config(base / "csud.toml", root, site.keys / "signing_key.pem")
+    config = write_config(
+        base, EXTRACT_SITE, root=root, signing_key=site.keys / "signing_key.pem", init=False
+    )
     return Site(root, config, site.keys, site.recordings, site.fingerprint)
 
 
@@ -711,7 +711,7 @@ def test_extraction_across_a_restart_with_new_parameter_sets_gives_one_clip_per_
     asyncio.run(_record_restart(root))
     keys = tmp_path / "keys"
     assert run("keygen", "--out", keys).returncode == 0
-    config = write_config(tmp_path / "csud.toml", root, keys / "signing_key.pem")
+    config = write_config(tmp_path, EXTRACT_SITE, root=root, signing_key=keys / "signing_key.pem", init=False)
     done = run(
         "extract", "--config", config, "--camera", "cam-1", "--from", t(1), "--to", t(9),
         "--requisition", "PV-restart", "--officer", "OPJ", "--out", tmp_path / "out",

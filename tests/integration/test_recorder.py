@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
+from tests.helpers import sim_site, write_config
 from tests.integration.helpers import (
     CSUD,
     FPS,
@@ -22,7 +23,6 @@ from tests.integration.helpers import (
     segments,
     simulator,
     stop_process,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def ffprobe_ok(path: Path) -> None:
 def test_three_cameras_recorded_frame_exact(tmp_path: Path) -> None:
     """3 cameras for 22 s, then SIGTERM: every frame sent after the first keyframe is recorded."""
     port = free_port()
-    config = write_config(tmp_path, port, cameras=3, segment_seconds=5)
+    config = write_config(tmp_path, sim_site(port, 3), segment_seconds=5)
     with simulator(tmp_path, port, 3) as (_sim, stats_file), daemon(config, tmp_path) as proc:
         time.sleep(22)
         # SIGTERM while the cameras stream: the recorder tears the sessions down, muxes what
@@ -98,7 +98,7 @@ def test_three_cameras_recorded_frame_exact(tmp_path: Path) -> None:
 
 def test_recording_resumes_after_the_camera_restarts(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, cameras=1, segment_seconds=5)
+    config = write_config(tmp_path, sim_site(port, 1), segment_seconds=5)
     with daemon(config, tmp_path) as proc:
         with simulator(tmp_path, port, 1, name="sim-a") as (sim, _):
             time.sleep(8)

@@ -8,9 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import write_config
 from tests.integration.helpers import CSUD
 from tests.store_fixtures import (
     DAY,
+    STORE_SITE,
     T0,
     S,
     add_segment,
@@ -18,7 +20,6 @@ from tests.store_fixtures import (
     indexed_paths,
     iso,
     open_index,
-    write_config,
 )
 
 
@@ -37,7 +38,7 @@ def test_retention_dry_run_then_pass_then_registre(tmp_path: Path) -> None:
         add_segment(index, root, "metz-gare-02", "metz", t0 + i * 60 * S)  # 7-day override
     add_segment(index, root, "metz-gare-01", "metz", time.time_ns() - DAY)
     index.close()
-    config = str(write_config(tmp_path, root))
+    config = str(write_config(tmp_path, STORE_SITE, root=root))
     hold = csud(
         "hold", "add", "--camera", "metz-gare-01", "--from", iso(t0), "--to", iso(t0 + 60 * S),
         "--requisition", "PV 2026/5", "--officer", "OPJ", "--reason", "vol", "--config", config,
@@ -100,7 +101,7 @@ def test_now_without_dry_run_is_refused_and_destroys_nothing(tmp_path: Path) -> 
         add_segment(index, root, "metz-gare-01", "metz", T0 + i * 60 * S)
     entries = len(index.journal_entries())
     index.close()
-    config = str(write_config(tmp_path, root))
+    config = str(write_config(tmp_path, STORE_SITE, root=root))
     future = csud("retention", "--now", iso(time.time_ns() + 40 * DAY), "--config", config)
     assert future.returncode == 2
     assert future.stderr.count("\n") == 1 and "--now goes with --dry-run only" in future.stderr

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import sim_site, write_config
 from tests.integration.helpers import (
     CSUD,
     FPS,
@@ -38,7 +39,6 @@ from tests.integration.helpers import (
     simulator,
     stop_process,
     wait_port,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -99,7 +99,7 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 def test_metrics_follow_cameras_down_and_back(tmp_path: Path) -> None:
     """3 cameras: up and counting; the simulator dies: down within 10 s, reconnects grow; back: up."""
     port, mport = free_port(), free_port()
-    config = write_config(tmp_path, port, cameras=3, metrics_listen=f"127.0.0.1:{mport}")
+    config = write_config(tmp_path, sim_site(port, 3), metrics_listen=f"127.0.0.1:{mport}", segment_seconds=5)
     cams = ["cam1", "cam2", "cam3"]
     with daemon(config, tmp_path) as proc:
         with simulator(tmp_path, port, 3, name="sim-a") as (sim, _):
@@ -150,7 +150,9 @@ def test_metrics_follow_cameras_down_and_back(tmp_path: Path) -> None:
 
 def test_status_without_daemon_fails_clearly(tmp_path: Path) -> None:
     mport = free_port()  # nothing listens there
-    config = write_config(tmp_path, free_port(), cameras=1, metrics_listen=f"127.0.0.1:{mport}")
+    config = write_config(
+        tmp_path, sim_site(free_port(), 1), metrics_listen=f"127.0.0.1:{mport}", segment_seconds=5
+    )
     out = subprocess.run(
         [CSUD, "status", "--config", str(config)], capture_output=True, text=True, timeout=30
     )
@@ -217,7 +219,7 @@ def test_install_script_refuses_non_root() -> None:
 def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     """The real daemon, NOTIFY_SOCKET on an abstract AF_UNIX datagram socket, WATCHDOG_USEC small."""
     port = free_port()
-    config = write_config(tmp_path, port, cameras=1)
+    config = write_config(tmp_path, sim_site(port, 1), segment_seconds=5)
     name = f"csud-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(b"\0" + name.encode())
@@ -262,7 +264,7 @@ def test_records_without_writable_executable_memory(tmp_path: Path) -> None:
     """Evidence for ``MemoryDenyWriteExecute=yes``: record under prctl(PR_SET_MDWE), which refuses
     W+X mappings and making writable memory executable (inherited across exec)."""
     port = free_port()
-    config = write_config(tmp_path, port, cameras=1, segment_seconds=2)
+    config = write_config(tmp_path, sim_site(port, 1), segment_seconds=2)
     wrapper = (
         "import ctypes, os, sys\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -297,7 +299,7 @@ def _without_camera(config: Path, camera: str) -> None:
 def test_sighup_adds_removes_restarts_and_keeps_the_rest(tmp_path: Path) -> None:
     port, mport = free_port(), free_port()
     listen = f"127.0.0.1:{mport}"
-    config = write_config(tmp_path, port, cameras=3, segment_seconds=2, metrics_listen=listen)
+    config = write_config(tmp_path, sim_site(port, 3), segment_seconds=2, metrics_listen=listen)
     with simulator(tmp_path, port, 4), daemon(config, tmp_path) as proc:
         wait_port(mport, 30)
         wait_for(
@@ -307,11 +309,9 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(tmp_path: Path) -> None
         # cam1 unchanged, cam2 removed, cam3 changed (its name), cam4 added.
         write_config(
             tmp_path,
-            port,
-            cameras=4,
+            sim_site(port, 4, camera_options=[{}, {}, {"name": "Gare, quai 2"}, {}]),
             segment_seconds=2,
             metrics_listen=listen,
-            camera_options=[{}, {}, {"name": "Gare, quai 2"}, {}],
         )
         _without_camera(config, "cam2")
         reload_ns = time.time_ns()

@@ -21,6 +21,7 @@ from pathlib import Path
 from csud.service.daemon import INDEX_FILENAME
 from csud.store.index import Index
 from csud.store.layout import segment_relpath
+from tests.helpers import sim_site, write_config
 from tests.integration.helpers import (
     CSUD,
     daemon,
@@ -29,7 +30,6 @@ from tests.integration.helpers import (
     simulator,
     stop_process,
     wait_port,
-    write_config,
 )
 
 S = 1_000_000_000
@@ -40,7 +40,7 @@ READY_BUDGET_SECONDS = 5.0
 
 def test_run_refuses_an_empty_or_missing_root_and_writes_nothing(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, cameras=1, segment_seconds=2)
+    config = write_config(tmp_path, sim_site(port, 1), segment_seconds=2)
     root = tmp_path / "store"
     with simulator(tmp_path, port, 1), daemon(config, tmp_path) as proc:
         deadline = time.monotonic() + 40
@@ -106,7 +106,9 @@ def test_a_store_of_100000_segments_records_within_5_seconds(tmp_path: Path) -> 
     sock.settimeout(1.0)
     mport = free_port()
     # The camera never answers: READY=1 comes once every recorder is started, not connected.
-    config = write_config(tmp_path, free_port(), cameras=1, metrics_listen=f"127.0.0.1:{mport}")
+    config = write_config(
+        tmp_path, sim_site(free_port(), 1), metrics_listen=f"127.0.0.1:{mport}", segment_seconds=5
+    )
     root = tmp_path / "store"
     day_dirs = _big_store(root, time.time_ns())
     try:

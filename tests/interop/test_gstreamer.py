@@ -22,7 +22,8 @@ from typing import Any
 import av
 import pytest
 
-from tests.integration.helpers import daemon, log_lines, segments, stop_process, write_config
+from tests.helpers import sim_site, write_config
+from tests.integration.helpers import daemon, log_lines, segments, stop_process
 from tests.interop.conftest import GstServer, describe, inband_h264_nal_types
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -48,7 +49,9 @@ def record(
 ) -> list[dict[str, Any]]:
     """Run the daemon on one camera until ``seconds_after_play`` after the server saw PLAY."""
     options = {"path": path, "stall_seconds": 30, **camera}  # no stall reconnect after the EOS
-    config = write_config(tmp_path, server.port, 1, SEGMENT_SECONDS, camera_options=[options])
+    config = write_config(
+        tmp_path, sim_site(server.port, 1, camera_options=[options]), segment_seconds=SEGMENT_SECONDS
+    )
     with daemon(config, tmp_path) as proc:
         server.wait_event("REQUEST", PLAY_TIMEOUT_SECONDS, "PLAY")
         time.sleep(seconds_after_play)
@@ -156,7 +159,9 @@ def test_wrong_password_is_reported_counted_and_retried_with_backoff(
     server = gst_server({"auth": auth, "mounts": [mount("/cam")]})
     wrong = "Wrong-" + PASSWORD[::-1]
     config = write_config(
-        tmp_path, server.port, 1, camera_options=[{"path": "/cam", "username": USER, "password": wrong}]
+        tmp_path,
+        sim_site(server.port, 1, camera_options=[{"path": "/cam", "username": USER, "password": wrong}]),
+        segment_seconds=5,
     )
     with daemon(config, tmp_path) as proc:
         first = server.wait_event("CLIENT", PLAY_TIMEOUT_SECONDS)
@@ -192,7 +197,9 @@ def _keepalive_case(gst_server: StartServer, tmp_path: Path, transport: str) -> 
     )
     duration = 3 * SESSION_TIMEOUT_SECONDS
     config = write_config(
-        tmp_path, server.port, 1, SEGMENT_SECONDS, camera_options=[{"path": "/cam", "transport": transport}]
+        tmp_path,
+        sim_site(server.port, 1, camera_options=[{"path": "/cam", "transport": transport}]),
+        segment_seconds=SEGMENT_SECONDS,
     )
     with daemon(config, tmp_path) as proc:
         play = server.wait_event("REQUEST", PLAY_TIMEOUT_SECONDS, "PLAY")

@@ -20,7 +20,8 @@ from csud.cli import common
 from csud.cli.common import ProgressLine, format_time
 from csud.cli.main import build_parser, main
 from csud.cli.segments import coverage
-from tests.store_fixtures import DAY, T0, S, add_segment, iso, open_index, write_config
+from tests.helpers import write_config
+from tests.store_fixtures import DAY, STORE_SITE, T0, S, add_segment, iso, open_index
 
 REPO = Path(__file__).resolve().parents[2]
 PARIS = '[site]\ntimezone = "Europe/Paris"\n'
@@ -28,7 +29,7 @@ PARIS = '[site]\ntimezone = "Europe/Paris"\n'
 
 def _config(tmp_path: Path, site: str = PARIS) -> str:
     root = tmp_path / "store"
-    path = write_config(tmp_path, root)
+    path = write_config(tmp_path, STORE_SITE, root=root)
     path.write_text(site + path.read_text(encoding="utf-8"), encoding="utf-8")
     return str(path)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from csud.cli.main import main
-from tests.store_fixtures import T0, S, add_segment, iso, open_index, write_config
+from tests.helpers import write_config
+from tests.store_fixtures import STORE_SITE, T0, S, add_segment, iso, open_index
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def config(tmp_path: Path) -> str:
     add_segment(index, root, "metz-gare-01", "metz", T0)
     add_segment(index, root, "retired-cam", "metz", T0)  # not configured, but has footage
     index.close()
-    return str(write_config(tmp_path, root))
+    return str(write_config(tmp_path, STORE_SITE, root=root))
 
 
 ADD = [

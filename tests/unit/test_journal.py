@@ -16,7 +16,8 @@ from csud.errors import StorageError
 from csud.store import journal as journal_module
 from csud.store.index import Index
 from csud.store.journal import GENESIS_HASH, Journal, canonical_bytes, entry_hash
-from tests.store_fixtures import T0, S, open_index, write_config
+from tests.helpers import write_config
+from tests.store_fixtures import STORE_SITE, T0, S, open_index
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def journal_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     )
     index.append_journal("daemon_stopped", now_ns=T0 + 3 * S, actor="csud")
     index.close()
-    write_config(tmp_path, root)
+    write_config(tmp_path, STORE_SITE, root=root)
     yield root / "index.sqlite3"
 
 

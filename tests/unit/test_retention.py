@@ -31,8 +31,10 @@ from csud.store.retention_plan import (
     plan_disk_pressure,
 )
 from tests.conftest import skip_or_fail
+from tests.helpers import write_config
 from tests.store_fixtures import (
     DAY,
+    STORE_SITE,
     T0,
     S,
     add_segment,
@@ -40,7 +42,6 @@ from tests.store_fixtures import (
     indexed_paths,
     open_index,
     settings_of,
-    write_config,
 )
 
 POLICIES = Policies(legal_max_days=30, communes={"metz": 15, "woippy": 30}, cameras={"cam-short": 7})
@@ -147,7 +148,7 @@ def test_bytes_to_free_with_hysteresis(total: int, free: int, expected: int) -> 
 
 
 def test_policies_from_config(tmp_path: Path) -> None:
-    p = policies_from(settings_of(write_config(tmp_path, tmp_path / "store")))
+    p = policies_from(settings_of(write_config(tmp_path, STORE_SITE, root=tmp_path / "store")))
     assert (p.days("metz-gare-01", "metz"), p.days("metz-gare-02", "metz")) == (15, 7)
     assert p.days("woippy-mairie-01", "woippy") == 30
 
@@ -159,7 +160,9 @@ def test_policies_from_config(tmp_path: Path) -> None:
 def store(tmp_path: Path) -> Iterator[tuple[Path, Index, Retention]]:
     root = tmp_path / "store"
     index = open_index(root)
-    retention = Retention(index, root, settings_of(write_config(tmp_path, root)), actor="test")
+    retention = Retention(
+        index, root, settings_of(write_config(tmp_path, STORE_SITE, root=root)), actor="test"
+    )
     yield root, index, retention
     index.close()
 
@@ -271,7 +274,7 @@ def test_disk_pressure_never_touches_held_footage(store: tuple[Path, Index, Rete
         freed["bytes"] = 1000 * (4 - len(index.segments("metz-gare-01")))
         return Usage()
 
-    settings = settings_of(write_config(root.parent, root, min_free=5))
+    settings = settings_of(write_config(root.parent, STORE_SITE, root=root, min_free_percent=5))
     retention = Retention(index, root, settings, actor="test", disk_usage=disk_usage)
     report = retention.relieve_disk_pressure(T0 + DAY)
     # need 6 % = 6000 free: 2 segments; the oldest (held) is skipped
@@ -603,7 +606,7 @@ def test_disk_pressure_on_a_small_filesystem(tmpfs: Path, tmp_path: Path) -> Non
     min_free_percent = 30 csud destroys the oldest unheld first until 31 % is free again."""
     root = tmpfs / "store"
     index = Index.create(tmp_path / "index.sqlite3")  # index outside the small fs: only footage counts
-    settings = settings_of(write_config(tmp_path, root, min_free=30))
+    settings = settings_of(write_config(tmp_path, STORE_SITE, root=root, min_free_percent=30))
     try:
         rows: list[tuple[str, int, str]] = []
         for i in range(30):  # 3 MiB of 4
@@ -654,7 +657,7 @@ def _start_service(tmp_path: Path) -> tuple[RetentionService, LoadedConfig]:
 
     root = tmp_path / "store"
     open_index(root).close()
-    loaded = load_config(write_config(tmp_path, root))
+    loaded = load_config(write_config(tmp_path, STORE_SITE, root=root))
     return RetentionService(root / "index.sqlite3", loaded.settings), loaded
 
 
@@ -703,15 +706,12 @@ def test_a_start_after_an_unclean_stop_journals_it_with_what_recovery_did(tmp_pa
 
 def _config_without(tmp_path: Path, root: Path, text_from: str, text_to: str) -> Settings:
     """A Retention on ``root`` with the fixture's configuration edited (a reload, a removal)."""
-    from tests.store_fixtures import CONFIG
-
     edited = tmp_path / "edited"
     edited.mkdir(exist_ok=True)
-    path = write_config(edited, root)
+    path = write_config(edited, STORE_SITE, root=root)
     text = path.read_text(encoding="utf-8")
     assert text_from in text
     path.write_text(text.replace(text_from, text_to), encoding="utf-8")
-    assert CONFIG  # the fixture's text is what is edited
     return settings_of(path)
 
 

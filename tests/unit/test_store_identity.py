@@ -21,7 +21,8 @@ from csud.store.identity import (
     verify_store,
 )
 from csud.store.index import Index
-from tests.store_fixtures import write_config
+from tests.helpers import write_config
+from tests.store_fixtures import STORE_SITE
 
 
 def test_init_creates_root_marker_and_index_with_the_same_uuid(tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_every_command_refuses_an_empty_root_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "store"
-    config = write_config(tmp_path, root, init=False)
+    config = write_config(tmp_path, STORE_SITE, root=root, init=False)
     root.mkdir()
     commands = [
         ["segments", "--camera", "metz-gare-01"],
@@ -136,7 +137,7 @@ def test_operator_commands_never_create_a_missing_root(
     """``csud operator`` used to mkdir the root and fail on sqlite: on an unmounted disk it made the
     mount point's directory (world-readable) instead of saying "not mounted?"."""
     root = tmp_path / "store"
-    config = write_config(tmp_path, root, init=False)
+    config = write_config(tmp_path, STORE_SITE, root=root, init=False)
     password = tmp_path / "pw"
     password.write_text("correct horse battery staple\n")
     for args in (
