@@ -96,6 +96,8 @@ class SegmentSink:
         self._frames = 0  # in the open segment
         self._episode_errors = 0  # storage errors since the last successful write
         self._episode_started = 0.0
+        self.drain_by: float | None = None
+        """Monotonic deadline of the drain at shutdown (set by the shell when it stops)."""
 
     async def run(self, queue: asyncio.Queue[WriterCommand]) -> None:
         while True:
@@ -104,6 +106,16 @@ class SegmentSink:
                 self.pipeline.writer_took(sum(len(f.data) for f in command.frames))
             elif not isinstance(command, Open | Close):
                 break  # Stop
+            if self.drain_by is not None and self.clock.monotonic() > self.drain_by:
+                # SIGTERM must return in seconds even when storage is behind: what is still
+                # queued is dropped (counted), the open segment is kept up to its last whole
+                # fragment and indexed.
+                if isinstance(command, Mux):
+                    self.stats.count_drop("shutdown", len(command.frames))
+                if self._writer is not None:
+                    closing, self._writer = self._writer, None
+                    await self._publish_whole_fragments(closing)
+                continue
             try:
                 wrote = await self._carry_out(command)
             except Exception as exc:  # a storage episode, whatever raised it: the task must live on
@@ -130,7 +142,13 @@ class SegmentSink:
                 self.log.warning("sps_unparsable", error=str(exc))
             relpath = segment_relpath(self.commune, self.camera, command.start_ns)
             self._writer = await SegmentWriter.open(
-                self.root, relpath, command.start_ns, width, height, codec=command.codec.av_name
+                self.root,
+                relpath,
+                command.start_ns,
+                width,
+                height,
+                codec=command.codec.av_name,
+                reorder_ns=command.reorder_ns,
             )
             self._frames = 0
             return False
@@ -185,6 +203,18 @@ class SegmentSink:
                     self.log.error("segment_salvage_failed", error=str(salvage_exc))
                 await failed.abort()
         self.pipeline.storage_failed()
+
+    async def _publish_whole_fragments(self, writer: SegmentWriter) -> None:
+        """Close ``writer`` at its last whole fragment (the drain ran out of time) and index it."""
+        try:
+            salvaged = await writer.close_at_last_fragment()
+        except StorageError as exc:  # the .partial stays for startup recovery
+            self.log.error("segment_salvage_failed", error=str(exc))
+            await writer.abort()
+            return
+        if salvaged is not None:
+            await self._index_segment(salvaged)
+        self.stats.count_drop("shutdown", self._frames - (salvaged.frames if salvaged else 0))
 
     async def _index_segment(self, info: SegmentInfo) -> None:
         """Insert the row of a published segment, retrying until the index takes it.
