@@ -368,10 +368,10 @@ def frames_recorded(root: Path) -> dict[str, int]:
     return {str(camera): int(frames) for camera, frames in rows}
 
 
-def scrape_metrics(port: int) -> dict[str, float]:
+def scrape_metrics(port: int, timeout: float = 10) -> dict[str, float]:
     """Counters of the recorder's Prometheus endpoint, summed over cameras (``reason`` kept)."""
     totals: dict[str, float] = {}
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
         text = response.read().decode()
     for line in text.splitlines():
         m = re.match(r"^(csud_camera_\w+_total)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
@@ -449,7 +449,12 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
             rss_max = status_kib(rec.pid, "VmHWM") / 1024
             pss = pss_kib(rec.pid) / 1024
             if args.stop_under_load:  # SIGTERM while the cameras still send (storage behind)
-                metrics_under_load = scrape_metrics(metrics_port) if metrics_port else {}
+                metrics_under_load = {}
+                if metrics_port:
+                    try:
+                        metrics_under_load = scrape_metrics(metrics_port, timeout=30)
+                    except OSError as exc:  # a saturated event loop answers late, or not at all
+                        print(f"bench: cannot scrape the recorder's metrics: {exc}", file=sys.stderr)
                 status, stop_seconds = stop_process(rec)
             sim_status, _ = stop_process(sim)
             log_mark = log.stat().st_size

@@ -31,10 +31,13 @@ Invariants (tested, including over random streams):
   frame interval from the last good frame). Nothing is dropped for time's sake.
 - Discontinuities: ``reset`` (new SSRC), ``backwards`` (a step back beyond the reorder allowance),
   ``jump`` (the RTP clock leapt ahead of the arrivals by more than ``max_error_seconds``),
-  ``drift`` (the envelope error exceeds ``max_error_seconds``: a clock the slew cannot follow, or
-  a frame arriving before its mapped time by more than that, which no network can cause).
-- Outside pending periods, ``|envelope error| <= max_error_seconds``: that is the bound on a
-  recorded timestamp (docs/time.md).
+  ``drift``: a frame arrives before its mapped time by more than ``max_error_seconds`` (no
+  network can cause that: the mapping is ahead, e.g. a camera clock faster than the slew), or
+  the envelope shows every frame later than its time by more than ``max_late_seconds`` (a
+  camera clock slower than the slew; a smaller lateness is delay, added by a saturated network
+  or host, which must not become time).
+- Outside pending periods, ``-max_error_seconds <= envelope error <= max_late_seconds``, and the
+  controller steers it to 0: that is the bound on a recorded timestamp (docs/time.md).
 
 What is deliberately left out: the camera's wall clock (RTCP sender reports are exported by the
 recorder via :meth:`Timeline.project`, never trusted here).
@@ -52,6 +55,7 @@ RTP_TIMESTAMP_HALF = RTP_TIMESTAMP_MODULO >> 1
 
 DEFAULT_MAX_SLEW_PPM = 1000  # follows cameras up to ±1000 ppm (crystals: ±100 ppm, bad ones ±500)
 DEFAULT_MAX_ERROR_SECONDS = 0.5
+DEFAULT_MAX_LATE_SECONDS = 5.0
 DEFAULT_MAX_REORDER_SECONDS = 1.0  # B-frames: decode order steps back by a few frames at most
 DEFAULT_WINDOW_SECONDS = 5.0
 DEFAULT_CORRECTION_SECONDS = 60.0  # an envelope error is worked off over about this long
@@ -74,6 +78,7 @@ class Timeline:
         *,
         max_slew_ppm: int = DEFAULT_MAX_SLEW_PPM,
         max_error_seconds: float = DEFAULT_MAX_ERROR_SECONDS,
+        max_late_seconds: float = DEFAULT_MAX_LATE_SECONDS,
         max_reorder_seconds: float = DEFAULT_MAX_REORDER_SECONDS,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         correction_seconds: float = DEFAULT_CORRECTION_SECONDS,
@@ -84,9 +89,12 @@ class Timeline:
             raise ValueError(f"max_slew_ppm must be in [0, 100000), got {max_slew_ppm}")
         if min(max_error_seconds, max_reorder_seconds, window_seconds, correction_seconds) <= 0:
             raise ValueError("max_error, max_reorder, window and correction seconds must be positive")
+        if max_late_seconds < max_error_seconds:
+            raise ValueError("max_late_seconds must be at least max_error_seconds")
         self.clock_rate = clock_rate
         self.max_slew_ppb = max_slew_ppm * 1000
         self.max_error_ns = round(max_error_seconds * NS_PER_SECOND)
+        self.max_late_ns = round(max_late_seconds * NS_PER_SECOND)
         self._max_reorder_ticks = round(max_reorder_seconds * clock_rate)
         self._window_ns = round(window_seconds * NS_PER_SECOND)
         self._correction_ns = correction_seconds * NS_PER_SECOND
@@ -252,7 +260,7 @@ class Timeline:
         error = min(self._window_min, ordered[len(ordered) // 2])
         self._window_start, self._window_min = now_ns, None
         self.error_ns = error
-        if abs(error) > self.max_error_ns:
+        if error > self.max_late_ns:
             self._pending = REASON_DRIFT
         # PI controller, critically damped for an error that integrates the rate difference.
         limit = self.max_slew_ppb

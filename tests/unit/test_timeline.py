@@ -175,6 +175,7 @@ def test_rejects_out_of_range_timestamps() -> None:
         ({"clock_rate": 0}, "clock_rate"),
         ({"max_slew_ppm": -1}, "max_slew_ppm"),
         ({"max_error_seconds": 0}, "positive"),
+        ({"max_late_seconds": 0.1}, "max_late_seconds"),
     ],
 )
 def test_rejects_bad_parameters(kwargs: dict[str, float], message: str) -> None:
@@ -206,6 +207,34 @@ def test_drift_beyond_the_slew_steps_at_keyframes_within_the_bound() -> None:
     gop_excess_ns = 1_000_000_000 * (5000 - 1000) // 1_000_000
     assert max(abs(pts - (t + NET_NS)) for t, pts, _ in results) <= tl.max_error_ns + gop_excess_ns
     assert tl.drift_ppm == pytest.approx(1000, rel=0.01)  # saturated at the bound
+
+
+def test_slow_clock_beyond_the_slew_steps_only_past_the_lateness_bound() -> None:
+    """A clock 5000 ppm slow: frames look later and later, which could be delay; the timeline
+    steps (at a keyframe) only once they are later than max_late_seconds."""
+    tl = Timeline()
+    results = simulate(tl, 1800 * FPS, ppm=-5000)
+    steps = [i for i, (_, _, d) in enumerate(results) if d]
+    assert steps and all(i % FPS == 0 for i in steps)
+    assert all(
+        abs(tl.max_late_ns - (results[i - 1][0] + NET_NS - results[i - 1][1])) < 300_000_000 for i in steps
+    )
+    assert max(t + NET_NS - pts for t, pts, _ in results) <= tl.max_late_ns + 100_000_000
+
+
+def test_every_frame_delayed_for_a_minute_is_delay_not_time() -> None:
+    """The host is saturated for a minute: every frame reaches the timeline 2 s late (then the
+    backlog arrives at once). That is within max_late_seconds: no step, the times stay on the
+    camera's clock, within what the slew (1000 ppm) can follow in a minute."""
+    tl = Timeline()
+    results = []
+    last = 0
+    for n in range(180 * FPS):
+        true_ns = T0_NS + n * FRAME_NS
+        arrival = last = max(last, true_ns + NET_NS + (2_000_000_000 if 60 <= n // FPS < 120 else 0))
+        results.append((true_ns, *tl.map(123 + n * FRAME_TICKS, arrival, keyframe=n % FPS == 0)))
+    assert tl.discontinuities == 0
+    assert max(abs(pts - (t + NET_NS)) for t, pts, _ in results) < 70_000_000
 
 
 def test_bursts_never_move_time_nor_start_a_segment() -> None:
