@@ -26,12 +26,13 @@ from typing import Any
 import av
 import pytest
 
-import csud.recording.recorder as recorder_module
 from csud.config import parse_settings
+from csud.recording import writer as writer_module
 from csud.recording.budget import MemoryBudget
 from csud.recording.recorder import CameraRecorder, IndexService
 from csud.recording.timeline import DEFAULT_MAX_ERROR_SECONDS
 from csud.sim.server import SimOptions, serve
+from csud.store.identity import create_store
 from csud.store.index import Index
 from tests.conftest import skip_or_fail
 from tests.integration.inproc import make_recorder, running, simulator, wait_for
@@ -219,7 +220,7 @@ async def two_cameras(
         SimOptions(cameras=2, port=0, width=320, height=240, bitrate=300_000, gop_seconds=1.0)
     )
     root = tmp_path / "store"
-    root.mkdir()
+    create_store(root)  # as csud init does
     settings = parse_settings(
         {
             "storage": {"root": str(root), "segment_seconds": 5},
@@ -256,14 +257,14 @@ async def test_shared_budget_slow_storage_drops_whole_gops_of_that_camera_only(
     # GOPs of ~37 kB (300 kbit/s): each camera's fair share (100 kB) holds more than two; the
     # pool (50 kB) lets cam1 queue four at most.
     budget = MemoryBudget(250_000, reserved_fraction=0.8)
-    original = recorder_module.SegmentWriter.write
+    original = writer_module.SegmentWriter.write
 
     async def slow_write(self: Any, frames: Any) -> None:
         if "/cam1/" in self.relpath:
             await asyncio.sleep(3.0)
         await original(self, frames)
 
-    monkeypatch.setattr(recorder_module.SegmentWriter, "write", slow_write)
+    monkeypatch.setattr(writer_module.SegmentWriter, "write", slow_write)
     peak = 0
     async with two_cameras(tmp_path, budget) as (sim, (slow, healthy)):
         assert budget.cameras == 2
@@ -304,7 +305,7 @@ def test_b_frames_recorded_and_extracted_frame_exact(tmp_path: Path) -> None:
         skip_or_fail("ffprobe (Debian package ffmpeg) is not installed")
     assert ffprobe is not None
     root = tmp_path / "store"
-    root.mkdir()
+    create_store(root)  # as csud init does
     aus = encode(150, bframes=2)
     timed = [(au, pts) for (_, pts), au in zip(timed_frames(aus), aus, strict=True)]
     # Presentation times from the RTP timestamps (frame n at T0 + n * 40 ms), units in decode order.
