@@ -439,6 +439,9 @@ class Daemon:
                 stats = cam.recorder.stats
                 cam.rates.sample(now, stats.bytes_received, stats.frames_received)
             metrics.event_loop_lag.set(self.monitor.take_max())
+            budget = self._memory_budget()
+            metrics.memory_budget.set(budget.total_bytes)
+            metrics.memory_budget_used.set(budget.used_bytes)
             usage = await asyncio.to_thread(shutil.disk_usage, self.root)
             metrics.storage_free.set(usage.free)
             metrics.storage_size.set(usage.total)

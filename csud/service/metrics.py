@@ -116,6 +116,12 @@ segment_write_seconds = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+memory_budget = Gauge(
+    "csud_memory_budget_bytes", "The one memory budget for frames queued to the writers", registry=REGISTRY
+)
+memory_budget_used = Gauge(
+    "csud_memory_budget_used_bytes", "Frame bytes queued to the writers, all cameras", registry=REGISTRY
+)
 storage_used = Gauge(
     "csud_storage_used_bytes", "Bytes of footage in the store", ("commune",), registry=REGISTRY
 )
