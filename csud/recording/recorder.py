@@ -44,7 +44,7 @@ from csud.store.retention_plan import window_days
 __all__ = ["NS_PER_SECOND", "CameraRecorder", "CameraStats", "IndexService"]
 
 NS_PER_SECOND = 1_000_000_000
-SHUTDOWN_DRAIN_SECONDS = 3.0  # at stop, the writer drains its queue this long at most
+SHUTDOWN_DRAIN_SECONDS = 2.0  # at stop, the writer drains its queue this long at most
 
 
 class CameraRecorder:

@@ -96,6 +96,7 @@ class SegmentSink:
         self._frames = 0  # in the open segment
         self._episode_errors = 0  # storage errors since the last successful write
         self._episode_started = 0.0
+        self._dropping = False  # the drain ran out of time: what is left is dropped
         self.drain_by: float | None = None
         """Monotonic deadline of the drain at shutdown (set by the shell when it stops)."""
 
@@ -106,10 +107,11 @@ class SegmentSink:
                 self.pipeline.writer_took(sum(len(f.data) for f in command.frames))
             elif not isinstance(command, Open | Close):
                 break  # Stop
-            if self.drain_by is not None and self.clock.monotonic() > self.drain_by:
-                # SIGTERM must return in seconds even when storage is behind: what is still
-                # queued is dropped (counted), the open segment is kept up to its last whole
-                # fragment and indexed.
+            if self.drain_by is not None and self._over_drain():
+                # SIGTERM must return in seconds even when storage is behind: past the drain
+                # time, what is still queued is dropped (counted, reason "shutdown"); the open
+                # segment is kept up to its last whole fragment and indexed. (A healthy writer
+                # has at most a GOP or two queued: it is done long before.)
                 if isinstance(command, Mux):
                     self.stats.count_drop("shutdown", len(command.frames))
                 if self._writer is not None:
@@ -130,6 +132,12 @@ class SegmentSink:
                 self._episode_errors = 0
         if self._writer is not None:  # the pipeline always closes before Stop; be safe anyway
             await self._writer.abort()
+
+    def _over_drain(self) -> bool:
+        """Past the drain time (once true, true until the end)."""
+        if not self._dropping and self.drain_by is not None:
+            self._dropping = self.clock.monotonic() > self.drain_by
+        return self._dropping
 
     async def _carry_out(self, command: Open | Mux | Close) -> bool:
         """Whether a write or close reached the disk (which ends a storage-error episode)."""

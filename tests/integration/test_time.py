@@ -18,6 +18,7 @@ import itertools
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import pytest
 from csud.config import parse_settings
 from csud.recording import writer as writer_module
 from csud.recording.budget import MemoryBudget
-from csud.recording.recorder import CameraRecorder, IndexService
+from csud.recording.recorder import SHUTDOWN_DRAIN_SECONDS, CameraRecorder, IndexService
 from csud.recording.timeline import DEFAULT_MAX_ERROR_SECONDS
 from csud.sim.server import SimOptions, serve
 from csud.store.identity import create_store
@@ -214,7 +215,7 @@ async def test_fast_camera_clock_records_every_frame_within_the_bound(tmp_path: 
 
 @contextlib.asynccontextmanager
 async def two_cameras(
-    tmp_path: Path, budget: MemoryBudget
+    tmp_path: Path, budget: MemoryBudget, timing: dict[str, float]
 ) -> AsyncIterator[tuple[Any, list[CameraRecorder]]]:
     server = await serve(
         SimOptions(cameras=2, port=0, width=320, height=240, bitrate=300_000, gop_seconds=1.0)
@@ -242,8 +243,10 @@ async def two_cameras(
         await wait_for(lambda: all(r.stats.frames_received > GOP for r in recorders), 15, "both cameras")
         yield server, recorders
     finally:
+        stopped_at = time.monotonic()
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        timing["stop_seconds"] = time.monotonic() - stopped_at
         index.close()
         await server.close()
 
@@ -266,7 +269,8 @@ async def test_shared_budget_slow_storage_drops_whole_gops_of_that_camera_only(
 
     monkeypatch.setattr(writer_module.SegmentWriter, "write", slow_write)
     peak = 0
-    async with two_cameras(tmp_path, budget) as (sim, (slow, healthy)):
+    timing: dict[str, float] = {}
+    async with two_cameras(tmp_path, budget, timing) as (sim, (slow, healthy)):
         assert budget.cameras == 2
         for _ in range(100):  # 8 s
             peak = max(peak, budget.used_bytes)
@@ -287,6 +291,10 @@ async def test_shared_budget_slow_storage_drops_whole_gops_of_that_camera_only(
         with av.open(str(tmp_path / "store" / row.path)) as container:
             assert sum(1 for _ in container.decode(video=0)) == row.frames
     assert budget.cameras == 0 and budget.used_bytes == 0
+    # Stopping: cam1's queue (over its share) is dropped after the drain time, counted; the
+    # write in progress (3 s here) is the longest wait.
+    assert timing["stop_seconds"] < 3.0 + SHUTDOWN_DRAIN_SECONDS + 2.0, timing
+    assert slow.stats.dropped_frames.get("shutdown", 0) > 0 and "shutdown" not in healthy.stats.dropped_frames
 
 
 # -- B-frames: recorded, extracted, ffprobe-clean ------------------------------------------------
