@@ -114,6 +114,10 @@ class StorageConfig(_Strict):
     # Below this share of free space on the root's filesystem, the oldest unheld footage is
     # destroyed early (reason "disk_pressure"). 0 disables it.
     min_free_percent: Float = Field(5.0, ge=0, lt=100)
+    # One memory budget for everything queued between the cameras' sockets and the disk; when
+    # storage falls behind, cameras over their fair share drop whole GOPs. Default (unset): an
+    # eighth of the machine's RAM, between 64 MiB and 4 GiB.
+    memory_budget_mb: Int | None = Field(None, ge=16)
 
 
 class MetricsConfig(_Strict):

@@ -328,6 +328,7 @@ class Result:
     worst_camera_lost: int = 0
     exit_status: int = 0
     stop_seconds: float = 0.0
+    rss_start_mib: float = 0.0  # after the warm-up, when the measurement starts
     idle_rss_mib: float = 0.0
     idle_cpu_percent: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -367,10 +368,10 @@ def frames_recorded(root: Path) -> dict[str, int]:
     return {str(camera): int(frames) for camera, frames in rows}
 
 
-def scrape_metrics(port: int) -> dict[str, float]:
+def scrape_metrics(port: int, timeout: float = 10) -> dict[str, float]:
     """Counters of the recorder's Prometheus endpoint, summed over cameras (``reason`` kept)."""
     totals: dict[str, float] = {}
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
         text = response.read().decode()
     for line in text.splitlines():
         m = re.match(r"^(csud_camera_\w+_total)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
@@ -442,21 +443,33 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
         ) as rec:
             wait_playing(stats_file, args.cameras, (sim, rec), READY_TIMEOUT_SECONDS)
             time.sleep(args.warmup)
+            rss_start = status_kib(rec.pid, "VmRSS") / 1024
             cpu = measure([rec.pid], sim.pid, args.seconds, args.window)
             rss = status_kib(rec.pid, "VmRSS") / 1024
             rss_max = status_kib(rec.pid, "VmHWM") / 1024
             pss = pss_kib(rec.pid) / 1024
+            if args.stop_under_load:  # SIGTERM while the cameras still send (storage behind)
+                metrics_under_load = {}
+                if metrics_port:
+                    try:
+                        metrics_under_load = scrape_metrics(metrics_port, timeout=30)
+                    except OSError as exc:  # a saturated event loop answers late, or not at all
+                        print(f"bench: cannot scrape the recorder's metrics: {exc}", file=sys.stderr)
+                status, stop_seconds = stop_process(rec)
             sim_status, _ = stop_process(sim)
             log_mark = log.stat().st_size
             time.sleep(args.settle)
             metrics: dict[str, float] = {}
-            if metrics_port:  # the daemon exports its counters every 2 s
+            if metrics_port and not args.stop_under_load:  # the daemon exports its counters every 2 s
                 time.sleep(max(0.0, 2.5 - args.settle))
                 try:
                     metrics = scrape_metrics(metrics_port)
                 except OSError as exc:
                     print(f"bench: cannot scrape the recorder's metrics: {exc}", file=sys.stderr)
-            status, stop_seconds = stop_process(rec)
+            if args.stop_under_load:
+                metrics = metrics_under_load
+            else:
+                status, stop_seconds = stop_process(rec)
     if sim_status != 0:
         print(f"bench: the simulator exited with status {sim_status}", file=sys.stderr)
     stats = read_stats(stats_file)
@@ -481,6 +494,7 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
         worst_camera_lost=lost[worst],
         exit_status=status,
         stop_seconds=stop_seconds,
+        rss_start_mib=rss_start,
         idle_rss_mib=idle_rss,
         idle_cpu_percent=idle_cpu,
         metrics=metrics,
@@ -683,7 +697,12 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
                 f"  idle recorder (one unreachable camera): RSS {r.idle_rss_mib:.0f} MiB, "
                 f"CPU {r.idle_cpu_percent:.1f} %; PSS at end {r.pss_mib:.0f} MiB"
             )
-            print(f"  SIGTERM -> exit {r.exit_status} in {r.stop_seconds:.1f} s")
+            print(f"  RSS at start {r.rss_start_mib:.0f} MiB, at end {r.rss_mib:.0f} MiB")
+            gops = r.metrics.get("csud_camera_gops_dropped_total")
+            if gops is not None:
+                print(f"  GOPs dropped by the memory budget: {gops:.0f}")
+            when = "under load" if args.stop_under_load else "after the simulator stopped"
+            print(f"  SIGTERM ({when}) -> exit {r.exit_status} in {r.stop_seconds:.1f} s")
             if r.metrics:
                 print(f"  recorder counters at the end: {r.metrics}")
             print(f"  warnings/errors while recording: {r.log_events or 'none'}")
@@ -735,6 +754,11 @@ def main() -> int:
         "--scrape-metrics",
         action="store_true",
         help="enable the recorder's metrics endpoint and read its counters after the run",
+    )
+    parser.add_argument(
+        "--stop-under-load",
+        action="store_true",
+        help="SIGTERM the recorder while the cameras still send (then stop the simulator)",
     )
     parser.add_argument(
         "--recorder-env",

@@ -42,8 +42,10 @@ def encode(
     gop: int = GOP,
     fps: Fraction | int = FPS,
     bitrate: int | None = None,
+    bframes: int = 0,
 ) -> list[AccessUnit]:
-    """A synthetic clip as access units: fixed GOP, no B-frames, SPS/PPS repeated in-band.
+    """A synthetic clip as access units in decode order: fixed GOP, SPS/PPS repeated in-band,
+    no B-frames unless ``bframes`` (then the RTP timestamps follow presentation order).
 
     ``fps`` may be fractional (``Fraction(30000, 1001)``) as long as a frame is whole RTP ticks.
     """
@@ -54,12 +56,17 @@ def encode(
     enc.time_base = 1 / Fraction(fps)
     enc.framerate = Fraction(fps)
     enc.gop_size = gop
-    enc.max_b_frames = 0
-    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes=0"
+    enc.max_b_frames = bframes
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes={bframes}"
+    if bframes:
+        params += ":b-adapt=0:open-gop=0"
     if bitrate:
         enc.bit_rate = bitrate
         params += f":vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000}"
-    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": params}
+    options = {"preset": "ultrafast" if not bframes else "veryfast", "x264-params": params}
+    if not bframes:
+        options["tune"] = "zerolatency"  # zerolatency forbids B-frames
+    enc.options = options
     rng = np.random.default_rng(1)
     out: list[AccessUnit] = []
     for i in range(frames + 1):
@@ -74,7 +81,8 @@ def encode(
             packets = enc.encode(None)
         for p in packets:
             nals = split_annexb(bytes(p))
-            out.append(AccessUnit(len(out) * int(rtp_ticks), nals, p.is_keyframe, sum(map(len, nals))))
+            n = int(p.pts) if bframes else len(out)
+            out.append(AccessUnit(n * int(rtp_ticks), nals, p.is_keyframe, sum(map(len, nals))))
     assert len(out) == frames
     return out
 
@@ -102,7 +110,7 @@ async def record_store(
 ) -> Recording:
     """Record ``(access unit, pts_ns)`` pairs into ``root`` and ``index``.
 
-    A pts jump of more than 1.5 frames is passed as a discontinuity (put jumps on keyframes: the
+    A pts jump of more than 1.5 frames at a keyframe is passed as a discontinuity (put jumps on keyframes: the
     segmenter then closes the segment and opens the next one at the new time, leaving a gap).
     """
     nominal_ns = frame_ns(fps)
@@ -118,7 +126,9 @@ async def record_store(
         for a in actions:
             if isinstance(a, Open):
                 relpath = segment_relpath(commune, camera, a.start_ns)
-                writer = await SegmentWriter.open(root, relpath, a.start_ns, width, height)
+                writer = await SegmentWriter.open(
+                    root, relpath, a.start_ns, width, height, reorder_ns=a.reorder_ns
+                )
             elif isinstance(a, Mux):
                 assert writer is not None
                 await writer.write(a.frames)
@@ -127,17 +137,22 @@ async def record_store(
                     pts.append(f.pts_ns)
                     ends.append(f.pts_ns + f.duration_ns)
             elif isinstance(a, Close):
-                assert writer is not None and not a.drop_tail
+                assert writer is not None
                 info = await writer.close(a.end_ns, a.drop_tail)
                 writer = None
-                assert info is not None
+                if a.drop_tail:  # B-frames: the segment re-opens at the keyframe muxed last
+                    pts.pop()
+                    ends.pop()
+                if info is None:
+                    assert a.drop_tail
+                    continue
                 index.add_segment(camera, commune, info, created_ns=time.time_ns())
                 infos.append(info)
 
     for au, pts_ns in timed:
-        jump = previous is not None and pts_ns - previous > nominal_ns * 3 // 2
+        jump = au.keyframe and previous is not None and pts_ns - previous > nominal_ns * 3 // 2
         await run(list(seg.push(au, pts_ns, jump)))
-        previous = pts_ns
+        previous = pts_ns if previous is None else max(previous, pts_ns)
     await run(list(seg.stop()))
     order = sorted(range(len(pts)), key=lambda i: pts[i])
     return Recording(tuple(infos), tuple(pts[i] for i in order), tuple(ends[i] for i in order))

@@ -208,6 +208,7 @@ class _CopyState:
     stream: Any = None
     template: tuple[str, int, int, bytes] | None = None  # codec, width, height, extradata
     last_dts: int = -1
+    reorder_ticks: int | None = None  # the output's decode delay: the first segment's (B-frames)
     frames: int = 0
     first_ns: int | None = None
     end_ns: int = 0
@@ -248,11 +249,20 @@ def _copy_source(
         copy_from_ticks = ns_to_ticks(copy_from_ns - segment.start_ns)
         first = True
         counted = 0
+        origin_ticks: int | None = None  # the file's first pts: the segment start (writer.py)
         for packet in source.demux(in_stream):
             if packet.dts is None or packet.size == 0:
                 continue  # the demuxer's end-of-stream marker
             dts_ticks = int(packet.dts * time_base / _TICK)
             pts_ticks = int((packet.pts if packet.pts is not None else packet.dts) * time_base / _TICK)
+            if origin_ticks is None:
+                # B-frames: the writer shifts a segment's times by its decode delay (first pts =
+                # delay, first dts = 0); make them relative to the segment start again.
+                origin_ticks = pts_ticks
+                if state.reorder_ticks is None:
+                    state.reorder_ticks = origin_ticks
+            dts_ticks -= origin_ticks
+            pts_ticks -= origin_ticks
             duration_ticks = int((packet.duration or 0) * time_base / _TICK)
             if pts_ticks < copy_from_ticks:
                 continue
@@ -265,9 +275,10 @@ def _copy_source(
             if first and not packet.is_keyframe:
                 raise EvidenceError(f"segment {segment.path}: no keyframe where the index has one")
             first = False
-            dts = max(dts_ticks + offset_ticks, state.last_dts + 1)
+            delay = state.reorder_ticks or 0
+            dts = max(dts_ticks + offset_ticks + delay, state.last_dts + 1)
             packet.dts = dts
-            packet.pts = max(pts_ticks + offset_ticks, dts)
+            packet.pts = max(pts_ticks + offset_ticks + delay, dts)
             packet.time_base = _TICK
             packet.stream = state.stream
             size = packet.size
@@ -276,7 +287,7 @@ def _copy_source(
             state.frames += 1
             if state.first_ns is None:
                 state.first_ns = pts_ns
-            state.end_ns = pts_ns + round(duration_ticks * _TICK * NS_PER_SECOND)
+            state.end_ns = max(state.end_ns, pts_ns + round(duration_ticks * _TICK * NS_PER_SECOND))
             on_bytes(size)
             counted += size
         on_bytes(max(segment.bytes - counted, 0))  # the rest of the file (headers, skipped GOPs)

@@ -27,8 +27,10 @@ Invariants:
 
 - The per-packet path makes no object beyond the depacketizer's; a packet that completes no
   access unit returns a shared empty tuple.
-- Writer memory is bounded: past ``max_queued_bytes`` of muxed frames not yet taken by the
-  writer, whole GOPs are dropped (``overload``) until the queue is half empty.
+- Writer memory is bounded by one :class:`~csud.recording.budget.MemoryBudget`, shared by the
+  daemon's cameras: at each keyframe the GOP starting there is admitted or not (the budget's
+  fair-share rule); a refused GOP is dropped whole (``overload``, counted in
+  ``stats.gops_dropped``), the segment is cut before it.
 - Every access unit received is either handed to the segmenter or counted as dropped.
 - Timers: a keep-alive every half session timeout (at least 1 s), an RTCP receiver report every
   5 s, and a stall (no RTP packet for ``stall_seconds``) fails the session. After a session ends,
@@ -47,6 +49,7 @@ from csud.media.codec import H264, Codec, codec_for_encoding
 from csud.media.depacketizer import RtpDepacketizer
 from csud.media.rtcp import RtcpReceiver, clock_offset_ns
 from csud.media.units import AccessUnit, Gap, MediaEvent, StreamReset
+from csud.recording.budget import MemoryBudget
 from csud.recording.segmenter import Action, Close, Drop, Mux, Open, Segmenter
 from csud.recording.stats import CameraStats
 from csud.recording.timeline import Timeline
@@ -79,12 +82,6 @@ WRITER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 KEEPALIVE_MIN_SECONDS = 1.0
 RTCP_REPORT_SECONDS = 5.0
 STALL_CHECK_MAX_SECONDS = 1.0  # progress is sampled at least this often (half the stall, if less)
-REORDER_STEPS_FATAL = 3  # timestamps stepping back this often...
-REORDER_WINDOW_FRAMES = 250  # ...within this many frames: B-frames
-B_FRAMES_ERROR = (
-    "camera sends B-frames (RTP timestamps out of order), which csud does not "
-    "record: configure the stream without B-frames"
-)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -188,6 +185,8 @@ class RecordingPipeline:
         rng: RandomSource,
         stats: CameraStats | None = None,
         max_queued_bytes: int | None = None,
+        budget: MemoryBudget | None = None,
+        budget_key: str = "camera",
     ) -> None:
         self.segment_ns = segment_ns
         self.phase_ns = phase_ns
@@ -195,11 +194,16 @@ class RecordingPipeline:
         self.stats = stats if stats is not None else CameraStats()
         self.max_queued_bytes = WRITER_QUEUE_MAX_BYTES if max_queued_bytes is None else max_queued_bytes
         self.queued_bytes = 0  # muxed frame bytes handed to the writer and not yet taken
+        # Shared by the daemon's cameras; a pipeline built alone gets its own.
+        self.budget = budget if budget is not None else MemoryBudget(self.max_queued_bytes)
+        self.budget_key = budget_key
+        self._gop_bytes = 0  # bytes of the GOP in progress
+        self._last_gop_bytes = 0  # the last complete GOP's: the estimate admitted at a keyframe
+        self._shedding = False  # the GOP in progress was refused by the budget
         self.tap: FrameTap | None = None
         self._rng = rng
         self._backoff = Backoff(rng)
         self._commands: list[Command] = []
-        self._overloaded = False
         self._writer_failed = False
         self._state = _WAITING
         self._connect_at = float("-inf")
@@ -343,6 +347,7 @@ class RecordingPipeline:
     def writer_took(self, nbytes: int) -> None:
         """The writer dequeued a :class:`Mux` of ``nbytes`` frame bytes."""
         self.queued_bytes -= nbytes
+        self.budget.release(self.budget_key, nbytes)
 
     def storage_failed(self) -> None:
         """The writer lost the open segment: the next access unit starts over at a keyframe."""
@@ -374,7 +379,6 @@ class RecordingPipeline:
         self._segmenter.parameter_sets(list(parameter_sets))
         self._payload_type = payload_type
         self._rtcp = RtcpReceiver(self._rng.getrandbits(32))
-        self._reorder_since = self._reorder_steps = 0
         self._fatal: str | None = None  # set by the packet path, reported by the next timer
 
     def _take(self) -> list[Command]:
@@ -433,36 +437,48 @@ class RecordingPipeline:
         if self._writer_failed:
             self._writer_failed = False
             self._apply(self._segmenter.gap("storage_error"))
-        if self._overloaded:
-            if self.queued_bytes > self.max_queued_bytes // 2:
-                stats.count_drop("overload", 1)
+        timeline = self._timeline
+        pts_ns, discontinuity = timeline.map(au.rtp_timestamp, now_ns, au.keyframe)
+        if au.keyframe:
+            stats.clock_drift_ppm = timeline.drift_ppm
+            stats.arrival_jitter_seconds = timeline.jitter_ns / NS_PER_SECOND
+            if discontinuity:
+                stats.time_discontinuities += 1
+                self._log("info", "time_discontinuity", reason=timeline.last_reason)
+            if not self._admit_gop():
                 return
-            self._overloaded = False
-        elif self.queued_bytes > self.max_queued_bytes:
-            self._overloaded = True
-            self._log("warning", "writer_overloaded", queued_bytes=self.queued_bytes)
-            self._apply(self._segmenter.gap("overload"))
+        elif self._shedding:
             stats.count_drop("overload", 1)
             return
-        pts_ns, discontinuity = self._timeline.map(au.rtp_timestamp, now_ns)
-        if discontinuity and self._timeline.last_reason == "reorder":
-            self._on_reordered_timestamps(stats.frames_received)
+        self._gop_bytes += au.size
         actions = self._segmenter.push(au, pts_ns, discontinuity)  # learns in-band parameter sets
         if self.tap is not None:
             segmenter = self._segmenter
             self.tap(au, segmenter.codec.encoding.lower(), segmenter.current_parameter_sets, now_ns)
         self._apply(actions)
 
-    def _on_reordered_timestamps(self, frame_number: int) -> None:
-        """Timestamps stepping back within a second, again and again: B-frames, which csud does
-        not record (every step back would cut the GOP; ~90 % of the frames would be lost
-        silently). The camera is failed loudly instead: its reason shows in the log, in
-        ``csud status`` and as csud_camera_up 0, until it is configured without B-frames."""
-        if frame_number - self._reorder_since > REORDER_WINDOW_FRAMES:
-            self._reorder_since, self._reorder_steps = frame_number, 0
-        self._reorder_steps += 1
-        if self._reorder_steps >= REORDER_STEPS_FATAL and self._fatal is None:
-            self._fatal = B_FRAMES_ERROR
+    def _admit_gop(self) -> bool:
+        """At a keyframe: may the GOP starting here be queued? (The one memory budget's rule:
+        refused only when this camera is over its fair share and the shared pool is full.)"""
+        self._last_gop_bytes, self._gop_bytes = self._gop_bytes or self._last_gop_bytes, 0
+        budget = self.budget
+        if budget.admit(self.budget_key, self._last_gop_bytes):
+            if self._shedding:
+                self._shedding = False
+                self._log("warning", "memory_budget_recovered", gops_dropped=self.stats.gops_dropped)
+            return True
+        if not self._shedding:
+            self._shedding = True
+            self._log(
+                "warning",
+                "memory_budget_exceeded",
+                queued_bytes=budget.used(self.budget_key),
+                fair_share_bytes=budget.fair_share_bytes,
+            )
+            self._apply(self._segmenter.gap("overload"))
+        self.stats.gops_dropped += 1
+        self.stats.count_drop("overload", 1)
+        return False
 
     def _apply(self, actions: list[Action]) -> None:
         commands = self._commands
@@ -471,5 +487,7 @@ class RecordingPipeline:
                 self.stats.count_drop(action.reason, action.frames)
                 continue
             if isinstance(action, Mux):
-                self.queued_bytes += sum(len(f.data) for f in action.frames)
+                nbytes = sum(len(f.data) for f in action.frames)
+                self.queued_bytes += nbytes
+                self.budget.charge(self.budget_key, nbytes)
             commands.append(action)

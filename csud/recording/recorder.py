@@ -20,6 +20,7 @@ from pathlib import Path
 from csud.config import CameraConfig, CommuneConfig
 from csud.errors import AuthError, StreamError
 from csud.log import get_logger
+from csud.recording.budget import MemoryBudget
 from csud.recording.clock import SYSTEM_CLOCK, Clock
 from csud.recording.pipeline import (
     Command,
@@ -43,6 +44,7 @@ from csud.store.retention_plan import window_days
 __all__ = ["NS_PER_SECOND", "CameraRecorder", "CameraStats", "IndexService"]
 
 NS_PER_SECOND = 1_000_000_000
+SHUTDOWN_DRAIN_SECONDS = 2.0  # at stop, the writer drains its queue this long at most
 
 
 class CameraRecorder:
@@ -57,6 +59,7 @@ class CameraRecorder:
         udp_bind: str = "0.0.0.0",
         clock: Clock = SYSTEM_CLOCK,
         rng: RandomSource | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.camera = camera
         self.commune = commune
@@ -74,6 +77,8 @@ class CameraRecorder:
             camera.stall_seconds,
             rng if rng is not None else random.Random(),
             self.stats,
+            budget=budget,  # shared by the daemon's recorders (one memory budget)
+            budget_key=camera.id,
         )
         self._queue: asyncio.Queue[WriterCommand] = asyncio.Queue()
         window = window_days(commune.retention_days, camera.retention_days)
@@ -86,6 +91,7 @@ class CameraRecorder:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Record until ``stop`` is set; retry after each failure with backoff."""
+        self.pipeline.budget.register(self.camera.id)
         writer_task = asyncio.create_task(self._sink.run(self._queue), name=f"writer:{self.camera.id}")
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -103,7 +109,9 @@ class CameraRecorder:
         finally:
             stopping.cancel()
             self._queue.put_nowait(Stop())
+            self._sink.drain_by = self.clock.monotonic() + SHUTDOWN_DRAIN_SECONDS
             await writer_task
+            self.pipeline.budget.unregister(self.camera.id)
 
     async def _attempt(self, stop: asyncio.Event) -> None:
         try:

@@ -27,7 +27,14 @@ Invariants (tested, including over random streams):
 - A discontinuity (timeline re-anchor, new SSRC) at a keyframe closes the segment at its last
   frame's pts plus the nominal interval and opens the next one at the keyframe's pts, which may
   even be earlier (the server clock is the truth; segments of one camera may then overlap).
-  At a non-key frame it is handled like a gap.
+  The timeline reports time discontinuities only at keyframes, so time never costs a frame; at a
+  non-key frame (a new SSRC: the decoder's references are gone) it is handled like a gap.
+- B-frames: frames arrive in decode order, their pts (from RTP) are not monotonic. A GOP is
+  emitted whole, so each frame gets ``dts`` = the GOP's pts in rank order minus the segment's
+  decode delay ``Open.reorder_ns`` (dts never decreases, never passes pts) and a duration up to
+  the next pts in presentation order. The delay is learned from complete GOPs; a GOP needing
+  more than its segment has re-opens the segment at its keyframe (``Close(drop_tail)`` then
+  ``Open`` with the new delay and the keyframe muxed again), so nothing is lost.
 - Memory is bounded: at most one GOP (``max_gop_frames``, ``max_gop_bytes``) is held.
 
 Frame durations: a non-key frame's duration is known when the next frame arrives, and frames are
@@ -46,6 +53,7 @@ parameter sets: from the SDP (:meth:`Segmenter.parameter_sets`) and in band, fro
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from csud.media.codec import H264, Codec
@@ -66,23 +74,33 @@ DROP_GOP_TOO_LARGE = "gop_too_large"
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One access unit ready to mux: Annex B bytes, pts on the server's clock (UTC ns)."""
+    """One access unit ready to mux: Annex B bytes, pts on the server's clock (UTC ns).
+
+    ``dts_ns``: its decode time, ``None`` when it equals ``pts_ns``. Within a segment dts never
+    decreases and never passes pts; a keyframe's is ``pts_ns - Open.reorder_ns``.
+    """
 
     data: bytes
     pts_ns: int
     duration_ns: int
     keyframe: bool
+    dts_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Open:
     """Open a segment starting at ``start_ns``, in ``codec``, whose first keyframe carries
     ``parameter_sets`` (in ``codec.param_types`` order): all the writer needs (the picture size
-    comes from the SPS)."""
+    comes from the SPS).
+
+    ``reorder_ns``: the segment's decode delay (0 without B-frames): every frame's dts is its
+    presentation-order rank's pts minus this, so that dts never decreases and never passes pts.
+    """
 
     start_ns: int
     codec: Codec = H264
     parameter_sets: tuple[bytes, ...] = ()
+    reorder_ns: int = 0
 
     @property
     def sps(self) -> bytes:
@@ -163,10 +181,14 @@ class Segmenter:
         self._start_ns = 0
         self._boundary_ns = 0
         self._key: Frame | None = None  # keyframe of the GOP in flight (already muxed)
+        self._key_au: AccessUnit | None = None  # its access unit (to re-open a segment at it)
         self._key_bytes = 0  # its payload size (as counted for drops)
         self._held: list[tuple[bytes, int]] = []  # (annexb, pts_ns) of the GOP's other frames
         self._held_bytes = 0
-        self._last_pts_ns = 0  # pts of the last frame accepted into the open segment
+        self._last_pts_ns = 0  # highest pts accepted into the open segment
+        self._seg_reorder_ns = 0  # the open segment's decode delay (Open.reorder_ns)
+        self.reorder_ns = 0
+        """Decode delay learned from the stream: B-frames make it positive (kept per session)."""
 
         # Counters.
         self.frames_in = 0
@@ -253,16 +275,18 @@ class Segmenter:
                 actions.append(Close(self._last_pts_ns + self._nominal_ns, drop_tail=False))
                 self._reset_segment()
             elif au.keyframe:
-                self._observe_interval(pts_ns)
+                self._learn_interval(pts_ns)
                 if pts_ns >= self._boundary_ns or self._params_changed:
                     # Rotation (or new parameter sets on the same timeline): exactly contiguous.
                     self._emit_held(actions, next_pts_ns=pts_ns, extra=None)
                     actions.append(Close(pts_ns, drop_tail=False))
                     self._reset_segment()
                 else:
+                    self._emit_held(actions, next_pts_ns=pts_ns, extra=None)
                     key = self._keyframe(au, pts_ns, first=False)
-                    self._emit_held(actions, next_pts_ns=pts_ns, extra=key)
+                    self._append_mux(actions, key)
                     self._key = key
+                    self._key_au = au
                     self._key_bytes = size
                     self._last_pts_ns = pts_ns
                     return actions
@@ -270,7 +294,7 @@ class Segmenter:
                 self._observe_interval(pts_ns)
                 self._held.append((au.annexb(), pts_ns))
                 self._held_bytes += size
-                self._last_pts_ns = pts_ns
+                self._last_pts_ns = max(self._last_pts_ns, pts_ns)
                 assert self._key is not None
                 gop_frames = 1 + len(self._held)
                 gop_bytes = self._key_bytes + self._held_bytes
@@ -324,9 +348,27 @@ class Segmenter:
                 self.parameter_sets([nal])
 
     def _observe_interval(self, pts_ns: int) -> None:
+        # In decode order with B-frames this over-estimates (a P-frame jumps several frames ahead);
+        # _learn_interval corrects it from the whole GOP in presentation order.
         interval_ns = pts_ns - self._last_pts_ns
         if interval_ns > 0:
             self._nominal_ns = interval_ns
+
+    def _learn_interval(self, next_pts_ns: int) -> None:
+        """The GOP in flight is complete: the nominal interval is its last one in presentation order."""
+        assert self._key is not None
+        ordered = sorted([self._key.pts_ns, *(p for _, p in self._held), next_pts_ns])
+        interval_ns = ordered[-1] - ordered[-2]
+        if interval_ns > 0:
+            self._nominal_ns = interval_ns
+
+    def _append_mux(self, actions: list[Action], frame: Frame) -> None:
+        """Add ``frame`` to the last action if it is a ``Mux``, else as a ``Mux`` of its own."""
+        self.frames_muxed += 1
+        if actions and isinstance(actions[-1], Mux):
+            actions[-1] = Mux((*actions[-1].frames, frame))
+        else:
+            actions.append(Mux((frame,)))
 
     def _keyframe(self, au: AccessUnit, pts_ns: int, first: bool) -> Frame:
         data = au.annexb()
@@ -341,11 +383,15 @@ class Segmenter:
                     lead += 1
                 rest = [n for n in au.nals[lead:] if codec.nal_type(n) not in codec.param_types]
                 data = AccessUnit(au.rtp_timestamp, [*au.nals[:lead], *params, *rest], True).annexb()
-        return Frame(data, pts_ns, self._nominal_ns, True)
+        return Frame(data, pts_ns, self._nominal_ns, True, pts_ns - self._seg_reorder_ns)
+
+    def _param_tuple(self) -> tuple[bytes, ...]:
+        return tuple(self._params[t] for t in self.codec.param_types)
 
     def _open_at(self, actions: list[Action], au: AccessUnit, pts_ns: int, size: int) -> None:
+        self._seg_reorder_ns = self.reorder_ns
         key = self._keyframe(au, pts_ns, first=True)
-        actions.append(Open(pts_ns, self.codec, tuple(self._params[t] for t in self.codec.param_types)))
+        actions.append(Open(pts_ns, self.codec, self._param_tuple(), self.reorder_ns))
         actions.append(Mux((key,)))
         self.frames_muxed += 1
         self.segments_opened += 1
@@ -355,21 +401,38 @@ class Segmenter:
         self._start_ns = pts_ns
         self._boundary_ns = self.boundary_after(pts_ns)
         self._key = key
+        self._key_au = au
         self._key_bytes = size
         self._last_pts_ns = pts_ns
 
     def _emit_held(self, actions: list[Action], next_pts_ns: int | None, extra: Frame | None) -> None:
-        """Mux the held frames (durations from their successors) plus ``extra``, if any."""
-        frames: list[Frame] = []
+        """Mux the held frames of the GOP in flight (it is complete), plus ``extra``, if any.
+
+        Durations follow presentation order (a frame lasts until the next pts of its GOP, or
+        ``next_pts_ns``); dts are the GOP's pts in rank order minus the segment's decode delay.
+        A GOP that needs a longer delay than its segment has re-opens the segment at its
+        keyframe (the segment so far closes there, ``drop_tail``), with the delay it needs.
+        """
         held = self._held
-        for i, (data, pts_ns) in enumerate(held):
-            if i + 1 < len(held):
-                duration_ns = held[i + 1][1] - pts_ns
-            elif next_pts_ns is not None:
-                duration_ns = next_pts_ns - pts_ns
-            else:
-                duration_ns = self._nominal_ns
-            frames.append(Frame(data, pts_ns, max(duration_ns, 0), False))
+        frames: list[Frame] = []
+        if held:
+            assert self._key is not None and self._key_au is not None
+            key_pts = self._key.pts_ns
+            decode = [key_pts, *(p for _, p in held)]
+            ranked = sorted(decode)
+            needed = max(r - p for r, p in zip(ranked, decode, strict=True))
+            if needed > self._seg_reorder_ns:
+                self.reorder_ns = max(self.reorder_ns, needed)
+                self._reopen_at_key(actions, needed)
+            if next_pts_ns is None and ranked[-1] > ranked[-2]:
+                self._nominal_ns = ranked[-1] - ranked[-2]  # the GOP ends here: its last interval
+            later = sorted({*decode, *((next_pts_ns,) if next_pts_ns is not None else ())})
+            successor = dict(itertools.pairwise(later))
+            delay = self._seg_reorder_ns
+            for (data, pts_ns), dts_ns in zip(held, ranked[1:], strict=True):
+                nxt = successor.get(pts_ns)
+                duration_ns = nxt - pts_ns if nxt is not None else self._nominal_ns
+                frames.append(Frame(data, pts_ns, max(duration_ns, 0), False, dts_ns - delay))
         if extra is not None:
             frames.append(extra)
         self._held = []
@@ -377,6 +440,24 @@ class Segmenter:
         if frames:
             actions.append(Mux(tuple(frames)))
             self.frames_muxed += len(frames)
+
+    def _reopen_at_key(self, actions: list[Action], reorder_ns: int) -> None:
+        """Close the open segment before the keyframe in flight (``drop_tail``: it is the last one
+        muxed) and open a new one at that keyframe with ``reorder_ns``. Nothing is lost: the
+        keyframe is muxed again (``tail_frames_discarded`` and ``frames_muxed`` both count it)."""
+        assert self._key is not None and self._key_au is not None
+        key_pts = self._key.pts_ns
+        actions.append(Close(key_pts, drop_tail=True))
+        self.tail_frames_discarded += 1
+        self._seg_reorder_ns = reorder_ns
+        key = self._keyframe(self._key_au, key_pts, first=True)
+        actions.append(Open(key_pts, self.codec, self._param_tuple(), reorder_ns))
+        actions.append(Mux((key,)))
+        self.frames_muxed += 1
+        self.segments_opened += 1
+        self._start_ns = key_pts
+        self._boundary_ns = self.boundary_after(key_pts)
+        self._key = key
 
     def _cut(self, actions: list[Action]) -> None:
         """Write the held frames of the GOP in flight and close after the last one."""
@@ -402,5 +483,6 @@ class Segmenter:
     def _reset_segment(self) -> None:
         self._open = False
         self._key = None
+        self._key_au = None
         self._held = []
         self._held_bytes = 0

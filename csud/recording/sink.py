@@ -96,6 +96,9 @@ class SegmentSink:
         self._frames = 0  # in the open segment
         self._episode_errors = 0  # storage errors since the last successful write
         self._episode_started = 0.0
+        self._dropping = False  # the drain ran out of time: what is left is dropped
+        self.drain_by: float | None = None
+        """Monotonic deadline of the drain at shutdown (set by the shell when it stops)."""
 
     async def run(self, queue: asyncio.Queue[WriterCommand]) -> None:
         while True:
@@ -104,6 +107,17 @@ class SegmentSink:
                 self.pipeline.writer_took(sum(len(f.data) for f in command.frames))
             elif not isinstance(command, Open | Close):
                 break  # Stop
+            if self.drain_by is not None and self._over_drain():
+                # SIGTERM must return in seconds even when storage is behind: past the drain
+                # time, what is still queued is dropped (counted, reason "shutdown"); the open
+                # segment is kept up to its last whole fragment and indexed. (A healthy writer
+                # has at most a GOP or two queued: it is done long before.)
+                if isinstance(command, Mux):
+                    self.stats.count_drop("shutdown", len(command.frames))
+                if self._writer is not None:
+                    closing, self._writer = self._writer, None
+                    await self._publish_whole_fragments(closing)
+                continue
             try:
                 wrote = await self._carry_out(command)
             except Exception as exc:  # a storage episode, whatever raised it: the task must live on
@@ -119,6 +133,12 @@ class SegmentSink:
         if self._writer is not None:  # the pipeline always closes before Stop; be safe anyway
             await self._writer.abort()
 
+    def _over_drain(self) -> bool:
+        """Past the drain time (once true, true until the end)."""
+        if not self._dropping and self.drain_by is not None:
+            self._dropping = self.clock.monotonic() > self.drain_by
+        return self._dropping
+
     async def _carry_out(self, command: Open | Mux | Close) -> bool:
         """Whether a write or close reached the disk (which ends a storage-error episode)."""
         if isinstance(command, Open):
@@ -130,7 +150,13 @@ class SegmentSink:
                 self.log.warning("sps_unparsable", error=str(exc))
             relpath = segment_relpath(self.commune, self.camera, command.start_ns)
             self._writer = await SegmentWriter.open(
-                self.root, relpath, command.start_ns, width, height, codec=command.codec.av_name
+                self.root,
+                relpath,
+                command.start_ns,
+                width,
+                height,
+                codec=command.codec.av_name,
+                reorder_ns=command.reorder_ns,
             )
             self._frames = 0
             return False
@@ -185,6 +211,18 @@ class SegmentSink:
                     self.log.error("segment_salvage_failed", error=str(salvage_exc))
                 await failed.abort()
         self.pipeline.storage_failed()
+
+    async def _publish_whole_fragments(self, writer: SegmentWriter) -> None:
+        """Close ``writer`` at its last whole fragment (the drain ran out of time) and index it."""
+        try:
+            salvaged = await writer.close_at_last_fragment()
+        except StorageError as exc:  # the .partial stays for startup recovery
+            self.log.error("segment_salvage_failed", error=str(exc))
+            await writer.abort()
+            return
+        if salvaged is not None:
+            await self._index_segment(salvaged)
+        self.stats.count_drop("shutdown", self._frames - (salvaged.frames if salvaged else 0))
 
     async def _index_segment(self, info: SegmentInfo) -> None:
         """Insert the row of a published segment, retrying until the index takes it.

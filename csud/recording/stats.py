@@ -29,6 +29,10 @@ class CameraStats:
     last_frame_ns: int = 0
     last_error: str = ""
     clock_offset_seconds: float = 0.0
+    clock_drift_ppm: float = 0.0  # camera RTP clock against the server's (timeline estimate)
+    arrival_jitter_seconds: float = 0.0  # RFC 3550 interarrival jitter of the frames
+    time_discontinuities: int = 0  # timeline re-anchors (each starts a segment at a keyframe)
+    gops_dropped: int = 0  # whole GOPs refused by the memory budget (storage behind)
     dropped_frames: dict[str, int] = field(default_factory=dict)
     storage_errors: int = 0  # failed opens, writes, syncs (csud_storage_write_errors_total)
     segment_write_seconds: list[float] = field(default_factory=list)  # drained by metrics

@@ -116,18 +116,24 @@ class FragmentMuxer:
     """Stream-copy muxer of one segment into fragmented MP4 bytes. Synchronous; not thread-safe.
 
     The first frame must be a keyframe carrying SPS and PPS in-band (PyAV builds the avcC from
-    it). Timestamps are ``pts_ns - start_ns`` in 1/90000 s; decode order equals presentation
-    order (no B-frames in the streams we record); a non-increasing timestamp is nudged one tick
-    forward so that the muxer never sees a non-monotonic dts.
+    it). Timestamps are in 1/90000 s: pts = ``pts_ns - start_ns + reorder_ns``, dts =
+    ``dts_ns - start_ns + reorder_ns`` (B-frames: the segment's decode delay ``reorder_ns`` keeps
+    every dts at or above 0, the fragment's ``trun`` carries ``pts - dts`` as composition
+    offsets). So the file's first pts is ``reorder_ns``, its first dts 0; a reader takes the
+    first keyframe's pts as the segment start. A non-increasing dts is nudged one tick forward
+    (and pts kept at or above it) so that the muxer never sees a non-monotonic dts.
     """
 
-    def __init__(self, width: int, height: int, codec: str = "h264", rate: int = 25) -> None:
+    def __init__(
+        self, width: int, height: int, codec: str = "h264", rate: int = 25, reorder_ns: int = 0
+    ) -> None:
         self._sink = _Sink()
         self._container: Any = av.open(self._sink, "w", format="mp4", options={"movflags": MP4_MOVFLAGS})
         self._stream: Any = self._container.add_mux_stream(codec, rate=rate, width=width, height=height)
         self._stream.time_base = Fraction(1, MP4_TIMESCALE)
         self._time_base = Fraction(1, MP4_TIMESCALE)
-        self._last_ticks = -1
+        self._last_ticks = -1  # the last dts
+        self._reorder_ns = reorder_ns
         self._closed = False
         self.bytes_emitted = 0
         """Total bytes returned so far: the file offset of the next emitted byte."""
@@ -139,22 +145,26 @@ class FragmentMuxer:
         """Mux ``frames``; return the bytes the muxer emitted meanwhile (whole boxes)."""
         if self._closed:
             raise RuntimeError("FragmentMuxer is closed")
+        origin_ns = start_ns - self._reorder_ns
         for frame in frames:
-            ticks = ns_to_ticks(frame.pts_ns - start_ns)
-            end_ticks = ns_to_ticks(frame.pts_ns + frame.duration_ns - start_ns)
-            if ticks <= self._last_ticks:
-                ticks = self._last_ticks + 1
+            pts = ns_to_ticks(frame.pts_ns - origin_ns)
+            end_ticks = ns_to_ticks(frame.pts_ns + frame.duration_ns - origin_ns)
+            dts = pts if frame.dts_ns is None else ns_to_ticks(frame.dts_ns - origin_ns)
+            if dts <= self._last_ticks:
+                dts = self._last_ticks + 1
+            pts = max(pts, dts)
             packet = av.Packet(frame.data)
             packet.stream = self._stream
             packet.time_base = self._time_base
-            packet.pts = packet.dts = ticks
-            packet.duration = max(end_ticks - ticks, 1)
+            packet.pts = pts
+            packet.dts = dts
+            packet.duration = max(end_ticks - pts, 1)
             packet.is_keyframe = frame.keyframe
             if frame.keyframe or not self._gops:
                 self._gops.append([frame.pts_ns, 0])
             self._gops[-1][1] += 1
             self._container.mux_one(packet)
-            self._last_ticks = ticks
+            self._last_ticks = dts
         return self._account(self._sink.take())
 
     def close(self) -> bytes:
@@ -267,6 +277,7 @@ class SegmentWriter:
         *,
         codec: str = "h264",
         executor: Executor | None = None,
+        reorder_ns: int = 0,
     ) -> SegmentWriter:
         """Create ``root/relpath.partial`` (and missing parent directories); never overwrite."""
         rel = _check_relpath(relpath)
@@ -286,7 +297,7 @@ class SegmentWriter:
             raise _storage_error("create", partial_name(relpath), e) from e
         try:
             muxer = await loop.run_in_executor(
-                executor, functools.partial(FragmentMuxer, width, height, codec)
+                executor, functools.partial(FragmentMuxer, width, height, codec, reorder_ns=reorder_ns)
             )
         except BaseException:
             await file.close()

@@ -35,6 +35,7 @@ from csud import __version__
 from csud.config import CameraConfig, CommuneConfig, LoadedConfig, load_config
 from csud.errors import ConfigError, CsudError
 from csud.log import get_logger
+from csud.recording.budget import MIB, MemoryBudget, default_budget_bytes
 from csud.recording.recorder import NS_PER_SECOND, CameraRecorder, IndexService
 from csud.service import metrics
 from csud.service.health import LoopMonitor, WritableProbe
@@ -235,6 +236,21 @@ class Daemon:
         self.log.info("daemon_stopped", segments_written=written)
         return 0
 
+    def _memory_budget(self) -> MemoryBudget:
+        """The one budget every recorder charges its queued bytes to (``[storage] memory_budget_mb``,
+        default an eighth of the RAM); built once, kept across reloads."""
+        budget: MemoryBudget | None = getattr(self, "_budget", None)
+        if budget is None:
+            mib = self.loaded.settings.storage.memory_budget_mb
+            if mib is None:
+                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                total = default_budget_bytes(ram)
+            else:
+                total = mib * MIB
+            budget = self._budget = MemoryBudget(total)
+            self.log.info("memory_budget", bytes=total)
+        return budget
+
     def _start_camera(self, camera: CameraConfig, commune: CommuneConfig, password: str | None) -> None:
         assert self.index is not None
         recorder = CameraRecorder(
@@ -245,6 +261,7 @@ class Daemon:
             self.index,
             password,
             udp_bind=self.loaded.settings.network.udp_bind,
+            budget=self._memory_budget(),
         )
         if self.live is not None:
             recorder.set_tap(self.live.frame_sink(camera.id))
@@ -422,6 +439,9 @@ class Daemon:
                 stats = cam.recorder.stats
                 cam.rates.sample(now, stats.bytes_received, stats.frames_received)
             metrics.event_loop_lag.set(self.monitor.take_max())
+            budget = self._memory_budget()
+            metrics.memory_budget.set(budget.total_bytes)
+            metrics.memory_budget_used.set(budget.used_bytes)
             usage = await asyncio.to_thread(shutil.disk_usage, self.root)
             metrics.storage_free.set(usage.free)
             metrics.storage_size.set(usage.total)

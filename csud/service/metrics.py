@@ -66,6 +66,30 @@ camera_reconnects = Counter(
 camera_clock_offset = Gauge(
     "csud_camera_clock_offset_seconds", "Camera clock minus server clock (RTCP)", _CAM, registry=REGISTRY
 )
+camera_clock_drift = Gauge(
+    "csud_camera_clock_drift_ppm",
+    "Camera RTP clock rate against the server clock, in ppm (positive: camera fast; timeline estimate)",
+    _CAM,
+    registry=REGISTRY,
+)
+camera_arrival_jitter = Gauge(
+    "csud_camera_arrival_jitter_seconds",
+    "Interarrival jitter of the frames (RFC 3550)",
+    _CAM,
+    registry=REGISTRY,
+)
+camera_time_discontinuities = Counter(
+    "csud_camera_time_discontinuities",
+    "Timeline re-anchors (new SSRC, clock step, drift beyond the slew), each at a keyframe",
+    _CAM,
+    registry=REGISTRY,
+)
+camera_gops_dropped = Counter(
+    "csud_camera_gops_dropped",
+    "Whole GOPs not recorded because the camera was over its share of the memory budget",
+    _CAM,
+    registry=REGISTRY,
+)
 camera_dropped_frames = Counter(
     "csud_camera_dropped_frames", "Frames not recorded, by reason", (*_CAM, "reason"), registry=REGISTRY
 )
@@ -91,6 +115,12 @@ segment_write_seconds = Histogram(
     _CAM,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
+)
+memory_budget = Gauge(
+    "csud_memory_budget_bytes", "The one memory budget for frames queued to the writers", registry=REGISTRY
+)
+memory_budget_used = Gauge(
+    "csud_memory_budget_used_bytes", "Frame bytes queued to the writers, all cameras", registry=REGISTRY
 )
 storage_used = Gauge(
     "csud_storage_used_bytes", "Bytes of footage in the store", ("commune",), registry=REGISTRY
@@ -197,6 +227,10 @@ _PER_CAMERA = (
     camera_reconnects,
     camera_auth_failures,
     camera_clock_offset,
+    camera_clock_drift,
+    camera_arrival_jitter,
+    camera_time_discontinuities,
+    camera_gops_dropped,
     segments_written,
     camera_last_segment,
     segment_write_seconds,
@@ -243,6 +277,10 @@ def export(recorders: Iterable[CameraRecorder]) -> None:
         if stats.last_frame_ns:
             camera_last_frame.labels(*labels).set(stats.last_frame_ns / 1e9)
         camera_clock_offset.labels(*labels).set(stats.clock_offset_seconds)
+        camera_clock_drift.labels(*labels).set(stats.clock_drift_ppm)
+        camera_arrival_jitter.labels(*labels).set(stats.arrival_jitter_seconds)
+        _inc(camera_time_discontinuities, labels, "time_disc", stats.time_discontinuities, seen)
+        _inc(camera_gops_dropped, labels, "gops_dropped", stats.gops_dropped, seen)
         _inc(camera_received_bytes, labels, "bytes", stats.bytes_received, seen)
         _inc(camera_frames, labels, "frames", stats.frames_received, seen)
         _inc(camera_lost, labels, "lost", stats.lost_packets, seen)

@@ -7,7 +7,8 @@ never under the project's virtualenv. One mount per case, from a JSON spec given
      "session_timeout": 4,           # seconds; 0 keeps GStreamer's default (60)
      "auth": {"method": "digest", "user": "csud", "password": "..."},   # or null
      "mounts": [{"path": "/cam", "codec": "h264", "width": 1280, "height": 720, "fps": 25,
-                 "num_buffers": 250, "key_int": 25, "config_interval": 0, "sdp_sprop": true}]}
+                 "num_buffers": 250, "key_int": 25, "config_interval": 0, "sdp_sprop": true,
+                 "bframes": 0}]}          # > 0: x264enc with that many B-frames (profile main)
 
 ``config_interval`` is rtph264pay/rtph265pay's: 0 sends parameter sets in the SDP only (x264enc
 is held to stream-format=avc with repeat-headers=0: SPS/PPS only in codec_data), -1 inserts
@@ -54,7 +55,15 @@ def launch_line(mount):
     if mount.get("num_buffers"):
         source += f" num-buffers={mount['num_buffers']}"
     raw = f"video/x-raw,format=I420,width={width},height={height},framerate={fps}/1"
-    if codec == "h264":
+    bframes = mount.get("bframes", 0)
+    if codec == "h264" and bframes:
+        # B-frames only without tune=zerolatency, and with a profile that has them (main).
+        encoder = (
+            f"x264enc speed-preset=ultrafast bframes={bframes} b-adapt=false "
+            f"key-int-max={key_int} bitrate={bitrate} option-string=repeat-headers=0 "
+            "! video/x-h264,profile=main,stream-format=avc,alignment=au"
+        )
+    elif codec == "h264":
         encoder = (
             "x264enc tune=zerolatency speed-preset=ultrafast bframes=0 "
             f"key-int-max={key_int} bitrate={bitrate} option-string=repeat-headers=0 "

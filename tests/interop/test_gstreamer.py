@@ -23,7 +23,7 @@ import av
 import pytest
 
 from tests.helpers import sim_site, write_config
-from tests.integration.helpers import daemon, log_lines, segments, stop_process
+from tests.integration.helpers import CSUD, daemon, log_lines, segments, stop_process
 from tests.interop.conftest import GstServer, describe, inband_h264_nal_types
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -273,3 +273,50 @@ def test_x265_over_tcp(gst_server: StartServer, tmp_path: Path) -> None:
     assert_all_frames(check_segments(tmp_path, rows, "hevc", 1280, 720))
     tags = {ffprobe(tmp_path / "store" / row["path"])["codec_tag_string"] for row in rows}
     assert tags <= {"hvc1", "hev1"}
+
+
+# --- B-frames: x264enc without zerolatency, profile main --------------------------------------
+
+
+def test_x264_with_b_frames_recorded_extracted_frame_exact(gst_server: StartServer, tmp_path: Path) -> None:
+    """x264enc bframes=2 (decode order != presentation order): every frame recorded, segments
+    carry composition offsets (pts != dts) and ffprobe reads them without a warning (no
+    non-monotonic DTS); an extraction of the whole recording decodes to the same pictures."""
+    server = gst_server({"mounts": [mount("/cam", width=640, height=360, config_interval=-1, bframes=2)]})
+    rows = record(tmp_path, server, "/cam", FRAMES / FPS + 2)
+    assert_all_frames(check_segments(tmp_path, rows, "h264", 640, 360))
+    recorded = []
+    reordered = 0
+    for row in rows:
+        path = tmp_path / "store" / row["path"]
+        probe = subprocess.run(
+            ["ffprobe", "-v", "warning", "-show_packets", "-of", "csv", str(path)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert probe.stderr == "", probe.stderr
+        with av.open(str(path)) as container:
+            reordered += sum(1 for p in container.demux(video=0) if p.size and p.pts != p.dts)
+        with av.open(str(path)) as container:
+            recorded += [f.to_ndarray(format="gray").tobytes() for f in container.decode(video=0)]
+    assert reordered > len(recorded) // 2, "no B-frames recorded"
+    config = tmp_path / "csud.toml"
+    out = tmp_path / "out"
+    start = rows[0]["start_ns"] / 1e9
+    end = rows[-1]["end_ns"] / 1e9
+    iso = [time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t))) + f".{int(t * 1000) % 1000:03d}+00:00"
+           for t in (start, end + 0.001)]  # fmt: skip
+    done = subprocess.run(
+        [CSUD, "extract", "--config", str(config), "--camera", "cam1", "--from", iso[0], "--to", iso[1],
+         "--requisition", "PV-B", "--officer", "Lt. Dupont", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (clip,) = out.glob("PV-B/*.mp4")
+    probe = subprocess.run(
+        ["ffprobe", "-v", "warning", "-show_packets", "-of", "csv", str(clip)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert probe.stderr == "", probe.stderr
+    with av.open(str(clip)) as container:
+        extracted = [f.to_ndarray(format="gray").tobytes() for f in container.decode(video=0)]
+    assert extracted == recorded

@@ -37,3 +37,18 @@ def test_export_counts_deltas_including_refused_packets_and_credentials() -> Non
     assert b"csud_camera_rtp_errors_total" in generate_latest(metrics.REGISTRY)
     metrics.forget("cam-metrics-1", "metz")
     assert sample("csud_camera_rtp_errors_total", **labels, reason="malformed") is None
+
+
+def test_time_and_memory_budget_series() -> None:
+    """Drift, jitter, time discontinuities and GOPs dropped by the memory budget, per camera."""
+    stats = CameraStats(
+        clock_drift_ppm=498.5, arrival_jitter_seconds=0.012, time_discontinuities=2, gops_dropped=3
+    )
+    metrics.export([fake_recorder("cam-metrics-2", stats)])  # type: ignore[list-item]
+    labels = {"camera": "cam-metrics-2", "commune": "metz"}
+    assert sample("csud_camera_clock_drift_ppm", **labels) == 498.5
+    assert sample("csud_camera_arrival_jitter_seconds", **labels) == 0.012
+    assert sample("csud_camera_time_discontinuities_total", **labels) == 2
+    assert sample("csud_camera_gops_dropped_total", **labels) == 3
+    metrics.forget("cam-metrics-2", "metz")
+    assert sample("csud_camera_gops_dropped_total", **labels) is None

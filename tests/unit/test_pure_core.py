@@ -24,6 +24,7 @@ PURE_MODULES = [
     "media/units.py",
     "rtsp/interleave.py",
     "rtsp/sdp.py",
+    "recording/budget.py",
     "recording/pipeline.py",
     "recording/segmenter.py",
     "recording/stats.py",

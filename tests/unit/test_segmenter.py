@@ -404,3 +404,103 @@ def test_h265_first_keyframe_carries_vps_sps_pps_after_its_delimiter() -> None:
     actions = seg.push(AccessUnit(7200, [new_sps, pps, idr], True), 80 * MS)
     assert [type(a).__name__ for a in actions] == ["Close", "Open", "Mux"]
     assert seg.sps == new_sps
+
+
+# -- B-frames: decode order differs from presentation order -----------------------------------
+
+
+def push_decode_order(seg: Segmenter, pts_ms: list[int], keys: set[int]) -> list[Action]:
+    actions: list[Action] = []
+    for i, p in enumerate(pts_ms):
+        unit = au([idr(i)], True) if p in keys else au([non_idr(i)], False)
+        actions += seg.push(unit, p * MS)
+    return actions + seg.stop()
+
+
+def test_b_frames_first_gop_reopens_with_the_decode_delay() -> None:
+    """I0 P3 B1 B2 P6 B4 B5 | I7: the first GOP shows a one-frame decode delay; the segment that
+    opened without one is re-opened at the same keyframe with it (nothing lost), and later
+    segments open with it."""
+    seg = Segmenter(segment_ns=1000 * MS, phase_ns=0)
+    seg.params(SPS_A, PPS)
+    order = [0, 120, 40, 80, 240, 160, 200, 280, 400, 320, 360]
+    actions = push_decode_order(seg, order, keys={0, 280})
+    assert [render(a) for a in actions] == [
+        "O0",
+        "M[K0/40]",
+        "C0!",
+        "O0",
+        "M[K0/40]",
+        "M[P120/40 P40/40 P80/40 P240/40 P160/40 P200/40 K280/40]",
+        "M[P400/40 P320/40 P360/40]",
+        "C440",
+    ]
+    opens = [a for a in actions if isinstance(a, Open)]
+    assert [o.reorder_ns for o in opens] == [0, 40 * MS]
+    frames = [f for a in actions[4:] if isinstance(a, Mux) for f in a.frames]
+    dts = [f.dts_ns for f in frames]
+    assert dts == [p * MS - 40 * MS for p in range(0, 440, 40)]  # rank order minus the delay
+    assert all(f.dts_ns is not None and f.dts_ns <= f.pts_ns for f in frames)
+    assert seg.frames_in == seg.frames_muxed - seg.tail_frames_discarded == len(order)
+    # The next segment opens with the delay at once.
+    assert seg.push(au([idr(99)], True), 5000 * MS)[0] == Open(5000 * MS, H264, (SPS_A, PPS), 40 * MS)
+
+
+def test_no_b_frames_dts_equal_pts() -> None:
+    seg = Segmenter(segment_ns=1000 * MS, phase_ns=0)
+    seg.params(SPS_A, PPS)
+    actions = push_decode_order(seg, [0, 40, 80, 120, 160], keys={0, 120})
+    frames = [f for a in actions if isinstance(a, Mux) for f in a.frames]
+    assert [f.dts_ns for f in frames] == [f.pts_ns for f in frames]
+    assert seg.tail_frames_discarded == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gops=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 3)), min_size=1, max_size=12),
+    segment_ms=st.sampled_from([200, 1000, 3000]),
+)
+def test_property_b_frames_every_frame_recorded_dts_monotonic(
+    gops: list[tuple[int, int]], segment_ms: int
+) -> None:
+    """Random GOPs of P-frames each followed by up to 3 B-frames (sent after it, as encoders
+    do): every frame ends up in a file exactly once (re-opens aside), dts never decreases in a
+    file and never passes pts; the first keyframe's offset is the segment's delay."""
+    seg = Segmenter(segment_ns=segment_ms * MS, phase_ns=0)
+    seg.params(SPS_A, PPS)
+    pts_order: list[int] = []
+    keys: set[int] = set()
+    n = 0
+    for minigops, bframes in gops:
+        keys.add(n * 40)
+        pts_order.append(n * 40)
+        n += 1
+        for _ in range(minigops):
+            p = n + bframes  # the reference is sent first, the B-frames before it after
+            pts_order.append(p * 40)
+            pts_order.extend((n + b) * 40 for b in range(bframes))
+            n = p + 1
+    actions = push_decode_order(seg, pts_order, keys)
+    files: list[tuple[Open, list[Frame], Close]] = []
+    current: tuple[Open, list[Frame]] | None = None
+    for a in actions:
+        if isinstance(a, Open):
+            current = (a, [])
+        elif isinstance(a, Mux):
+            assert current is not None
+            current[1].extend(a.frames)
+        elif isinstance(a, Close):
+            assert current is not None
+            files.append((current[0], current[1], a))
+            current = None
+    recorded: list[int] = []
+    for opened, frames, closed in files:
+        kept = frames[:-1] if closed.drop_tail else frames
+        recorded.extend(f.pts_ns // MS for f in kept)
+        dts = [f.dts_ns if f.dts_ns is not None else f.pts_ns for f in frames]
+        assert dts == sorted(dts)
+        assert all(f.pts_ns >= d for f, d in zip(frames, dts, strict=True))
+        assert frames[0].pts_ns - dts[0] == opened.reorder_ns
+        assert frames[0].keyframe and frames[0].pts_ns == opened.start_ns
+    assert sorted(recorded) == sorted(pts_order)
+    assert sum(seg.frames_dropped.values()) == 0

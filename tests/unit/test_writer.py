@@ -11,6 +11,8 @@ import hashlib
 import io
 import itertools
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from csud.recording.writer import (
     ns_to_ticks,
 )
 from csud.store.layout import segment_relpath
+from tests.conftest import skip_or_fail
 from tests.media import FRAME_NS, GOP, HEIGHT, T0_NS, WIDTH, encode
 
 
@@ -301,3 +304,75 @@ def test_iter_boxes_largesize_and_to_end() -> None:
     large = b"\x00\x00\x00\x01mdat" + (20).to_bytes(8, "big") + b"abcd"
     to_end = b"\x00\x00\x00\x00mdat" + b"xyz"
     assert list(iter_boxes(large + to_end)) == [("mdat", 0, 20), ("mdat", 20, 11)]
+
+
+def ffprobe_warnings(path: Path) -> str:
+    """What ffprobe says while reading every packet of ``path`` (warnings and errors only)."""
+    if shutil.which("ffprobe") is None:
+        skip_or_fail("ffprobe (Debian package ffmpeg) is not installed")
+    done = subprocess.run(
+        ["ffprobe", "-v", "warning", "-show_packets", "-of", "csv", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stderr
+
+
+async def test_b_frames_recorded_with_composition_offsets_ffprobe_clean(tmp_path: Path) -> None:
+    """libx264 with 2 B-frames: RTP times in presentation order, units in decode order. Every
+    frame is recorded, decodes to the same pictures in the same order as the raw stream, the
+    first keyframe's pts minus its dts is the segment's decode delay, and ffprobe reads the file
+    without a warning (no non-monotonic DTS)."""
+    aus = encode(100, bframes=2)
+    assert any(b.rtp_timestamp < a.rtp_timestamp for a, b in itertools.pairwise(aus)), "no B-frames"
+    seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
+    infos: list[SegmentInfo | None] = []
+    writer: SegmentWriter | None = None
+    for au in [*aus, None]:
+        actions = seg.stop() if au is None else seg.push(au, T0_NS + au.rtp_timestamp * 100_000 // 9)
+        for a in actions:
+            if isinstance(a, Open):
+                writer = await SegmentWriter.open(
+                    tmp_path,
+                    segment_relpath("metz", "cam-b", a.start_ns),
+                    a.start_ns,
+                    WIDTH,
+                    HEIGHT,
+                    reorder_ns=a.reorder_ns,
+                )
+            elif isinstance(a, Mux):
+                assert writer is not None
+                await writer.write(a.frames)
+            elif isinstance(a, Close):
+                assert writer is not None
+                infos.append(await writer.close(a.end_ns, a.drop_tail))
+    assert seg.reorder_ns > 0
+    kept = [i for i in infos if i is not None]
+    assert len(kept) == 1 and kept[0].frames == 100 and seg.frames_dropped == {}
+    path = tmp_path / kept[0].relpath
+    check_file(tmp_path, kept[0])
+    assert ffprobe_warnings(path) == ""
+    with av.open(str(path), "r") as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+        dts = [int(p.dts) for p in packets]
+        assert dts == sorted(dts) and len(set(dts)) == len(dts)
+        assert all(int(p.pts) >= int(p.dts) for p in packets)
+        assert int(packets[0].pts) - int(packets[0].dts) == ns_to_ticks(seg.reorder_ns)
+    with av.open(str(path), "r") as c:
+        recorded = [f.to_ndarray(format="gray").tobytes() for f in c.decode(video=0)]
+    raw = av.CodecContext.create("h264", "r")
+    reference = []
+    for au in [*aus, None]:
+        for f in raw.decode(None if au is None else av.Packet(au.annexb())):
+            reference.append(f.to_ndarray(format="gray").tobytes())
+    assert len(recorded) == 100 and recorded == reference
+
+
+def test_muxer_without_reorder_keeps_dts_equal_pts(clip: list[AccessUnit]) -> None:
+    muxer = FragmentMuxer(WIDTH, HEIGHT)
+    data = muxer.mux(list(frames_of(clip[:30])), T0_NS) + muxer.close()
+    with av.open(io.BytesIO(data), "r") as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+    assert [(int(p.pts), int(p.dts)) for p in packets] == [(i * 3600, i * 3600) for i in range(30)]
