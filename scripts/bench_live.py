@@ -218,6 +218,7 @@ def main() -> int:
                 m.group(1): float(m.group(2)) for m in re.finditer(DROPPED, after, re.M)
             },
             "rtp_packets_lost": metric_sum(after, "csud_camera_rtp_packets_lost_total"),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(result, indent=2))
         return 0

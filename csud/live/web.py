@@ -50,6 +50,7 @@ WS_HEARTBEAT_SECONDS = 20.0
 NS_PER_SECOND = 1_000_000_000
 SEND_HIGH_WATER_BYTES = 1024 * 1024  # unsent bytes in a viewer's socket before its sender waits
 SEND_DRAIN_POLL_SECONDS = 0.02
+WS_OPCODE_TEXT_FIN = 0x81
 WS_OPCODE_BINARY_FIN = 0x82
 _DUMMY_HASH = "scrypt$32768$8$1$00$00"  # checked for unknown users too: the same time either way
 
@@ -72,6 +73,50 @@ class View:
     started_ns: int
     bytes: int = 0
     refusal: str = ""
+
+
+class _Socket:
+    """Writes a viewer's messages as WebSocket frames straight into its transport.
+
+    :meth:`offer` is the viewer's :data:`~csud.live.fanout.Sink`, called by the fan-out on the
+    recorder's path: it writes only while the socket's unsent bytes are under
+    :data:`SEND_HIGH_WATER_BYTES` (else the message is queued and the sender task takes over),
+    never raises and never blocks. The frame header of a server message is a few bytes (no mask,
+    no compression), written with the message in one ``writelines``.
+    """
+
+    __slots__ = ("clock_ns", "latency", "transport", "view", "ws")
+
+    def __init__(self, transport: Any, ws: web.WebSocketResponse, view: View, clock_ns: Callable[[], int]):
+        self.transport = transport
+        self.ws = ws
+        self.view = view
+        self.clock_ns = clock_ns
+        self.latency = metrics.live_send_latency
+
+    def usable(self) -> bool:
+        return not (self.ws.closed or self.transport is None or self.transport.is_closing())
+
+    def backed_up(self) -> bool:
+        return int(self.transport.get_write_buffer_size()) > SEND_HIGH_WATER_BYTES
+
+    def offer(self, message: bytes | str, received_ns: int) -> bool:
+        if not self.usable() or self.backed_up():
+            return False
+        return self.write(message, received_ns)
+
+    def write(self, message: bytes | str, received_ns: int) -> bool:
+        data = message.encode() if isinstance(message, str) else message
+        opcode = WS_OPCODE_TEXT_FIN if isinstance(message, str) else WS_OPCODE_BINARY_FIN
+        try:
+            self.transport.writelines((_ws_header(opcode, len(data)), data))
+        except (OSError, RuntimeError) as exc:  # never into the recorder: this viewer ends
+            self.view.viewer.close(f"send_failed: {exc.__class__.__name__}")
+            return False
+        self.view.bytes += len(data)
+        if received_ns > REPLAYED:
+            self.latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
+        return True
 
 
 @dataclass
@@ -254,8 +299,7 @@ class LiveServer:
                 if status == 404:
                     reason = "camera_removed"
             if reason and not view.viewer.closed:
-                view.refusal = reason
-                view.viewer.push(event("closed", reason=reason))
+                view.refusal = reason  # the sender says why ("closed" event), then closes 4403
                 view.viewer.close(reason)
         for camera_id, feed in self.feeds.items():
             up = self.camera_up(camera_id)
@@ -357,6 +401,8 @@ class LiveServer:
         ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=4096, compress=False)
         await ws.prepare(request)
         view = View(operator.id, camera_id, commune, client, found[0], Viewer(), self.clock_ns())
+        sock = _Socket(request.transport, ws, view, self.clock_ns)
+        view.viewer.sink = sock.offer
         self._operators[operator.id] = operator
         self.views.add(view)
         metrics.live_viewers.labels(camera_id).inc()
@@ -370,7 +416,7 @@ class LiveServer:
             view.viewer.push(event("camera", up=self.camera_up(camera_id)))
         reader = asyncio.create_task(self._read(ws, view.viewer))
         try:
-            await self._send(ws, view, request.transport)
+            await self._send(view, sock)
         finally:
             feed.detach(view.viewer)
             view.viewer.close(view.viewer.close_reason or "ended")
@@ -395,39 +441,26 @@ class LiveServer:
             self.log.info("live_view_ended", operator=operator.id, camera=camera_id, seconds=seconds)
         return ws
 
-    async def _send(self, ws: web.WebSocketResponse, view: View, transport: Any) -> None:
-        """Drain the viewer's queue into its socket.
+    async def _send(self, view: View, sock: _Socket) -> None:
+        """Drain what the viewer's queue holds while its socket is backed up.
 
-        Fragments bypass aiohttp's frame writer: the WebSocket frame header of a server message
-        is a few bytes (no mask, no compression), written with the fragment in one ``writelines``
-        (one system call, no copy); JSON events still go through aiohttp. Back-pressure: past
+        The fan-out writes straight to the socket while the queue is empty (:class:`_Socket`);
+        this task wakes only for a viewer that has fallen behind. Back-pressure: past
         :data:`SEND_HIGH_WATER_BYTES` unsent, wait; the viewer's bounded queue fills meanwhile
-        and the fan-out makes it skip.
+        and the fan-out makes it skip to a keyframe.
         """
-        latency = metrics.live_send_latency
+        viewer = view.viewer
         while True:
-            item = await view.viewer.get()
-            if item is None or ws.closed or transport is None or transport.is_closing():
+            item = await viewer.get()
+            if item is None or not sock.usable() or not sock.write(*item):
                 break
-            message, received_ns = item
-            try:
-                if isinstance(message, str):
-                    await ws.send_str(message)
-                else:
-                    transport.writelines((_ws_binary_header(len(message)), message))
-                    while transport.get_write_buffer_size() > SEND_HIGH_WATER_BYTES:
-                        if transport.is_closing() or view.viewer.closed:
-                            return
-                        await asyncio.sleep(SEND_DRAIN_POLL_SECONDS)
-            except (ConnectionError, RuntimeError):
-                break
-            view.bytes += len(message)
-            if received_ns > REPLAYED:
-                latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
-        # A refusal's "closed" event was queued before the close: send what is left of it.
-        if view.refusal and not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.send_str(event("closed", reason=view.refusal))
+            while sock.backed_up():
+                if not sock.usable() or viewer.closed:
+                    return
+                await asyncio.sleep(SEND_DRAIN_POLL_SECONDS)
+        # A refusal's "closed" event: said once, before the close.
+        if view.refusal and sock.usable():
+            sock.write(event("closed", reason=view.refusal), 0)
 
     async def _read(self, ws: web.WebSocketResponse, viewer: Viewer) -> None:
         """Viewers send nothing we act on; the read loop notices the close."""
@@ -448,13 +481,13 @@ class LiveServer:
             self.log.error("live_journal_failed", kind=kind, error=str(exc))
 
 
-def _ws_binary_header(size: int) -> bytes:
-    """RFC 6455 5.2: FIN + binary opcode, unmasked (server to client), 7/16/64-bit length."""
+def _ws_header(opcode: int, size: int) -> bytes:
+    """RFC 6455 5.2: FIN + opcode, unmasked (server to client), 7/16/64-bit length."""
     if size < 126:
-        return bytes((WS_OPCODE_BINARY_FIN, size))
+        return bytes((opcode, size))
     if size < 1 << 16:
-        return struct.pack(">BBH", WS_OPCODE_BINARY_FIN, 126, size)
-    return struct.pack(">BBQ", WS_OPCODE_BINARY_FIN, 127, size)
+        return struct.pack(">BBH", opcode, 126, size)
+    return struct.pack(">BBQ", opcode, 127, size)
 
 
 def _same_origin(request: web.Request) -> bool:
