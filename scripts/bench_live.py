@@ -63,9 +63,14 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing on port {port}")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def scrape(port: int) -> str:
@@ -139,6 +144,9 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--core", type=int, default=0, help="core for csud run (-1: no pinning)")
+    ap.add_argument(
+        "--profile", type=Path, help="py-spy the daemon while viewed: collapsed stacks to this file"
+    )
     args = ap.parse_args()
     core = None if args.core < 0 else args.core
     other = None if core is None else (core + 1) % (os.cpu_count() or 1)
@@ -174,9 +182,11 @@ def main() -> int:
         wait_port(web)
         wait_port(met)
         time.sleep(args.warmup)
-        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        s0, t0 = cpu_split(daemon.pid), time.monotonic()
         time.sleep(args.seconds)
-        idle = (cpu_seconds(daemon.pid) - c0) / (time.monotonic() - t0)
+        s1, t1 = cpu_split(daemon.pid), time.monotonic()
+        idle_split = [(b - a) / (t1 - t0) for a, b in zip(s0, s1, strict=True)]
+        idle = sum(idle_split)
         if other is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {other})
         before = scrape(met)
@@ -187,10 +197,22 @@ def main() -> int:
         async def phase() -> list[int]:
             task = asyncio.create_task(viewers(web, args.cameras, args.viewers, stop, first))
             await asyncio.sleep(args.warmup)
-            measured["c"], measured["t"] = cpu_seconds(daemon.pid), time.monotonic()
-            measured["scrape"] = 0
+            split0, measured["t"] = cpu_split(daemon.pid), time.monotonic()
+            spy = None
+            if args.profile is not None:  # sampled from outside, not paused: --nonblocking
+                spy = subprocess.Popen(
+                    [str(BIN / "py-spy"), "record", "--nonblocking", "--format", "raw", "-r", "200",
+                     "-d", str(int(args.seconds)), "-p", str(daemon.pid), "-o", str(args.profile)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             await asyncio.sleep(args.seconds)
-            measured["busy"] = (cpu_seconds(daemon.pid) - measured["c"]) / (time.monotonic() - measured["t"])
+            if spy is not None:
+                await asyncio.to_thread(spy.wait, 30)
+            split1, elapsed = cpu_split(daemon.pid), time.monotonic() - measured["t"]
+            measured["busy_user"], measured["busy_system"] = (
+                (b - a) / elapsed for a, b in zip(split0, split1, strict=True)
+            )
+            measured["busy"] = measured["busy_user"] + measured["busy_system"]
             stop.set()
             return await task
 
@@ -209,6 +231,10 @@ def main() -> int:
             "cpu_no_viewer_pct_core": round(100 * idle, 2),
             "cpu_with_viewers_pct_core": round(100 * busy, 2),
             "cpu_added_per_viewer_pct_core": round(100 * (busy - idle) / args.viewers, 3),
+            "cpu_added_per_viewer_user_system_pct_core": [
+                round(100 * (measured["busy_user"] - idle_split[0]) / args.viewers, 3),
+                round(100 * (measured["busy_system"] - idle_split[1]) / args.viewers, 3),
+            ],
             "latency_p50_ms": round(1000 * quantile(buckets(before), buckets(after), 0.50), 2),
             "latency_p99_ms": round(1000 * quantile(buckets(before), buckets(after), 0.99), 2),
             "messages_received_min_per_viewer": min(got),

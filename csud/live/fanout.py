@@ -63,6 +63,7 @@ class Viewer:
         sink: Sink | None = None,
     ):
         self.sink = sink
+        self.sent_direct = False  # the last message pushed went straight to the sink
         self.max_bytes = max_bytes
         self.max_items = max_items
         self._items: deque[Item] = deque()
@@ -80,7 +81,9 @@ class Viewer:
         if self.closed:
             return True
         if not self._items and self.sink is not None and self.sink(message, received_ns):
+            self.sent_direct = True
             return True
+        self.sent_direct = False
         if self._bytes + len(message) > self.max_bytes or len(self._items) >= self.max_items:
             return False
         self._items.append((message, received_ns))
@@ -124,8 +127,17 @@ class Viewer:
 class CameraFeed:
     """One camera's live state: its init segment, the current GOP's fragments, its viewers."""
 
-    def __init__(self, camera_id: str, on_skipped: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        on_skipped: Callable[[int], None] | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_skipped(frames)``: frames a viewer lost. ``on_sent(received_ns)``: a frame's fragment
+        has been handed to the sink of every viewer that took it directly (once per frame, after
+        the last of them: the latest, so an upper bound for each)."""
         self.camera_id = camera_id
+        self._on_sent = on_sent
         self.track: fmp4.TrackInfo | None = None
         self.viewers: set[Viewer] = set()
         self._on_skipped = on_skipped
@@ -175,8 +187,13 @@ class CameraFeed:
                 self._gop_complete = False
                 self._gop.clear()
                 self._gop_bytes = 0
+        direct = False
         for viewer in self.viewers:
+            viewer.sent_direct = False
             self._offer(viewer, data, au.keyframe, received_ns)
+            direct = direct or viewer.sent_direct
+        if direct and self._on_sent is not None:
+            self._on_sent(received_ns)
 
     def _new_init(self, codec: str, parameter_sets: Sequence[bytes]) -> None:
         self._codec, self._params = codec, tuple(parameter_sets)

@@ -101,11 +101,13 @@ class _Socket:
         return int(self.transport.get_write_buffer_size()) > SEND_HIGH_WATER_BYTES
 
     def offer(self, message: bytes | str, received_ns: int) -> bool:
+        """The fan-out's path: its latency is observed once per frame (:meth:`LiveServer._sent`)."""
         if not self.usable() or self.backed_up():
             return False
-        return self.write(message, received_ns)
+        return self.write(message, 0)
 
     def write(self, message: bytes | str, received_ns: int) -> bool:
+        """``received_ns`` > :data:`REPLAYED`: a live frame sent late (from the queue), observed."""
         data = message.encode() if isinstance(message, str) else message
         opcode = WS_OPCODE_TEXT_FIN if isinstance(message, str) else WS_OPCODE_BINARY_FIN
         try:
@@ -169,8 +171,12 @@ class LiveServer:
     def feed(self, camera_id: str) -> CameraFeed:
         feed = self.feeds.get(camera_id)
         if feed is None:
-            feed = self.feeds[camera_id] = CameraFeed(camera_id, metrics.live_frames_skipped.inc)
+            feed = self.feeds[camera_id] = CameraFeed(camera_id, metrics.live_frames_skipped.inc, self._sent)
         return feed
+
+    def _sent(self, received_ns: int) -> None:
+        """A frame reached every viewer's socket that was not behind: one latency sample."""
+        metrics.live_send_latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
 
     def frame_sink(self, camera_id: str) -> Callable[..., None]:
         """What a recorder calls once per complete access unit: ``(au, codec, sets, received_ns)``."""

@@ -225,15 +225,18 @@ class _Sock:
 
 def test_viewer_writes_straight_to_its_socket_while_its_queue_is_empty() -> None:
     aus = encode(30, gop=10)
-    feed = CameraFeed("cam1")
+    sent: list[int] = []
+    feed = CameraFeed("cam1", on_sent=sent.append)
     sock = _Sock()
     viewer = feed.attach(Viewer(sink=sock.offer))
     _feed(aus, feed, 0, 12)
     assert viewer.queued_bytes == 0 and not viewer._wake.is_set()  # no sender wake-up per frame
     assert len(sock.sent) == 2 + 12  # init, event, 12 frames
+    assert sent == [1_000 + i for i in range(12)]  # one latency sample per frame sent directly
     sock.backed_up = True  # the socket's send buffer is full: frames wait in the queue, in order
     _feed(aus, feed, 12, 15)
     assert len(viewer._items) == 3 and viewer._wake.is_set()
+    assert len(sent) == 12  # queued frames are observed by the sender when written
     sock.backed_up = False  # even now, a new frame goes behind the queued ones, not before
     _feed(aus, feed, 15, 18)
     assert len(sock.sent) == 14 and len(viewer._items) == 6
