@@ -106,18 +106,24 @@ class Viewer:
             self.closed, self.close_reason = True, reason
             self._wake.set()
 
-    async def get(self) -> Item | None:
-        """The next message, or None once closed."""
+    async def wait(self) -> bool:
+        """Until a message is queued (True) or the viewer is closed (False)."""
         while not self._items:
             if self.closed:
-                return None
+                return False
             self._wake.clear()
             await self._wake.wait()
-        if self.closed:
-            return None
+        return not self.closed
+
+    def pop(self) -> Item:
+        """The oldest queued message (after :meth:`wait` said there is one)."""
         item = self._items.popleft()
         self._bytes -= len(item[0])
         return item
+
+    async def get(self) -> Item | None:
+        """The next message, or None once closed."""
+        return self.pop() if await self.wait() else None
 
     @property
     def queued_bytes(self) -> int:
