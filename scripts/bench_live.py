@@ -39,6 +39,8 @@ from typing import Any
 
 from csud.store.identity import create_store
 
+MAX_VIEWS_PER_OPERATOR = 64  # csud.live.web's (not imported: the "before" tree has none)
+
 BIN = Path(sys.executable).parent
 CSUD = str(BIN / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -110,13 +112,17 @@ async def viewers(web: int, cameras: int, count: int, stop: asyncio.Event, first
     import aiohttp
 
     got = [0] * count
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as s:
-        form = {"username": "bench", "password": PASSWORD}
-        async with s.post(f"http://127.0.0.1:{web}/login", data=form, allow_redirects=False) as r:
-            assert r.status == 303, r.status
+    sessions = [
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(operators(count))
+    ]
+    try:
+        for n, s in enumerate(sessions):
+            form = {"username": f"bench{n}", "password": PASSWORD}
+            async with s.post(f"http://127.0.0.1:{web}/login", data=form, allow_redirects=False) as r:
+                assert r.status == 303, r.status
 
         async def one(i: int) -> None:
+            s = sessions[i // MAX_VIEWS_PER_OPERATOR]
             async with s.ws_connect(f"ws://127.0.0.1:{web}/live/cam{i % cameras + 1}", max_msg_size=0) as ws:
                 while not stop.is_set():
                     try:
@@ -131,7 +137,15 @@ async def viewers(web: int, cameras: int, count: int, stop: asyncio.Event, first
                         return
 
         await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        for s in sessions:
+            await s.close()
     return got
+
+
+def operators(viewers: int) -> int:
+    """Operators needed for ``viewers`` streams (each may open MAX_VIEWS_PER_OPERATOR)."""
+    return max(1, -(-viewers // MAX_VIEWS_PER_OPERATOR))
 
 
 def main() -> int:
@@ -164,11 +178,12 @@ def main() -> int:
     config.write_text("\n\n".join(lines) + "\n")
     create_store(tmp / "store")
     (tmp / "pw").write_text(PASSWORD + "\n")
-    subprocess.run(
-        [CSUD, "operator", "add", "bench", "--name", "Bench", "--communes", "metz",
-         "--password-file", str(tmp / "pw"), "--config", str(config)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    for n in range(operators(args.viewers)):
+        subprocess.run(
+            [CSUD, "operator", "add", f"bench{n}", "--name", f"Bench {n}", "--communes", "metz",
+             "--password-file", str(tmp / "pw"), "--config", str(config)],
+            check=True, capture_output=True,
+        )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     log = (tmp / "csud.log").open("wb")
     try:

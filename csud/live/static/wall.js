@@ -120,7 +120,9 @@ class Tile {
   append(bytes) {
     if (this.unsupported || !bytes) return;
     this.queue.push(bytes);
-    if (this.queue.length > 300) this.queue.splice(1, this.queue.length - 1);  // tab asleep: keep init
+    // Far behind (a tab asleep): dropping fragments would leave frames whose references are gone,
+    // so start again from a new connection, at the latest keyframe.
+    if (this.queue.length > 300) { this.queue = []; this.ws.close(); return; }
     this.pump();
   }
 
