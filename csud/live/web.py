@@ -48,6 +48,7 @@ LOGIN_WINDOW_SECONDS = 60.0
 WS_CLOSE_REFUSED = 4403  # application close code: a right was withdrawn while watching
 WS_CLOSE_POLICY = 1008  # RFC 6455: the viewer sent data; viewers send nothing
 WS_HEARTBEAT_SECONDS = 20.0  # no pong within half of it: the connection is dropped
+WS_CLOSE_TIMEOUT_SECONDS = 2.0  # for the client's close reply, then the socket is aborted
 MAX_VIEWS_PER_OPERATOR = 64  # open streams of one operator (all tabs): a 64-tile wall is plenty
 MAX_VIEWS = 1000  # open streams in all: each may hold its queue and a socket buffer (~5 MB)
 MAX_SESSIONS_PER_OPERATOR = 16  # a new login beyond it ends that operator's oldest session
@@ -434,7 +435,12 @@ class LiveServer:
             self.views.discard(view)
             raise web.HTTPServiceUnavailable(text="journal_unavailable\n")
         # No permessage-deflate: video does not compress, and deflating every frame costs CPU.
-        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=4096, compress=False)
+        ws = web.WebSocketResponse(
+            heartbeat=WS_HEARTBEAT_SECONDS,
+            max_msg_size=4096,
+            compress=False,
+            timeout=WS_CLOSE_TIMEOUT_SECONDS,
+        )
         sock = _Socket(request.transport, ws, view, self.clock_ns)
         view.viewer.sink = sock.offer
         self._operators[operator.id] = operator

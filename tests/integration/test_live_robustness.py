@@ -72,6 +72,35 @@ async def test_a_client_that_never_reads_costs_a_bounded_buffer_and_is_dropped(
         raw.close()
 
 
+async def test_closing_a_silent_clients_stream_waits_for_no_reply(live: Live) -> None:
+    """Stopping the server (or withdrawing a right) closes a stream whose client never answers
+    the close frame within WS_CLOSE_TIMEOUT_SECONDS, not aiohttp's default 10 s."""
+    s = await login(live, "alice")
+    cookie = next(c.value for c in s.cookie_jar if c.key == web.COOKIE)
+    await s.close()
+    raw = socket.create_connection((live.http.host, live.http.port))
+    raw.sendall(
+        (
+            f"GET /live/metz-1 HTTP/1.1\r\nHost: {live.http.host}:{live.http.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nCookie: {web.COOKIE}={cookie}\r\n\r\n"
+        ).encode()
+    )
+    try:
+        for _ in range(100):
+            if live.server.views:
+                break
+            await asyncio.sleep(0.02)
+        (view,) = live.server.views
+        started = time.monotonic()
+        view.viewer.close("server_stopping")  # what LiveServer.close does to every view
+        (ended,) = await _ended(live, timeout=12)
+        assert time.monotonic() - started < web.WS_CLOSE_TIMEOUT_SECONDS + 1.5
+        assert ended.reason == "server_stopping"  # type: ignore[attr-defined]
+    finally:
+        raw.close()
+
+
 async def test_a_viewer_that_sends_data_is_closed_1008(live: Live) -> None:
     s = await login(live, "alice")
     async with s:
