@@ -39,6 +39,8 @@ from typing import Any
 
 from csud.store.identity import create_store
 
+MAX_VIEWS_PER_OPERATOR = 64  # csud.live.web's (not imported: the "before" tree has none)
+
 BIN = Path(sys.executable).parent
 CSUD = str(BIN / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,9 +65,14 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing on port {port}")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def scrape(port: int) -> str:
@@ -105,13 +112,17 @@ async def viewers(web: int, cameras: int, count: int, stop: asyncio.Event, first
     import aiohttp
 
     got = [0] * count
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as s:
-        form = {"username": "bench", "password": PASSWORD}
-        async with s.post(f"http://127.0.0.1:{web}/login", data=form, allow_redirects=False) as r:
-            assert r.status == 303, r.status
+    sessions = [
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(operators(count))
+    ]
+    try:
+        for n, s in enumerate(sessions):
+            form = {"username": f"bench{n}", "password": PASSWORD}
+            async with s.post(f"http://127.0.0.1:{web}/login", data=form, allow_redirects=False) as r:
+                assert r.status == 303, r.status
 
         async def one(i: int) -> None:
+            s = sessions[i // MAX_VIEWS_PER_OPERATOR]
             async with s.ws_connect(f"ws://127.0.0.1:{web}/live/cam{i % cameras + 1}", max_msg_size=0) as ws:
                 while not stop.is_set():
                     try:
@@ -126,7 +137,15 @@ async def viewers(web: int, cameras: int, count: int, stop: asyncio.Event, first
                         return
 
         await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        for s in sessions:
+            await s.close()
     return got
+
+
+def operators(viewers: int) -> int:
+    """Operators needed for ``viewers`` streams (each may open MAX_VIEWS_PER_OPERATOR)."""
+    return max(1, -(-viewers // MAX_VIEWS_PER_OPERATOR))
 
 
 def main() -> int:
@@ -139,6 +158,9 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--core", type=int, default=0, help="core for csud run (-1: no pinning)")
+    ap.add_argument(
+        "--profile", type=Path, help="py-spy the daemon while viewed: collapsed stacks to this file"
+    )
     args = ap.parse_args()
     core = None if args.core < 0 else args.core
     other = None if core is None else (core + 1) % (os.cpu_count() or 1)
@@ -156,11 +178,12 @@ def main() -> int:
     config.write_text("\n\n".join(lines) + "\n")
     create_store(tmp / "store")
     (tmp / "pw").write_text(PASSWORD + "\n")
-    subprocess.run(
-        [CSUD, "operator", "add", "bench", "--name", "Bench", "--communes", "metz",
-         "--password-file", str(tmp / "pw"), "--config", str(config)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    for n in range(operators(args.viewers)):
+        subprocess.run(
+            [CSUD, "operator", "add", f"bench{n}", "--name", f"Bench {n}", "--communes", "metz",
+             "--password-file", str(tmp / "pw"), "--config", str(config)],
+            check=True, capture_output=True,
+        )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     log = (tmp / "csud.log").open("wb")
     try:
@@ -174,9 +197,11 @@ def main() -> int:
         wait_port(web)
         wait_port(met)
         time.sleep(args.warmup)
-        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        s0, t0 = cpu_split(daemon.pid), time.monotonic()
         time.sleep(args.seconds)
-        idle = (cpu_seconds(daemon.pid) - c0) / (time.monotonic() - t0)
+        s1, t1 = cpu_split(daemon.pid), time.monotonic()
+        idle_split = [(b - a) / (t1 - t0) for a, b in zip(s0, s1, strict=True)]
+        idle = sum(idle_split)
         if other is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {other})
         before = scrape(met)
@@ -187,10 +212,22 @@ def main() -> int:
         async def phase() -> list[int]:
             task = asyncio.create_task(viewers(web, args.cameras, args.viewers, stop, first))
             await asyncio.sleep(args.warmup)
-            measured["c"], measured["t"] = cpu_seconds(daemon.pid), time.monotonic()
-            measured["scrape"] = 0
+            split0, measured["t"] = cpu_split(daemon.pid), time.monotonic()
+            spy = None
+            if args.profile is not None:  # sampled from outside, not paused: --nonblocking
+                spy = subprocess.Popen(
+                    [str(BIN / "py-spy"), "record", "--nonblocking", "--format", "raw", "-r", "200",
+                     "-d", str(int(args.seconds)), "-p", str(daemon.pid), "-o", str(args.profile)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             await asyncio.sleep(args.seconds)
-            measured["busy"] = (cpu_seconds(daemon.pid) - measured["c"]) / (time.monotonic() - measured["t"])
+            if spy is not None:
+                await asyncio.to_thread(spy.wait, 30)
+            split1, elapsed = cpu_split(daemon.pid), time.monotonic() - measured["t"]
+            measured["busy_user"], measured["busy_system"] = (
+                (b - a) / elapsed for a, b in zip(split0, split1, strict=True)
+            )
+            measured["busy"] = measured["busy_user"] + measured["busy_system"]
             stop.set()
             return await task
 
@@ -209,6 +246,10 @@ def main() -> int:
             "cpu_no_viewer_pct_core": round(100 * idle, 2),
             "cpu_with_viewers_pct_core": round(100 * busy, 2),
             "cpu_added_per_viewer_pct_core": round(100 * (busy - idle) / args.viewers, 3),
+            "cpu_added_per_viewer_user_system_pct_core": [
+                round(100 * (measured["busy_user"] - idle_split[0]) / args.viewers, 3),
+                round(100 * (measured["busy_system"] - idle_split[1]) / args.viewers, 3),
+            ],
             "latency_p50_ms": round(1000 * quantile(buckets(before), buckets(after), 0.50), 2),
             "latency_p99_ms": round(1000 * quantile(buckets(before), buckets(after), 0.99), 2),
             "messages_received_min_per_viewer": min(got),
@@ -218,6 +259,7 @@ def main() -> int:
                 m.group(1): float(m.group(2)) for m in re.finditer(DROPPED, after, re.M)
             },
             "rtp_packets_lost": metric_sum(after, "csud_camera_rtp_packets_lost_total"),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(result, indent=2))
         return 0

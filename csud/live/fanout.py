@@ -3,6 +3,9 @@
 The recorder calls :meth:`CameraFeed.on_frame` once per complete access unit, on the event loop,
 synchronously. That call builds the frame's fMP4 fragment once (:mod:`csud.live.fmp4`) and appends
 the same ``bytes`` object to every viewer's queue: no per-viewer muxing, no await, no lock.
+While a viewer's queue is empty, a message goes straight to its socket through the viewer's
+``sink`` (no task wake-up per frame per viewer); the queue only holds what a viewer that has fallen
+behind (its socket's send buffer past a high-water mark) has not taken yet, in order.
 Recording never waits for a viewer: a viewer's queue is bounded (:data:`VIEWER_QUEUE_MAX_BYTES`);
 when it is full, the viewer's queued frames are dropped and it skips to the next keyframe, where a
 JSON ``skipped`` event tells it how many frames it lost (counted in
@@ -36,6 +39,9 @@ MAX_FRAME_TICKS = 5 * fmp4.TIMESCALE  # a larger step (reset, long gap) counts a
 
 # (message, n): n > 0 a frame's received_ns; n < 0 a skipped event for -n frames; 0 otherwise.
 Item = tuple[bytes | str, int]
+# Writes a message to the viewer's socket now and returns True, or returns False (nothing written)
+# when the socket is backed up: the message is then queued. Never raises, never blocks.
+Sink = Callable[[bytes | str, int], bool]
 REPLAYED = 1  # n of the kept GOP's frames sent to a new viewer: frames, but not live (no latency)
 
 
@@ -44,9 +50,20 @@ def event(kind: str, **fields: object) -> str:
 
 
 class Viewer:
-    """One viewer's bounded queue. Filled by :class:`CameraFeed`, drained by the web shell."""
+    """One viewer's bounded queue. Filled by :class:`CameraFeed`, drained by the web shell.
 
-    def __init__(self, max_bytes: int = VIEWER_QUEUE_MAX_BYTES, max_items: int = VIEWER_QUEUE_MAX_ITEMS):
+    With a ``sink``, :meth:`push` hands a message to it directly while the queue is empty, so
+    order is kept: a queued message is always older than one the sink is offered.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int = VIEWER_QUEUE_MAX_BYTES,
+        max_items: int = VIEWER_QUEUE_MAX_ITEMS,
+        sink: Sink | None = None,
+    ):
+        self.sink = sink
+        self.sent_direct = False  # the last message pushed went straight to the sink
         self.max_bytes = max_bytes
         self.max_items = max_items
         self._items: deque[Item] = deque()
@@ -60,9 +77,13 @@ class Viewer:
         self.close_reason = ""
 
     def push(self, message: bytes | str, received_ns: int = 0) -> bool:
-        """Queue a message; False (and nothing queued) if the queue is full."""
+        """Send or queue a message; False (and nothing queued) if the queue is full."""
         if self.closed:
             return True
+        if not self._items and self.sink is not None and self.sink(message, received_ns):
+            self.sent_direct = True
+            return True
+        self.sent_direct = False
         if self._bytes + len(message) > self.max_bytes or len(self._items) >= self.max_items:
             return False
         self._items.append((message, received_ns))
@@ -85,18 +106,24 @@ class Viewer:
             self.closed, self.close_reason = True, reason
             self._wake.set()
 
-    async def get(self) -> Item | None:
-        """The next message, or None once closed."""
+    async def wait(self) -> bool:
+        """Until a message is queued (True) or the viewer is closed (False)."""
         while not self._items:
             if self.closed:
-                return None
+                return False
             self._wake.clear()
             await self._wake.wait()
-        if self.closed:
-            return None
+        return not self.closed
+
+    def pop(self) -> Item:
+        """The oldest queued message (after :meth:`wait` said there is one)."""
         item = self._items.popleft()
         self._bytes -= len(item[0])
         return item
+
+    async def get(self) -> Item | None:
+        """The next message, or None once closed."""
+        return self.pop() if await self.wait() else None
 
     @property
     def queued_bytes(self) -> int:
@@ -106,8 +133,17 @@ class Viewer:
 class CameraFeed:
     """One camera's live state: its init segment, the current GOP's fragments, its viewers."""
 
-    def __init__(self, camera_id: str, on_skipped: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        on_skipped: Callable[[int], None] | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_skipped(frames)``: frames a viewer lost. ``on_sent(received_ns)``: a frame's fragment
+        has been handed to the sink of every viewer that took it directly (once per frame, after
+        the last of them: the latest, so an upper bound for each)."""
         self.camera_id = camera_id
+        self._on_sent = on_sent
         self.track: fmp4.TrackInfo | None = None
         self.viewers: set[Viewer] = set()
         self._on_skipped = on_skipped
@@ -133,6 +169,8 @@ class CameraFeed:
             if 0 < ticks <= MAX_FRAME_TICKS:
                 self._duration = ticks
             self._decode_time += self._duration
+        else:  # media time x 90 kHz is the RTP timestamp (mod 2^32) until the camera's clock jumps
+            self._decode_time = au.rtp_timestamp
         self._last_rtp = au.rtp_timestamp
         if au.keyframe and (codec != self._codec or tuple(parameter_sets) != self._params):
             self._new_init(codec, parameter_sets)
@@ -155,8 +193,13 @@ class CameraFeed:
                 self._gop_complete = False
                 self._gop.clear()
                 self._gop_bytes = 0
+        direct = False
         for viewer in self.viewers:
+            viewer.sent_direct = False
             self._offer(viewer, data, au.keyframe, received_ns)
+            direct = direct or viewer.sent_direct
+        if direct and self._on_sent is not None:
+            self._on_sent(received_ns)
 
     def _new_init(self, codec: str, parameter_sets: Sequence[bytes]) -> None:
         self._codec, self._params = codec, tuple(parameter_sets)

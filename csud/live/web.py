@@ -46,10 +46,16 @@ RECHECK_SECONDS = 0.25
 LOGIN_MAX_FAILURES = 5
 LOGIN_WINDOW_SECONDS = 60.0
 WS_CLOSE_REFUSED = 4403  # application close code: a right was withdrawn while watching
-WS_HEARTBEAT_SECONDS = 20.0
+WS_CLOSE_POLICY = 1008  # RFC 6455: the viewer sent data; viewers send nothing
+WS_HEARTBEAT_SECONDS = 20.0  # no pong within half of it: the connection is dropped
+WS_CLOSE_TIMEOUT_SECONDS = 2.0  # for the client's close reply, then the socket is aborted
+MAX_VIEWS_PER_OPERATOR = 64  # open streams of one operator (all tabs): a 64-tile wall is plenty
+MAX_VIEWS = 1000  # open streams in all: each may hold its queue and a socket buffer (~5 MB)
+MAX_SESSIONS_PER_OPERATOR = 16  # a new login beyond it ends that operator's oldest session
 NS_PER_SECOND = 1_000_000_000
 SEND_HIGH_WATER_BYTES = 1024 * 1024  # unsent bytes in a viewer's socket before its sender waits
 SEND_DRAIN_POLL_SECONDS = 0.02
+WS_OPCODE_TEXT_FIN = 0x81
 WS_OPCODE_BINARY_FIN = 0x82
 _DUMMY_HASH = "scrypt$32768$8$1$00$00"  # checked for unknown users too: the same time either way
 
@@ -72,6 +78,53 @@ class View:
     started_ns: int
     bytes: int = 0
     refusal: str = ""
+    close_code: int = 0  # set when the viewer broke the protocol (1008)
+
+
+class _Socket:
+    """Writes a viewer's messages as WebSocket frames straight into its transport.
+
+    :meth:`offer` is the viewer's :data:`~csud.live.fanout.Sink`, called by the fan-out on the
+    recorder's path: it writes only while the socket's unsent bytes are under
+    :data:`SEND_HIGH_WATER_BYTES` (else the message is queued and the sender task takes over),
+    never raises and never blocks. The frame header of a server message is a few bytes (no mask,
+    no compression), written with the message in one ``writelines``.
+    """
+
+    __slots__ = ("clock_ns", "latency", "transport", "view", "ws")
+
+    def __init__(self, transport: Any, ws: web.WebSocketResponse, view: View, clock_ns: Callable[[], int]):
+        self.transport = transport
+        self.ws = ws
+        self.view = view
+        self.clock_ns = clock_ns
+        self.latency = metrics.live_send_latency
+
+    def usable(self) -> bool:
+        return not (self.ws.closed or self.transport is None or self.transport.is_closing())
+
+    def backed_up(self) -> bool:
+        return int(self.transport.get_write_buffer_size()) > SEND_HIGH_WATER_BYTES
+
+    def offer(self, message: bytes | str, received_ns: int) -> bool:
+        """The fan-out's path: its latency is observed once per frame (:meth:`LiveServer._sent`)."""
+        if not self.usable() or self.backed_up():
+            return False
+        return self.write(message, 0)
+
+    def write(self, message: bytes | str, received_ns: int) -> bool:
+        """``received_ns`` > :data:`REPLAYED`: a live frame sent late (from the queue), observed."""
+        data = message.encode() if isinstance(message, str) else message
+        opcode = WS_OPCODE_TEXT_FIN if isinstance(message, str) else WS_OPCODE_BINARY_FIN
+        try:
+            self.transport.writelines((_ws_header(opcode, len(data)), data))
+        except (OSError, RuntimeError) as exc:  # never into the recorder: this viewer ends
+            self.view.viewer.close(f"send_failed: {exc.__class__.__name__}")
+            return False
+        self.view.bytes += len(data)
+        if received_ns > REPLAYED:
+            self.latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
+        return True
 
 
 @dataclass
@@ -124,8 +177,12 @@ class LiveServer:
     def feed(self, camera_id: str) -> CameraFeed:
         feed = self.feeds.get(camera_id)
         if feed is None:
-            feed = self.feeds[camera_id] = CameraFeed(camera_id, metrics.live_frames_skipped.inc)
+            feed = self.feeds[camera_id] = CameraFeed(camera_id, metrics.live_frames_skipped.inc, self._sent)
         return feed
+
+    def _sent(self, received_ns: int) -> None:
+        """A frame reached every viewer's socket that was not behind: one latency sample."""
+        metrics.live_send_latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
 
     def frame_sink(self, camera_id: str) -> Callable[..., None]:
         """What a recorder calls once per complete access unit: ``(au, codec, sets, received_ns)``."""
@@ -224,9 +281,14 @@ class LiveServer:
         if self._runner is not None:
             await self._runner.cleanup()  # waits for the view handlers, which journal their end
 
+    def _purge_sessions(self, now: float) -> None:
+        for token in [t for t, s in self.sessions.items() if s.expires <= now]:
+            del self.sessions[token]
+
     async def _recheck_loop(self) -> None:
         while True:
             await asyncio.sleep(RECHECK_SECONDS)
+            self._purge_sessions(self.monotonic())  # expired sessions do not pile up unused
             if not self.views:
                 continue
             try:
@@ -254,8 +316,7 @@ class LiveServer:
                 if status == 404:
                     reason = "camera_removed"
             if reason and not view.viewer.closed:
-                view.refusal = reason
-                view.viewer.push(event("closed", reason=reason))
+                view.refusal = reason  # the sender says why ("closed" event), then closes 4403
                 view.viewer.close(reason)
         for camera_id, feed in self.feeds.items():
             up = self.camera_up(camera_id)
@@ -298,6 +359,10 @@ class LiveServer:
             return web.Response(status=401, text="wrong user name or password\n")
         token = secrets.token_urlsafe(32)
         minutes = self.settings.web.session_minutes
+        self._purge_sessions(now)
+        mine = [t for t, s in self.sessions.items() if s.operator == operator.id]  # oldest first
+        for old in mine[: max(0, len(mine) - MAX_SESSIONS_PER_OPERATOR + 1)]:
+            del self.sessions[old]  # its streams close at the next recheck ("session_expired")
         self.sessions[token] = Session(operator.id, operator.generation, now + minutes * 60)
         self.log.info("live_login", operator=operator.id, client=client)
         response = web.Response(status=303, headers={"Location": "/"})
@@ -353,36 +418,61 @@ class LiveServer:
         assert operator is not None
         found = self._session(request)
         assert found is not None
-        # No permessage-deflate: video does not compress, and deflating every frame costs CPU.
-        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=4096, compress=False)
-        await ws.prepare(request)
+        mine = sum(1 for v in self.views if v.operator == operator.id)
+        if mine >= MAX_VIEWS_PER_OPERATOR or len(self.views) >= MAX_VIEWS:
+            # Capacity, not a right: logged, not journaled (a wall retrying would fill the journal).
+            self.log.warning("live_view_refused", camera=camera_id, client=client, reason="too_many_views")
+            raise web.HTTPTooManyRequests(text="too_many_views\n", headers={"Retry-After": "15"})
         view = View(operator.id, camera_id, commune, client, found[0], Viewer(), self.clock_ns())
-        self._operators[operator.id] = operator
-        self.views.add(view)
-        metrics.live_viewers.labels(camera_id).inc()
-        await self._journal(
-            LIVE_VIEW_STARTED, operator.id, camera_id, commune, {"operator": operator.id, "client": client}
-        )
-        self.log.info("live_view_started", operator=operator.id, camera=camera_id, client=client)
-        feed = self.feed(camera_id)
-        feed.attach(view.viewer)
-        if feed.track is None or not self.camera_up(camera_id):
-            view.viewer.push(event("camera", up=self.camera_up(camera_id)))
-        reader = asyncio.create_task(self._read(ws, view.viewer))
+        self.views.add(view)  # counted from now on: concurrent opens cannot pass the limit
+        started = {"operator": operator.id, "client": client}
         try:
-            await self._send(ws, view, request.transport)
+            journaled = await self._journal(LIVE_VIEW_STARTED, operator.id, camera_id, commune, started)
+        except BaseException:
+            self.views.discard(view)
+            raise
+        if not journaled:  # a consultation that cannot be traced does not happen
+            self.views.discard(view)
+            raise web.HTTPServiceUnavailable(text="journal_unavailable\n")
+        # No permessage-deflate: video does not compress, and deflating every frame costs CPU.
+        ws = web.WebSocketResponse(
+            heartbeat=WS_HEARTBEAT_SECONDS,
+            max_msg_size=4096,
+            compress=False,
+            timeout=WS_CLOSE_TIMEOUT_SECONDS,
+        )
+        sock = _Socket(request.transport, ws, view, self.clock_ns)
+        view.viewer.sink = sock.offer
+        self._operators[operator.id] = operator
+        metrics.live_viewers.labels(camera_id).inc()
+        feed = self.feed(camera_id)
+        reader: asyncio.Task[None] | None = None
+        try:
+            await ws.prepare(request)
+            self.log.info("live_view_started", operator=operator.id, camera=camera_id, client=client)
+            feed.attach(view.viewer)
+            if feed.track is None or not self.camera_up(camera_id):
+                view.viewer.push(event("camera", up=self.camera_up(camera_id)))
+            reader = asyncio.create_task(self._read(ws, view.viewer, view))
+            await self._send(view, sock)
         finally:
             feed.detach(view.viewer)
             view.viewer.close(view.viewer.close_reason or "ended")
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             self.views.discard(view)
             metrics.live_viewers.labels(camera_id).dec()
-            if not ws.closed:
-                code = WS_CLOSE_REFUSED if view.refusal else 1000
+            if not ws.closed and ws.prepared:
+                code = view.close_code or (WS_CLOSE_REFUSED if view.refusal else 1000)
                 with contextlib.suppress(Exception):
-                    await ws.close(code=code, message=(view.refusal or "bye").encode())
+                    await ws.close(
+                        code=code, message=(view.refusal or view.viewer.close_reason or "bye").encode()
+                    )
+            transport = request.transport
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()  # a client that stopped reading: free its unsent bytes now
             seconds = round((self.clock_ns() - view.started_ns) / NS_PER_SECOND, 3)
             details: dict[str, Any] = {
                 "operator": operator.id, "client": client, "duration_seconds": seconds, "bytes": view.bytes,
@@ -395,50 +485,48 @@ class LiveServer:
             self.log.info("live_view_ended", operator=operator.id, camera=camera_id, seconds=seconds)
         return ws
 
-    async def _send(self, ws: web.WebSocketResponse, view: View, transport: Any) -> None:
-        """Drain the viewer's queue into its socket.
+    async def _send(self, view: View, sock: _Socket) -> None:
+        """Drain what the viewer's queue holds while its socket is backed up.
 
-        Fragments bypass aiohttp's frame writer: the WebSocket frame header of a server message
-        is a few bytes (no mask, no compression), written with the fragment in one ``writelines``
-        (one system call, no copy); JSON events still go through aiohttp. Back-pressure: past
+        The fan-out writes straight to the socket while the queue is empty (:class:`_Socket`);
+        this task wakes only for a viewer that has fallen behind. Back-pressure: past
         :data:`SEND_HIGH_WATER_BYTES` unsent, wait; the viewer's bounded queue fills meanwhile
-        and the fan-out makes it skip.
+        and the fan-out makes it skip to a keyframe.
         """
-        latency = metrics.live_send_latency
-        while True:
-            item = await view.viewer.get()
-            if item is None or ws.closed or transport is None or transport.is_closing():
+        viewer = view.viewer
+        while await viewer.wait():
+            # Queued because the socket was backed up: wait for it to drain below the mark first.
+            while sock.backed_up():
+                if not sock.usable() or viewer.closed:
+                    return
+                await asyncio.sleep(SEND_DRAIN_POLL_SECONDS)
+            if viewer.closed or not sock.usable():
                 break
-            message, received_ns = item
-            try:
-                if isinstance(message, str):
-                    await ws.send_str(message)
-                else:
-                    transport.writelines((_ws_binary_header(len(message)), message))
-                    while transport.get_write_buffer_size() > SEND_HIGH_WATER_BYTES:
-                        if transport.is_closing() or view.viewer.closed:
-                            return
-                        await asyncio.sleep(SEND_DRAIN_POLL_SECONDS)
-            except (ConnectionError, RuntimeError):
+            if viewer.queued_bytes and not sock.write(*viewer.pop()):  # empty: it skipped meanwhile
                 break
-            view.bytes += len(message)
-            if received_ns > REPLAYED:
-                latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
-        # A refusal's "closed" event was queued before the close: send what is left of it.
-        if view.refusal and not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.send_str(event("closed", reason=view.refusal))
+        # A refusal's "closed" event: said once, before the close.
+        if view.refusal and sock.usable():
+            sock.write(event("closed", reason=view.refusal), 0)
 
-    async def _read(self, ws: web.WebSocketResponse, viewer: Viewer) -> None:
-        """Viewers send nothing we act on; the read loop notices the close."""
+    async def _read(self, ws: web.WebSocketResponse, viewer: Viewer, view: View | None = None) -> None:
+        """Viewers send nothing (the wall never does): a data message ends the stream (1008),
+        so that a hostile client cannot make the server read for it; the loop notices the close."""
         async for msg in ws:
-            if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if view is not None:
+                    view.close_code = WS_CLOSE_POLICY
+                viewer.close(viewer.close_reason or "client_sent_data")
+                return
+            if msg.type == WSMsgType.ERROR:  # e.g. no pong within the heartbeat: a client gone silent
+                viewer.close(viewer.close_reason or "client_unresponsive")
+                return
+            if msg.type == WSMsgType.CLOSE:
                 break
         viewer.close(viewer.close_reason or "client_closed")
 
     async def _journal(
         self, kind: str, operator: str, camera: str, commune: str, details: dict[str, Any], reason: str = ""
-    ) -> None:
+    ) -> bool:
         try:
             await asyncio.to_thread(
                 self.index.append_journal, kind, now_ns=self.clock_ns(), actor=f"operator:{operator}",
@@ -446,15 +534,17 @@ class LiveServer:
             )  # fmt: skip
         except CsudError as exc:
             self.log.error("live_journal_failed", kind=kind, error=str(exc))
+            return False
+        return True
 
 
-def _ws_binary_header(size: int) -> bytes:
-    """RFC 6455 5.2: FIN + binary opcode, unmasked (server to client), 7/16/64-bit length."""
+def _ws_header(opcode: int, size: int) -> bytes:
+    """RFC 6455 5.2: FIN + opcode, unmasked (server to client), 7/16/64-bit length."""
     if size < 126:
-        return bytes((WS_OPCODE_BINARY_FIN, size))
+        return bytes((opcode, size))
     if size < 1 << 16:
-        return struct.pack(">BBH", WS_OPCODE_BINARY_FIN, 126, size)
-    return struct.pack(">BBQ", WS_OPCODE_BINARY_FIN, 127, size)
+        return struct.pack(">BBH", opcode, 126, size)
+    return struct.pack(">BBQ", opcode, 127, size)
 
 
 def _same_origin(request: web.Request) -> bool:

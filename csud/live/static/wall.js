@@ -6,6 +6,9 @@
 const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
 const LIVE_EDGE_MAX_S = 1.5;   // further behind than this: jump to the live edge
+const CATCH_UP_ABOVE_S = 0.25;  // further behind than this: play 10 % faster until within...
+const CATCH_UP_UNTIL_S = 0.1;   // ...this (a new viewer starts at the last keyframe, up to a GOP back)
+const CATCH_UP_RATE = 1.1;
 const KEEP_BUFFER_S = 20;       // older video is removed from the buffer
 const $ = (id) => document.getElementById(id);
 
@@ -117,7 +120,9 @@ class Tile {
   append(bytes) {
     if (this.unsupported || !bytes) return;
     this.queue.push(bytes);
-    if (this.queue.length > 300) this.queue.splice(1, this.queue.length - 1);  // tab asleep: keep init
+    // Far behind (a tab asleep): dropping fragments would leave frames whose references are gone,
+    // so start again from a new connection, at the latest keyframe.
+    if (this.queue.length > 300) { this.queue = []; this.ws.close(); return; }
     this.pump();
   }
 
@@ -131,7 +136,10 @@ class Tile {
         sb.remove(start, v.currentTime - KEEP_BUFFER_S / 2);
         return;
       }
-      if (v.currentTime < start || end - v.currentTime > LIVE_EDGE_MAX_S) v.currentTime = Math.max(start, end - 0.3);
+      const behind = end - v.currentTime;
+      if (v.currentTime < start || behind > LIVE_EDGE_MAX_S) v.currentTime = Math.max(start, end - 0.3);
+      else if (behind > CATCH_UP_ABOVE_S) v.playbackRate = CATCH_UP_RATE;
+      else if (behind < CATCH_UP_UNTIL_S) v.playbackRate = 1;
       if (v.paused) v.play().catch(() => {});
       if (this.message.textContent && v.readyState >= 2) this.say("");
     }
