@@ -259,6 +259,8 @@ def cmd_hold_list(args: argparse.Namespace) -> int:
     finally:
         index.close()
     now_ns, tz = time.time_ns(), site_zone(settings)
+    if settings.cluster is not None:
+        return _hold_list_cluster(args, settings, holds, now_ns, tz)
     if args.json:
         print_json([_hold_json(h, now_ns, tz) for h in holds])
         return 0
@@ -275,6 +277,50 @@ def cmd_hold_list(args: argparse.Namespace) -> int:
             f"at {_t(h.created_ns, tz)}{extra}"
         )
     return 0
+
+
+def _hold_list_cluster(
+    args: argparse.Namespace, settings: Any, holds: list[Any], now_ns: int, tz: tzinfo
+) -> int:
+    """Cluster: every node's holds merged by (requisition, interval, cameras, creation time), each
+    with the nodes holding it (``nodes``: node -> its id and status there) and the reachable nodes
+    missing it (``missing_on``: run ``hold add`` again there). A node that does not answer is named
+    on stderr, exit 1: its holds are not listed."""
+    import asyncio
+
+    from csud.cluster.api import hold_dict
+    from csud.cluster.queries import holds_everywhere, merge_holds
+    from csud.store.holds import HoldRow
+
+    local = settings.cluster.node
+    by_node, unreachable = asyncio.run(holds_everywhere(settings))
+    by_node[local] = [hold_dict(h) for h in holds]
+    out = []
+    for entry in merge_holds(by_node, local):
+        copies = {n: HoldRow(**{**c, "cameras": tuple(c["cameras"])}) for n, c in entry["copies"].items()}
+        statuses = {n: _hold_status(h, now_ns) for n, h in copies.items()}
+        first = copies.get(local) or next(iter(copies.values()))
+        doc = _hold_json(first, now_ns, tz)
+        doc["id"] = copies[local].id if local in copies else None
+        doc["status"] = statuses.popitem()[1] if len(set(statuses.values())) == 1 else "mixed"
+        doc["nodes"] = {n: {"id": h.id, "status": _hold_status(h, now_ns)} for n, h in sorted(copies.items())}
+        doc["missing_on"] = sorted(set(by_node) - set(copies))
+        out.append(doc)
+    if args.json:
+        print_json(out)
+    elif not out:
+        print("no holds on the reachable nodes")
+    for d in [] if args.json else out:
+        where = " ".join(f"{n}#{c['id']}:{c['status']}" for n, c in d["nodes"].items())
+        missing = f"; MISSING on {', '.join(d['missing_on'])}" if d["missing_on"] else ""
+        print(
+            f"{d['status']:8s} {','.join(d['cameras'])} [{d['from']}, {d['to']}) "
+            f"requisition {d['requisition']}, officer {d['officer']}, reason {d['reason']!r}, "
+            f"at {d['created']} — on {where}{missing}"
+        )
+    for exc in unreachable:
+        print(f"csud hold list: {exc}: its holds are not listed", file=sys.stderr)
+    return 1 if unreachable else 0
 
 
 def cmd_hold_release(args: argparse.Namespace) -> int:

@@ -59,6 +59,17 @@ def check(secret: bytes, header: str, method: str, path_qs: str, now: float, bod
     return hmac.compare_digest(expected, mac)
 
 
+def hold_dict(hold: Any) -> dict[str, Any]:
+    """A hold as the node API sends it (every field of :class:`csud.store.holds.HoldRow`)."""
+    return {
+        "id": hold.id, "cameras": list(hold.cameras), "from_ns": hold.from_ns, "to_ns": hold.to_ns,
+        "requisition": hold.requisition, "officer": hold.officer, "reason": hold.reason,
+        "until_ns": hold.until_ns, "created_ns": hold.created_ns, "created_by": hold.created_by,
+        "released_ns": hold.released_ns, "released_by": hold.released_by,
+        "release_reason": hold.release_reason,
+    }  # fmt: skip
+
+
 def segment_rows(index: Index, camera: str, from_ns: int | None, to_ns: int | None) -> list[dict[str, Any]]:
     rows = index.segments(camera, from_ns, to_ns)
     fences = index.segment_fences([r.id for r in rows])
@@ -95,6 +106,7 @@ class NodeApi:
         self.root = root
         self.secret = secret
         self.registre = registre  # (commune, month) -> this node's registre (csud.cluster.registre)
+        self.live: Any = None  # csud.cluster.live.PeerLive when this node serves live viewing
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -106,7 +118,29 @@ class NodeApi:
         app.router.add_post("/v1/holds/release", self._release_hold)
         app.router.add_post("/v1/verify-archive", self._verify_archive)
         app.router.add_get("/v1/registre", self._registre)
+        app.router.add_get("/v1/holds", self._holds)
+        app.router.add_get("/v1/live/up", self._live_up)
+        app.router.add_get("/v1/live/{camera}", self._live_stream)
         return app
+
+    async def _live_up(self, request: web.Request) -> web.StreamResponse:
+        if self.live is None:
+            return web.json_response({})  # no [web] here: nothing streams from this node
+        response: web.StreamResponse = await self.live.up(request)
+        return response
+
+    async def _live_stream(self, request: web.Request) -> web.StreamResponse:
+        if self.live is None:
+            return web.json_response({"error": "no live viewing on this node"}, status=404)
+        response: web.StreamResponse = await self.live.stream(request)
+        return response
+
+    async def _holds(self, request: web.Request) -> web.Response:
+        def holds(index: Index) -> list[dict[str, Any]]:
+            return [hold_dict(h) for h in index.holds()]
+
+        rows = await asyncio.to_thread(self._query, holds)
+        return web.json_response({"node": self.node, "holds": rows})
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

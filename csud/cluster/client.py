@@ -104,6 +104,12 @@ class NodeClient:
             row["node"] = row.get("node") or self.node
         return rows
 
+    async def holds(self) -> list[dict[str, Any]]:
+        """That node's holds, every one (``csud.cluster.api.hold_dict``), with its ids there."""
+        doc: dict[str, Any] = await self._json("/v1/holds")
+        rows: list[dict[str, Any]] = doc["holds"]
+        return rows
+
     async def registre(self, commune: str, month: str) -> dict[str, Any]:
         doc: dict[str, Any] = await self._json(f"/v1/registre?commune={commune}&month={month}")
         return doc

@@ -244,3 +244,48 @@ async def verify_everywhere(
         else:
             reports[client.node] = answer
     return reports, unreachable
+
+
+async def holds_everywhere(
+    settings: Settings,
+) -> tuple[dict[str, list[dict[str, Any]]], list[NodeUnreachable]]:
+    """Every other node's holds (node API ``GET /v1/holds``): node -> rows, and who did not answer."""
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    found: dict[str, list[dict[str, Any]]] = {}
+    unreachable: list[NodeUnreachable] = []
+    async with aiohttp.ClientSession() as session:
+        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
+        answers = await asyncio.gather(*(c.holds() for c in others), return_exceptions=True)
+    for client, answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            unreachable.append(
+                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
+            )
+        else:
+            found[client.node] = answer
+    return found, unreachable
+
+
+def hold_key(hold: dict[str, Any]) -> tuple[str, int, int, tuple[str, ...], int]:
+    """What identifies one hold on every node (ids differ): the same fields ``hold release`` uses."""
+    return (
+        str(hold["requisition"]),
+        int(hold["from_ns"]),
+        int(hold["to_ns"]),
+        tuple(sorted(hold["cameras"])),
+        int(hold["created_ns"]),
+    )
+
+
+def merge_holds(by_node: dict[str, list[dict[str, Any]]], local: str) -> list[dict[str, Any]]:
+    """One entry per hold: its fields (this node's copy if it has one), and ``copies``: node ->
+    that node's copy (each with its own ``id`` and release fields). Ordered by creation time."""
+    merged: dict[tuple[str, int, int, tuple[str, ...], int], dict[str, Any]] = {}
+    for node in sorted(by_node, key=lambda n: (n != local, n)):  # this node's copy first
+        for hold in by_node[node]:
+            entry = merged.setdefault(hold_key(hold), {"hold": hold, "copies": {}})
+            entry["copies"][node] = hold
+    return sorted(merged.values(), key=lambda e: (e["hold"]["created_ns"], e["hold"]["requisition"]))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from csud.cluster.api import INDEX_FILENAME, NodeApi
+from csud.cluster.live import ClusterLive, PeerLive
 from csud.cluster.node import ClusterNode
 from csud.config import CameraConfig, ClusterConfig, CommuneConfig, LoadedConfig, Settings
 from csud.recording.sink import IndexService
@@ -26,6 +27,7 @@ class Daemon(Protocol):
 
     root: Path
     loaded: LoadedConfig
+    live: Any  # csud.live.web.LiveServer when [web] listen is set, else None
 
     @property
     def cameras(self) -> Mapping[str, Any]: ...  # camera id -> running recorder (``.recorder.stats``)
@@ -100,6 +102,7 @@ class ClusterRuntime:
         self.api = NodeApi(config.node, daemon.root, self.secret, registre=self._registre)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.live: ClusterLive | None = None
 
     def _registre(self, commune: str, month: str) -> dict[str, Any]:
         return node_registre(self.daemon.loaded.settings, self.daemon.root, commune, month)
@@ -111,6 +114,10 @@ class ClusterRuntime:
         return FencedIndexService(index, self.config.node, self.node.fence)
 
     async def start(self) -> None:
+        if self.daemon.live is not None:  # the wall through any node (csud.cluster.live)
+            self.live = ClusterLive(self.node, self.secret)
+            self.daemon.live.cluster = self.live
+            self.api.live = PeerLive(self.daemon.live, self.node.recorders.running)
         host, _, port = self.config.listen.rpartition(":")
         await self.api.start(host, int(port))
         self._task = asyncio.create_task(self.node.run(self._stop), name="cluster-node")
@@ -122,6 +129,8 @@ class ClusterRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.api.close()
+        if self.live is not None:
+            await self.live.close()
 
 
 def node_registre(settings: Settings, root: Path, commune: str, month: str) -> dict[str, Any]:

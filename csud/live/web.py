@@ -170,6 +170,7 @@ class LiveServer:
         self._runner: web.AppRunner | None = None
         self.tls = settings.web.tls_cert is not None
         self._recheck_task: asyncio.Task[None] | None = None
+        self.cluster: Any = None  # csud.cluster.live.ClusterLive in a cluster: other nodes' cameras
         self.log = get_logger(component="live")
 
     # -- the recorder's side -------------------------------------------------------------------
@@ -384,6 +385,7 @@ class LiveServer:
         if operator is None:
             return web.json_response({"error": "not logged in"}, status=401)
         out = []
+        elsewhere = await self.cluster.up_map() if self.cluster is not None else {}  # other owners
         for camera in self.settings.cameras:
             if self.refusal(operator, camera.id)[0] == 0:
                 commune = self.settings.commune(camera.commune)
@@ -392,7 +394,7 @@ class LiveServer:
                         "id": camera.id,
                         "name": camera.name or camera.id,
                         "commune": commune.name,
-                        "up": self.camera_up(camera.id),
+                        "up": elsewhere.get(camera.id, self.camera_up(camera.id)),
                     }
                 )
         return web.json_response(out)
@@ -426,6 +428,9 @@ class LiveServer:
         view = View(operator.id, camera_id, commune, client, found[0], Viewer(), self.clock_ns())
         self.views.add(view)  # counted from now on: concurrent opens cannot pass the limit
         started = {"operator": operator.id, "client": client}
+        owner = self.cluster.remote_owner(camera_id) if self.cluster is not None else None
+        if owner is not None:  # recorded by another node: relayed from it (csud.cluster.live)
+            started["node"] = owner
         try:
             journaled = await self._journal(LIVE_VIEW_STARTED, operator.id, camera_id, commune, started)
         except BaseException:
@@ -446,22 +451,25 @@ class LiveServer:
         self._operators[operator.id] = operator
         metrics.live_viewers.labels(camera_id).inc()
         feed = self.feed(camera_id)
-        reader: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             await ws.prepare(request)
             self.log.info("live_view_started", operator=operator.id, camera=camera_id, client=client)
-            feed.attach(view.viewer)
-            if feed.track is None or not self.camera_up(camera_id):
-                view.viewer.push(event("camera", up=self.camera_up(camera_id)))
-            reader = asyncio.create_task(self._read(ws, view.viewer, view))
+            if owner is not None:
+                tasks.append(asyncio.create_task(self.cluster.relay(owner, camera_id, operator, sock)))
+            else:
+                feed.attach(view.viewer)
+                if feed.track is None or not self.camera_up(camera_id):
+                    view.viewer.push(event("camera", up=self.camera_up(camera_id)))
+            tasks.append(asyncio.create_task(self._read(ws, view.viewer, view)))
             await self._send(view, sock)
         finally:
             feed.detach(view.viewer)
             view.viewer.close(view.viewer.close_reason or "ended")
-            if reader is not None:
-                reader.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                    await task
             self.views.discard(view)
             metrics.live_viewers.labels(camera_id).dec()
             if not ws.closed and ws.prepared:
