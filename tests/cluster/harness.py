@@ -35,8 +35,12 @@ def write_node_config(
     lease_seconds: int = 4,
     segment_seconds: int = 4,
     capacity: int = 100,
+    web_port: int = 0,
+    live_cameras: int = 0,
 ) -> tuple[Path, int, int]:
-    """The config of ``node``; returns (path, metrics port, node API port)."""
+    """The config of ``node``; returns (path, metrics port, node API port). With ``web_port``,
+    the live-viewing server listens there and the first ``live_cameras`` cameras belong to the
+    ``live`` commune "woippy" (the others to the storage commune "metz")."""
     metrics_port, api_port = free_port(), free_port()
     secret = tmp / "cluster.key"
     if not secret.exists():
@@ -67,11 +71,23 @@ def write_node_config(
         'service = "storage"',
         "retention_days = 15",
     ]
+    if web_port:
+        lines[lines.index("[cluster]") : lines.index("[cluster]")] = [
+            "[web]",
+            f'listen = "127.0.0.1:{web_port}"',
+        ]
+        lines += [
+            "[[communes]]",
+            'id = "woippy"',
+            'name = "Woippy"',
+            'service = "live"',
+            "retention_days = 15",
+        ]
     for i in range(1, cameras + 1):
         lines += [
             "[[cameras]]",
             f'id = "cam{i}"',
-            'commune = "metz"',
+            f'commune = "{"woippy" if i <= live_cameras else "metz"}"',
             f'url = "rtsp://127.0.0.1:{sim_port}/cam{i}"',
             "stall_seconds = 5",
         ]
@@ -91,6 +107,7 @@ class Node:
     api_port: int
     tmp: Path
     proc: subprocess.Popen[bytes] | None = None
+    web_port: int = 0
 
     def start(self) -> None:
         log = (self.tmp / self.name / "csud.log").open("ab")
