@@ -119,7 +119,7 @@ class NodeApi:
         app.router.add_post("/v1/verify-archive", self._verify_archive)
         app.router.add_get("/v1/registre", self._registre)
         app.router.add_get("/v1/holds", self._holds)
-        app.router.add_get("/v1/live/up", self._live_up)
+        app.router.add_get("/v1/live-up", self._live_up)
         app.router.add_get("/v1/live/{camera}", self._live_stream)
         return app
 

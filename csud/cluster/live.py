@@ -98,7 +98,7 @@ class ClusterLive:
             return up
 
     async def _ask_up(self, advertise: str) -> dict[str, Any]:
-        path = "/v1/live/up"
+        path = "/v1/live-up"
         try:
             async with self._client().get(
                 advertise.rstrip("/") + path,
