@@ -56,6 +56,7 @@ import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from csud import __version__
+from csud.config import system_zone
 from csud.errors import CsudError, EvidenceError, UsageError
 from csud.evidence import manifest as mf
 from csud.evidence.clip import (
@@ -413,30 +414,6 @@ def _publish(staging: Path, final: Path, aside: Path | None) -> None:
         shutil.rmtree(aside.parent, ignore_errors=True)
 
 
-def local_zone() -> tuple[tzinfo, str]:
-    """The site's time zone and its name: ``$TZ``, else ``/etc/localtime``'s IANA name, else the
-    C library's abbreviation (then the offsets are still right, only the name is vague)."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    candidates = []
-    if os.environ.get("TZ"):
-        candidates.append(os.environ["TZ"].removeprefix(":"))
-    with contextlib.suppress(OSError):
-        target = os.path.realpath("/etc/localtime")
-        marker = "/zoneinfo/"
-        if marker in target:
-            candidates.append(target.split(marker, 1)[1])
-    with contextlib.suppress(OSError):
-        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
-    for name in candidates:
-        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
-            return ZoneInfo(name), name
-    here = datetime.now().astimezone().tzinfo
-    assert here is not None
-    return here, str(here.tzname(None) or "local")
-
-
 def extract(
     request: Request,
     *,
@@ -450,7 +427,7 @@ def extract(
 ) -> Result:
     """Run the extraction described by ``request`` (module doc, steps 1-6)."""
     name = folder_name(request.requisition)
-    tz, tz_name = zone or local_zone()
+    tz, tz_name = zone or system_zone()  # callers pass the site's ([site] timezone)
     if request.to_ns > now_ns:
         raise UsageError(
             f"--to {mf.local_iso(request.to_ns, tz)} is after now ({mf.local_iso(now_ns, tz)}): what "

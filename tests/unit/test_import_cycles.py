@@ -164,3 +164,12 @@ def test_the_index_and_verify_load_neither_pyav_nor_aiofiles() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sim_faults_do_not_reach_into_the_server() -> None:
+    """The faults module changes a session's numbering through its methods, never by assignment,
+    and does not import the server (the old faults <-> server cycle)."""
+    graph = import_graph()
+    assert "csud.sim.server" not in graph["csud.sim.faults"]
+    source = (Path(__file__).resolve().parents[2] / "csud" / "sim" / "faults.py").read_text()
+    assert "session.seq =" not in source and "session.ssrc =" not in source
