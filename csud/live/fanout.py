@@ -34,8 +34,6 @@ from csud.media.units import AccessUnit
 VIEWER_QUEUE_MAX_BYTES = 4 * 1024 * 1024  # ~8 s at 4 Mbit/s
 VIEWER_QUEUE_MAX_ITEMS = 400
 GOP_MAX_BYTES = 16 * 1024 * 1024  # a longer GOP is not kept: new viewers wait for a keyframe
-RTP_WRAP = 1 << 32
-MAX_FRAME_TICKS = 5 * fmp4.TIMESCALE  # a larger step (reset, long gap) counts as one frame
 
 # (message, n): n > 0 a frame's received_ns; n < 0 a skipped event for -n frames; 0 otherwise.
 Item = tuple[bytes | str, int]
@@ -153,25 +151,27 @@ class CameraFeed:
         self._gop_bytes = 0
         self._gop_complete = False  # the kept GOP starts at a keyframe and nothing was left out
         self._sequence = 0
-        self._decode_time = 0
-        self._duration = fmp4.TIMESCALE // 25
-        self._last_rtp: int | None = None
+        self.clock = fmp4.DecodeClock()
         self._init_error = ""
         self.frames = 0
         self.log = get_logger(camera=camera_id)
 
     # -- producer side (the recorder, on the event loop) ------------------------------------
 
-    def on_frame(self, au: AccessUnit, codec: str, parameter_sets: Sequence[bytes], received_ns: int) -> None:
-        """One complete access unit. Cheap when nobody watches: timing only, no fragment."""
-        if self._last_rtp is not None:
-            ticks = (au.rtp_timestamp - self._last_rtp) % RTP_WRAP
-            if 0 < ticks <= MAX_FRAME_TICKS:
-                self._duration = ticks
-            self._decode_time += self._duration
-        else:  # media time x 90 kHz is the RTP timestamp (mod 2^32) until the camera's clock jumps
-            self._decode_time = au.rtp_timestamp
-        self._last_rtp = au.rtp_timestamp
+    def on_frame(
+        self,
+        au: AccessUnit,
+        codec: str,
+        parameter_sets: Sequence[bytes],
+        received_ns: int,
+        reorder_ns: int = 0,
+    ) -> None:
+        """One complete access unit, in decode order (the recorder's :data:`FrameTap`).
+        ``reorder_ns``: the decode delay the recorder's segmenter has learned (B-frames; 0 without).
+        Cheap when nobody watches: timing only, no fragment."""
+        # Presentation time x 90 kHz is the RTP timestamp (mod 2^32) until the camera's clock jumps.
+        reorder_ticks = -(-reorder_ns * fmp4.TIMESCALE // 1_000_000_000) if reorder_ns else 0
+        dts, offset = self.clock.next(au.rtp_timestamp, au.keyframe, reorder_ticks)
         if au.keyframe and (codec != self._codec or tuple(parameter_sets) != self._params):
             self._new_init(codec, parameter_sets)
         if self.track is None:
@@ -183,7 +183,7 @@ class CameraFeed:
         elif not self._gop_complete and not self.viewers:
             return
         self._sequence += 1
-        data = fmp4.fragment(self._sequence, self._decode_time, self._duration, au.nals, au.keyframe)
+        data = fmp4.fragment(self._sequence, dts, self.clock.interval, au.nals, au.keyframe, offset)
         self.frames += 1
         if self._gop_complete:
             if self._gop_bytes + len(data) <= GOP_MAX_BYTES:

@@ -4,13 +4,18 @@ Pure: bytes in, bytes out; no I/O, no clock. The recorder's writer muxes with Py
 live viewing cannot wait a GOP, so this module builds the few boxes Media Source Extensions need
 by hand (ISO/IEC 14496-12 and 14496-15), once per frame, shared by every viewer of a camera.
 
-What is deliberately left out: audio, edit lists, B-frames (csud records none: decode order is
-presentation order, so no composition offsets), sample groups.
+B-frames (decode order differs from presentation order): :class:`DecodeClock` gives each frame,
+as it arrives, a decode time in decode order and a composition offset (pts - dts), which
+:func:`fragment` writes in a version 1 ``trun`` (signed offsets). The segmenter can derive its
+decode times from a whole GOP; live viewing cannot wait a GOP, so the clock predicts them.
+
+What is deliberately left out: audio, edit lists, sample groups.
 """
 
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +32,13 @@ TRUN_DATA_OFFSET = 0x000001
 TRUN_SAMPLE_DURATION = 0x000100
 TRUN_SAMPLE_SIZE = 0x000200
 TRUN_SAMPLE_FLAGS = 0x000400
+TRUN_SAMPLE_COMPOSITION_TIME_OFFSET = 0x000800
 TRUN_FLAGS = TRUN_DATA_OFFSET | TRUN_SAMPLE_DURATION | TRUN_SAMPLE_SIZE | TRUN_SAMPLE_FLAGS
+TRUN_FLAGS_CTO = TRUN_FLAGS | TRUN_SAMPLE_COMPOSITION_TIME_OFFSET
+RTP_WRAP = 1 << 32
+MAX_FRAME_TICKS = 5 * TIMESCALE  # a larger step (camera reboot, clock step) counts as one frame
+DEFAULT_INTERVAL_TICKS = TIMESCALE // 25  # until the stream shows its own frame interval
+MAX_GOP_TRACKED = 1024  # pts of the GOP kept to learn the decode delay (beyond: no more learning)
 BOX_HEADER_SIZE = 8
 FULL_BOX_HEADER_SIZE = BOX_HEADER_SIZE + 4
 _UNITY_MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
@@ -165,20 +176,113 @@ def init_segment(codec: str, parameter_sets: Sequence[bytes]) -> TrackInfo:
     return TrackInfo(codec, info.codec_string, width, height, ftyp + moov)
 
 
-def fragment(sequence: int, decode_time: int, duration: int, nals: Sequence[bytes], keyframe: bool) -> bytes:
+def fragment(
+    sequence: int,
+    decode_time: int,
+    duration: int,
+    nals: Sequence[bytes],
+    keyframe: bool,
+    composition_offset: int = 0,
+) -> bytes:
     """moof + mdat holding one sample: ``nals`` (no start codes) length-prefixed.
 
-    ``decode_time`` and ``duration`` are in :data:`TIMESCALE` units; ``sequence`` counts from 1.
+    ``decode_time``, ``duration`` and ``composition_offset`` (pts - dts, signed) are in
+    :data:`TIMESCALE` units; ``sequence`` counts from 1. A zero offset is not written (``trun``
+    version 0, as for a stream without B-frames); any other is, in a version 1 ``trun``.
     """
     sample = b"".join(struct.pack(">I", len(nal)) + nal for nal in nals)
     flags = SAMPLE_FLAGS_SYNC if keyframe else SAMPLE_FLAGS_NON_SYNC
     mfhd = full_box(b"mfhd", 0, 0, struct.pack(">I", sequence))
     tfhd = full_box(b"tfhd", 0, TFHD_DEFAULT_BASE_IS_MOOF, struct.pack(">I", TRACK_ID))
     tfdt = full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time))
-    trun_size = FULL_BOX_HEADER_SIZE + 4 + 4 + 12  # count, data_offset, one sample's 3 fields
+    fields = 16 if composition_offset else 12  # one sample's duration, size, flags (, offset)
+    trun_size = FULL_BOX_HEADER_SIZE + 4 + 4 + fields  # + count, data_offset
     moof_size = BOX_HEADER_SIZE + len(mfhd) + BOX_HEADER_SIZE + len(tfhd) + len(tfdt) + trun_size
-    trun = full_box(
-        b"trun", 0, TRUN_FLAGS,
-        struct.pack(">IiIII", 1, moof_size + BOX_HEADER_SIZE, duration, len(sample), flags),
-    )  # fmt: skip
+    data_offset = moof_size + BOX_HEADER_SIZE
+    if composition_offset:
+        body = struct.pack(">IiIIIi", 1, data_offset, duration, len(sample), flags, composition_offset)
+        trun = full_box(b"trun", 1, TRUN_FLAGS_CTO, body)
+    else:
+        trun = full_box(b"trun", 0, TRUN_FLAGS, struct.pack(">IiIII", 1, data_offset, duration, len(sample), flags))
     return box(b"moof", mfhd, box(b"traf", tfhd, tfdt, trun)) + box(b"mdat", sample)
+
+
+class DecodeClock:
+    """Decode and presentation times, in :data:`TIMESCALE` ticks, of frames arriving in decode
+    order with their RTP timestamps (presentation times). Pure and O(log GOP) per frame.
+
+    - pts: the RTP timestamp, unwrapped (so pts mod 2^32 is the RTP timestamp); a step of more
+      than :data:`MAX_FRAME_TICKS`, or a keyframe that does not come after every earlier frame
+      (the camera's clock went back), counts as one frame interval instead.
+    - dts: ``key_pts - delay + i * interval`` for the i-th frame of a GOP in decode order (for a
+      regular stream, the GOP's pts in rank order minus the decode delay, as the segmenter's), but
+      never after the frame's own pts and always after the previous dts (strictly increasing).
+    - ``interval``: the smallest gap between presentation-order neighbours in the last GOP (or
+      in this one, when smaller); the sample duration.
+    - ``delay``: the decode delay, the largest that any reordered frame (one presented before a
+      frame decoded earlier) has needed so far, or the recorder's (``reorder_ticks``), if larger.
+      Until it has been learned (the first B-frame), a few offsets may be negative: allowed in a
+      version 1 ``trun``, and dts stay strictly increasing. Without B-frames it stays 0 and
+      dts == pts (composition offset 0) as long as frames are regularly spaced.
+    """
+
+    def __init__(self, interval: int = DEFAULT_INTERVAL_TICKS) -> None:
+        self.interval = interval
+        self.delay = 0
+        self._last_rtp: int | None = None
+        self._last_pts = 0
+        self._max_pts = 0
+        self._last_dts = -1
+        self._key_pts = 0
+        self._index = 0  # decode index in the GOP (its keyframe is 0)
+        self._gop: list[int] = []  # the GOP's pts so far, sorted
+        self._gop_interval = 0  # smallest positive neighbour gap in the GOP (0: none yet)
+
+    def next(self, rtp_timestamp: int, keyframe: bool, reorder_ticks: int = 0) -> tuple[int, int]:
+        """(dts, composition offset pts - dts) of the next frame in decode order."""
+        if self._last_rtp is None:
+            pts = self._max_pts = rtp_timestamp
+        else:
+            step = (rtp_timestamp - self._last_rtp + RTP_WRAP // 2) % RTP_WRAP - RTP_WRAP // 2
+            pts = self._last_pts + step
+            if abs(pts - self._max_pts) > MAX_FRAME_TICKS or (keyframe and pts <= self._max_pts):
+                pts = self._max_pts + self.interval
+        self._last_rtp, self._last_pts = rtp_timestamp, pts
+        self._max_pts = max(self._max_pts, pts)
+        if reorder_ticks > self.delay:
+            self.delay = reorder_ticks
+        if keyframe:
+            if self._gop_interval:
+                self.interval = self._gop_interval
+            self._key_pts, self._index, self._gop, self._gop_interval = pts, 0, [pts], 0
+            target = pts - self.delay
+        else:
+            self._index += 1
+            self._learn(pts)
+            target = self._key_pts - self.delay + self._index * self.interval
+        dts = max(self._last_dts + 1, min(target, pts))
+        self._last_dts = dts
+        return dts, pts - dts
+
+    def _learn(self, pts: int) -> None:
+        gop = self._gop
+        if len(gop) >= MAX_GOP_TRACKED:
+            return
+        if pts > gop[-1]:
+            rank = len(gop)
+            gop.append(pts)
+        else:
+            rank = bisect_left(gop, pts)
+            gop.insert(rank, pts)
+        left = pts - gop[rank - 1] if rank else 0
+        right = gop[rank + 1] - pts if rank + 1 < len(gop) else 0
+        gap = min(left, right) if left and right else left or right  # 0: a repeated pts
+        if gap > 0:
+            if not self._gop_interval or gap < self._gop_interval:
+                self._gop_interval = gap
+            if gap < self.interval:
+                self.interval = gap
+        if rank < self._index:  # presented before frames decoded earlier: a B-frame
+            needed = self._key_pts + self._index * self.interval - pts
+            if needed > self.delay:
+                self.delay = needed

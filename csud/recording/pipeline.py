@@ -129,11 +129,12 @@ WriterCommand = Open | Mux | Close | Stop
 Command = Open | Mux | Close | Connect | KeepAlive | SendRtcp | Fail | Log
 NO_COMMANDS: tuple[Command, ...] = ()
 
-# A callback receiving each complete access unit with its pts (server clock, UTC ns), before
-# the segmenter: live viewing attaches here (RecordingPipeline.tap). Arguments: the access unit, the
+# A callback receiving each complete access unit, in decode order, right after the segmenter has
+# taken it: live viewing attaches here (RecordingPipeline.tap). Arguments: the access unit, the
 # codec key ("h264" or "h265"), the parameter sets in force (in the codec's order, in-band changes
-# of this very unit included) and the time its last packet was received (server clock, ns).
-FrameTap = Callable[[AccessUnit, str, tuple[bytes, ...], int], None]
+# of this very unit included), the time its last packet was received (server clock, ns) and the
+# decode delay the segmenter has learned (Segmenter.reorder_ns: > 0 once B-frames were seen).
+FrameTap = Callable[[AccessUnit, str, tuple[bytes, ...], int, int], None]
 
 
 class RandomSource(Protocol):
@@ -454,7 +455,8 @@ class RecordingPipeline:
         actions = self._segmenter.push(au, pts_ns, discontinuity)  # learns in-band parameter sets
         if self.tap is not None:
             segmenter = self._segmenter
-            self.tap(au, segmenter.codec.encoding.lower(), segmenter.current_parameter_sets, now_ns)
+            codec = segmenter.codec.encoding.lower()
+            self.tap(au, codec, segmenter.current_parameter_sets, now_ns, segmenter.reorder_ns)
         self._apply(actions)
 
     def _admit_gop(self) -> bool:

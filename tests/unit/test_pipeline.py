@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from csud.media.codec import H264
-from csud.media.rtp import ReceiverReport, parse_rtcp_packets
+from csud.media.h264 import packetize_au
+from csud.media.rtp import ReceiverReport, build_rtp, parse_rtcp_packets
 from csud.media.units import AccessUnit
 from csud.recording.pipeline import (
     HEALTHY_SESSION_SECONDS,
@@ -253,14 +254,74 @@ def test_a_loss_mid_gop_cuts_the_gop_at_the_hole(capture: Capture) -> None:
 
 def test_a_tap_sees_every_access_unit_with_codec_and_parameter_sets(capture: Capture) -> None:
     pipe = playing(capture)
-    seen: list[tuple[AccessUnit, str, tuple[bytes, ...], int]] = []
-    pipe.tap = lambda au, codec, sets, received_ns: seen.append((au, codec, sets, received_ns))
+    seen: list[tuple[AccessUnit, str, tuple[bytes, ...], int, int]] = []
+    pipe.tap = lambda au, codec, sets, received_ns, reorder_ns: seen.append(
+        (au, codec, sets, received_ns, reorder_ns)
+    )
     for i, blob in enumerate(capture.frames[:30]):
         pipe.feed(blob, T0_NS + i * FRAME_NS)
-    assert [received for *_, received in seen][:29] == [T0_NS + i * FRAME_NS for i in range(29)]
-    assert seen[0][0].keyframe and {codec for _, codec, _, _ in seen} == {"h264"}
+    assert [received for *_, received, _ in seen][:29] == [T0_NS + i * FRAME_NS for i in range(29)]
+    assert seen[0][0].keyframe and {s[1] for s in seen} == {"h264"}
     sets = seen[0][2]
     assert [n[0] & 0x1F for n in sets] == [7, 8]  # SPS then PPS, known at the first keyframe
+    assert {s[4] for s in seen} == {0}  # no B-frames: no decode delay
+
+
+def _interleaved(aus: Sequence[AccessUnit]) -> list[bytes]:
+    """``aus`` as a camera sends them over TCP: RTP packets (timestamps from the units) in ``$`` framing."""
+    out, seq = [], 0
+    for au in aus:
+        payloads = packetize_au(list(au.nals), mtu_payload=1400)
+        blob = bytearray()
+        for k, payload in enumerate(payloads):
+            packet = build_rtp(PAYLOAD_TYPE, seq & 0xFFFF, au.rtp_timestamp, SSRC, k == len(payloads) - 1, payload)
+            blob += b"$\x00" + len(packet).to_bytes(2, "big") + packet
+            seq += 1
+        out.append(bytes(blob))
+    return out
+
+
+def test_a_tap_passes_the_decode_delay_and_live_viewing_plays_b_frames() -> None:
+    """B-frames (libx264, 2): the tap gets the units in decode order and, once the segmenter has
+    learned it from a whole GOP, its decode delay; the live fan-out fed by the tap sends fragments
+    that decode to every frame, in presentation order, with decode times strictly increasing."""
+    import io
+
+    import av
+
+    from csud.live.fanout import CameraFeed, Viewer
+    from tests.media import encode
+
+    aus = encode(75, gop=25, bframes=2)
+    sps, pps = (next(n for n in aus[0].nals if n[0] & 0x1F == t) for t in (7, 8))
+    pipe = new_pipeline()
+    assert pipe.on_timer(T0, T0_NS) == [Connect()]
+    pipe.describe("H264", PAYLOAD_TYPE, (sps, pps))
+    pipe.session_started(T0, 60.0)
+    feed = CameraFeed("cam1")
+    viewer = feed.attach(Viewer(max_items=1000))
+    delays: list[int] = []
+
+    def tap(au: AccessUnit, codec: str, sets: tuple[bytes, ...], received_ns: int, reorder_ns: int) -> None:
+        delays.append(reorder_ns)
+        feed.on_frame(au, codec, sets, received_ns, reorder_ns)
+
+    pipe.tap = tap
+    for i, blob in enumerate(_interleaved(aus)):
+        pipe.feed(blob, T0_NS + i * FRAME_NS)
+    assert len(delays) == 75  # in decode order, each as its marker bit arrives
+    assert set(delays[:25]) == {0} and set(delays[26:]) == {FRAME_NS}  # learned at GOP end
+    messages = []
+    while viewer.queued_bytes:
+        messages.append(viewer.pop()[0])
+    stream = b"".join(m for m in messages if isinstance(m, bytes))
+    with av.open(io.BytesIO(stream), format="mp4") as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+        with av.open(io.BytesIO(stream), format="mp4") as d:
+            pts = [int(f.pts or 0) for f in d.decode(video=0)]
+    dts = [int(p.dts or 0) for p in packets]
+    assert all(a < b for a, b in zip(dts, dts[1:])) and sum(p.pts != p.dts for p in packets) > 40
+    assert [t - pts[0] for t in pts] == [k * TICKS_PER_FRAME for k in range(75)]  # presentation order
 
 
 def test_a_camera_that_is_not_h264_or_h265_is_refused() -> None:
