@@ -203,7 +203,9 @@ def fragment(
         body = struct.pack(">IiIIIi", 1, data_offset, duration, len(sample), flags, composition_offset)
         trun = full_box(b"trun", 1, TRUN_FLAGS_CTO, body)
     else:
-        trun = full_box(b"trun", 0, TRUN_FLAGS, struct.pack(">IiIII", 1, data_offset, duration, len(sample), flags))
+        trun = full_box(
+            b"trun", 0, TRUN_FLAGS, struct.pack(">IiIII", 1, data_offset, duration, len(sample), flags)
+        )
     return box(b"moof", mfhd, box(b"traf", tfhd, tfdt, trun)) + box(b"mdat", sample)
 
 
@@ -251,7 +253,7 @@ class DecodeClock:
         self._max_pts = max(self._max_pts, pts)
         if reorder_ticks > self.delay:
             self.delay = reorder_ticks
-        if keyframe:
+        if keyframe or not self._gop:  # (a stream may start on a non-key frame: a GOP of sorts)
             if self._gop_interval:
                 self.interval = self._gop_interval
             self._key_pts, self._index, self._gop, self._gop_interval = pts, 0, [pts], 0

@@ -134,6 +134,7 @@ NO_COMMANDS: tuple[Command, ...] = ()
 # codec key ("h264" or "h265"), the parameter sets in force (in the codec's order, in-band changes
 # of this very unit included), the time its last packet was received (server clock, ns) and the
 # decode delay the segmenter has learned (Segmenter.reorder_ns: > 0 once B-frames were seen).
+# A tap that raises is detached (logged as frame_tap_failed): recording goes on.
 FrameTap = Callable[[AccessUnit, str, tuple[bytes, ...], int, int], None]
 
 
@@ -456,7 +457,11 @@ class RecordingPipeline:
         if self.tap is not None:
             segmenter = self._segmenter
             codec = segmenter.codec.encoding.lower()
-            self.tap(au, codec, segmenter.current_parameter_sets, now_ns, segmenter.reorder_ns)
+            try:
+                self.tap(au, codec, segmenter.current_parameter_sets, now_ns, segmenter.reorder_ns)
+            except Exception as exc:  # a live viewing bug must not stop the recording: detach it
+                self.tap = None
+                self._log("error", "frame_tap_failed", error=f"{type(exc).__name__}: {exc}")
         self._apply(actions)
 
     def _admit_gop(self) -> bool:

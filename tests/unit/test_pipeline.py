@@ -8,6 +8,7 @@ timestamps, SSRC) exactly as ``csud simulate`` writes it onto the RTSP connectio
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -267,6 +268,24 @@ def test_a_tap_sees_every_access_unit_with_codec_and_parameter_sets(capture: Cap
     assert {s[4] for s in seen} == {0}  # no B-frames: no decode delay
 
 
+def test_a_tap_that_raises_is_detached_and_recording_goes_on(capture: Capture) -> None:
+    pipe = playing(capture)
+    calls: list[int] = []
+
+    def tap(*args: object) -> None:
+        calls.append(1)
+        raise IndexError("list index out of range")
+
+    pipe.tap = tap
+    out = []
+    for i, blob in enumerate(capture.frames[:30]):
+        out += pipe.feed(blob, T0_NS + i * FRAME_NS)
+    assert calls == [1] and pipe.tap is None
+    logs = [c for c in out if isinstance(c, Log) and c.event == "frame_tap_failed"]
+    assert len(logs) == 1 and logs[0].fields["error"] == "IndexError: list index out of range"
+    assert frames_muxed(out) == 26  # the first GOP and the second keyframe (the rest held): as untapped
+
+
 def _interleaved(aus: Sequence[AccessUnit]) -> list[bytes]:
     """``aus`` as a camera sends them over TCP: RTP packets (timestamps from the units) in ``$`` framing."""
     out, seq = [], 0
@@ -274,7 +293,9 @@ def _interleaved(aus: Sequence[AccessUnit]) -> list[bytes]:
         payloads = packetize_au(list(au.nals), mtu_payload=1400)
         blob = bytearray()
         for k, payload in enumerate(payloads):
-            packet = build_rtp(PAYLOAD_TYPE, seq & 0xFFFF, au.rtp_timestamp, SSRC, k == len(payloads) - 1, payload)
+            packet = build_rtp(
+                PAYLOAD_TYPE, seq & 0xFFFF, au.rtp_timestamp, SSRC, k == len(payloads) - 1, payload
+            )
             blob += b"$\x00" + len(packet).to_bytes(2, "big") + packet
             seq += 1
         out.append(bytes(blob))
@@ -320,7 +341,7 @@ def test_a_tap_passes_the_decode_delay_and_live_viewing_plays_b_frames() -> None
         with av.open(io.BytesIO(stream), format="mp4") as d:
             pts = [int(f.pts or 0) for f in d.decode(video=0)]
     dts = [int(p.dts or 0) for p in packets]
-    assert all(a < b for a, b in zip(dts, dts[1:])) and sum(p.pts != p.dts for p in packets) > 40
+    assert all(a < b for a, b in itertools.pairwise(dts)) and sum(p.pts != p.dts for p in packets) > 40
     assert [t - pts[0] for t in pts] == [k * TICKS_PER_FRAME for k in range(75)]  # presentation order
 
 
