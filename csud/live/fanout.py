@@ -1,8 +1,8 @@
 """Fan-out of one camera's frames to its live viewers: built once, queued per viewer, bounded.
 
-The recorder calls :meth:`CameraFeed.on_frame` once per complete access unit (in decode order; B-frame
-streams get decode times and composition offsets from :class:`csud.live.fmp4.DecodeClock`), on the event loop,
-synchronously. That call builds the frame's fMP4 fragment once (:mod:`csud.live.fmp4`) and appends
+The recorder calls :meth:`CameraFeed.on_frame` once per complete access unit, in decode order, on
+the event loop, synchronously (decode times and B-frames' composition offsets:
+:class:`csud.live.fmp4.DecodeClock`). That call builds the frame's fMP4 fragment once (:mod:`csud.live.fmp4`) and appends
 the same ``bytes`` object to every viewer's queue: no per-viewer muxing, no await, no lock.
 While a viewer's queue is empty, a message goes straight to its socket through the viewer's
 ``sink`` (no task wake-up per frame per viewer); the queue only holds what a viewer that has fallen
