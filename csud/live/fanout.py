@@ -2,8 +2,9 @@
 
 The recorder calls :meth:`CameraFeed.on_frame` once per complete access unit, in decode order, on
 the event loop, synchronously (decode times and B-frames' composition offsets:
-:class:`csud.live.fmp4.DecodeClock`). That call builds the frame's fMP4 fragment once (:mod:`csud.live.fmp4`) and appends
-the same ``bytes`` object to every viewer's queue: no per-viewer muxing, no await, no lock.
+:class:`csud.live.fmp4.DecodeClock`). That call builds the frame's fMP4 fragment once
+(:mod:`csud.live.fmp4`) and appends the same ``bytes`` object to every viewer's queue: no
+per-viewer muxing, no await, no lock.
 While a viewer's queue is empty, a message goes straight to its socket through the viewer's
 ``sink`` (no task wake-up per frame per viewer); the queue only holds what a viewer that has fallen
 behind (its socket's send buffer past a high-water mark) has not taken yet, in order.
