@@ -186,7 +186,8 @@ class LiveServer:
         metrics.live_send_latency.observe((self.clock_ns() - received_ns) / NS_PER_SECOND)
 
     def frame_sink(self, camera_id: str) -> Callable[..., None]:
-        """What a recorder calls once per complete access unit: ``(au, codec, sets, received_ns)``."""
+        """What a recorder calls once per complete access unit (:data:`csud.recording.pipeline.FrameTap`:
+        ``(au, codec, sets, received_ns, reorder_ns)``)."""
         return self.feed(camera_id).on_frame
 
     def update_settings(self, settings: Settings) -> None:
