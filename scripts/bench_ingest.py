@@ -48,7 +48,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 30.0
 IDLE_BASELINE_SECONDS = 4.0
 POLL_SECONDS = 0.5
+LAG_POLL_SECONDS = 0.5  # /status polled this often while measuring (the loop monitor ticks every 0.5 s)
 
 
 # --- /proc ---------------------------------------------------------------------------------
@@ -288,7 +289,13 @@ class Windows:
         return statistics.median(self.simulator) if self.simulator else 0.0
 
 
-def measure(pids: Sequence[int], sim_pid: int, seconds: float, window: float) -> Windows:
+def measure(
+    pids: Sequence[int],
+    sim_pid: int,
+    seconds: float,
+    window: float,
+    poll: Callable[[], None] | None = None,
+) -> Windows:
     out = Windows()
     n = max(1, round(seconds / window))
     t_first = t0 = time.monotonic()
@@ -296,7 +303,11 @@ def measure(pids: Sequence[int], sim_pid: int, seconds: float, window: float) ->
     s_first = s0 = cpu_seconds(sim_pid)
     split0 = cpu_split(pids)
     for i in range(n):
-        time.sleep(max(0.0, t_first + (i + 1) * seconds / n - time.monotonic()))
+        due = t_first + (i + 1) * seconds / n
+        while (left := due - time.monotonic()) > 0:
+            time.sleep(min(left, LAG_POLL_SECONDS if poll else left))
+            if poll is not None and due - time.monotonic() > 0:
+                poll()
         t1, c1, s1 = time.monotonic(), total_cpu(pids), cpu_seconds(sim_pid)
         out.measured.append(100 * (c1 - c0) / (t1 - t0))
         out.simulator.append(100 * (s1 - s0) / (t1 - t0))
@@ -320,6 +331,10 @@ class Result:
     rss_mib: float
     rss_max_mib: float
     pss_mib: float
+    rss_start_mib: float = 0.0  # at the start of the measurement (after warm-up)
+    lag_p99_ms: float = float("nan")  # event-loop lag sampled from /status (csud only)
+    lag_max_ms: float = float("nan")
+    lag_samples: int = 0
     frames_sent: int = 0
     frames_recorded: int = 0
     sim_frames_dropped: int = 0
@@ -328,7 +343,6 @@ class Result:
     worst_camera_lost: int = 0
     exit_status: int = 0
     stop_seconds: float = 0.0
-    rss_start_mib: float = 0.0  # after the warm-up, when the measurement starts
     idle_rss_mib: float = 0.0
     idle_cpu_percent: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -383,6 +397,29 @@ def scrape_metrics(port: int, timeout: float = 10) -> dict[str, float]:
     return totals
 
 
+class LagPoller:
+    """Samples ``event_loop_lag_seconds`` of the recorder's ``/status`` (its loop monitor: the
+    overshoot of a 0.5-s sleep) while measuring; the request itself is served by that loop."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/status"
+        self.samples: list[float] = []
+        self.failures = 0
+
+    def __call__(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                self.samples.append(float(json.loads(response.read())["event_loop_lag_seconds"]))
+        except (OSError, ValueError, KeyError):
+            self.failures += 1
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.samples:
+            return float("nan")
+        ordered = sorted(self.samples)
+        return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def log_events(log: Path, start: int = 0, end: int | None = None) -> dict[str, int]:
     """``level:event`` counts of the recorder's warnings and errors in ``log[start:end]``."""
     counts: Counter[str] = Counter()
@@ -428,29 +465,41 @@ def idle_baseline(args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
     return rss, cpu
 
 
-def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
-    idle_rss, idle_cpu = idle_baseline(args, tmp)
+def run_csud(
+    args: argparse.Namespace,
+    tmp: Path,
+    cameras: int,
+    idle: tuple[float, float],
+    name: str = "csud",
+    pythonpath: str | None = None,
+) -> Result:
+    """One recorder run of ``cameras`` cameras in ``tmp``; ``pythonpath`` (a source tree) runs
+    another revision of csud with the same console script (for --ab)."""
+    tmp.mkdir(exist_ok=True)
+    idle_rss, idle_cpu = idle
     port = free_port()
     stats_file = tmp / "sim-csud.json"
     root = tmp / "store"
-    metrics_port = free_port() if args.scrape_metrics else 0
-    config = write_config(tmp / "csud.toml", root, port, args.cameras, args.segment_seconds, metrics_port)
+    metrics_port = free_port()  # for /status (loop lag) and, with --scrape-metrics, /metrics
+    config = write_config(tmp / "csud.toml", root, port, cameras, args.segment_seconds, metrics_port)
     log = tmp / "csud.log"
-    with running(simulator_argv(args, args.cameras, port, stats_file), tmp / "sim-csud.log") as sim:
+    env = recorder_env(args.recorder_env)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    lag = LagPoller(metrics_port)
+    with running(simulator_argv(args, cameras, port, stats_file), tmp / "sim-csud.log") as sim:
         wait_port(port, sim, SIM_START_TIMEOUT_SECONDS)
-        with running(
-            pinned(args.core, [CSUD, "run", "--config", str(config)]), log, recorder_env(args.recorder_env)
-        ) as rec:
-            wait_playing(stats_file, args.cameras, (sim, rec), READY_TIMEOUT_SECONDS)
+        with running(pinned(args.core, [CSUD, "run", "--config", str(config)]), log, env) as rec:
+            wait_playing(stats_file, cameras, (sim, rec), READY_TIMEOUT_SECONDS)
             time.sleep(args.warmup)
             rss_start = status_kib(rec.pid, "VmRSS") / 1024
-            cpu = measure([rec.pid], sim.pid, args.seconds, args.window)
+            cpu = measure([rec.pid], sim.pid, args.seconds, args.window, None if args.no_lag else lag)
             rss = status_kib(rec.pid, "VmRSS") / 1024
             rss_max = status_kib(rec.pid, "VmHWM") / 1024
             pss = pss_kib(rec.pid) / 1024
             if args.stop_under_load:  # SIGTERM while the cameras still send (storage behind)
                 metrics_under_load = {}
-                if metrics_port:
+                if args.scrape_metrics:
                     try:
                         metrics_under_load = scrape_metrics(metrics_port, timeout=30)
                     except OSError as exc:  # a saturated event loop answers late, or not at all
@@ -460,7 +509,7 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
             log_mark = log.stat().st_size
             time.sleep(args.settle)
             metrics: dict[str, float] = {}
-            if metrics_port and not args.stop_under_load:  # the daemon exports its counters every 2 s
+            if args.scrape_metrics and not args.stop_under_load:  # exported every 2 s
                 time.sleep(max(0.0, 2.5 - args.settle))
                 try:
                     metrics = scrape_metrics(metrics_port)
@@ -475,17 +524,22 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
     stats = read_stats(stats_file)
     if stats is None:
         raise SystemExit(f"bench: no final simulator stats in {stats_file}")
-    sent, dropped, sessions = frames_sent(stats, args.cameras)
+    sent, dropped, sessions = frames_sent(stats, cameras)
     recorded = frames_recorded(root)
+    shutil.rmtree(root, ignore_errors=True)  # 330 cameras write 5 GB a run: free it now
     lost = {cam: n - recorded.get(cam, 0) for cam, n in sent.items()}
     worst = max(lost, key=lambda cam: lost[cam])
     return Result(
-        name="csud",
-        cameras=args.cameras,
+        name=name,
+        cameras=cameras,
         cpu=cpu,
         rss_mib=rss,
         rss_max_mib=rss_max,
         pss_mib=pss,
+        rss_start_mib=rss_start,
+        lag_p99_ms=lag.percentile_ms(0.99),
+        lag_max_ms=lag.percentile_ms(1.0),
+        lag_samples=len(lag.samples),
         frames_sent=sum(sent.values()),
         frames_recorded=sum(recorded.get(cam, 0) for cam in sent),
         sim_frames_dropped=dropped,
@@ -494,7 +548,6 @@ def run_csud(args: argparse.Namespace, tmp: Path) -> Result:
         worst_camera_lost=lost[worst],
         exit_status=status,
         stop_seconds=stop_seconds,
-        rss_start_mib=rss_start,
         idle_rss_mib=idle_rss,
         idle_cpu_percent=idle_cpu,
         metrics=metrics,
@@ -515,6 +568,7 @@ def ffmpeg_frames(progress: Path) -> int:
 
 
 def run_ffmpeg(args: argparse.Namespace, tmp: Path) -> Result:
+    tmp.mkdir(exist_ok=True)
     k_cameras = args.ffmpeg
     port = free_port()
     stats_file = tmp / "sim-ffmpeg.json"
@@ -559,6 +613,7 @@ def run_ffmpeg(args: argparse.Namespace, tmp: Path) -> Result:
             wait_playing(stats_file, k_cameras, [sim, *procs], READY_TIMEOUT_SECONDS)
             time.sleep(args.warmup)
             pids = [p.pid for p in procs]
+            rss_start = sum(status_kib(p, "VmRSS") for p in pids) / 1024
             cpu = measure(pids, sim.pid, args.seconds, args.window)
             rss = sum(status_kib(p, "VmRSS") for p in pids) / 1024
             rss_max = sum(status_kib(p, "VmHWM") for p in pids) / 1024
@@ -577,6 +632,7 @@ def run_ffmpeg(args: argparse.Namespace, tmp: Path) -> Result:
     recorded = {
         f"cam{k}": ffmpeg_frames(out_dir / f"cam{k}" / "progress.txt") for k in range(1, k_cameras + 1)
     }
+    shutil.rmtree(out_dir, ignore_errors=True)
     lost = {cam: n - recorded[cam] for cam, n in sent.items()}
     worst = max(lost, key=lambda cam: lost[cam])
     return Result(
@@ -586,6 +642,7 @@ def run_ffmpeg(args: argparse.Namespace, tmp: Path) -> Result:
         rss_mib=rss,
         rss_max_mib=rss_max,
         pss_mib=pss,
+        rss_start_mib=rss_start,
         frames_sent=sum(sent.values()),
         frames_recorded=sum(recorded.values()),
         sim_frames_dropped=int(stats["totals"]["frames_dropped"]),
@@ -622,6 +679,10 @@ def source_revision() -> str:
     return rev + ("+" if dirty else "")
 
 
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def print_report(args: argparse.Namespace, results: list[Result]) -> None:
     print(
         f"\ningest benchmark: {args.width}x{args.height}@{args.fps}, {args.bitrate / 1e6:g} Mbit/s, "
@@ -633,30 +694,36 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
         f"csud {source_revision()}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
         + (f", recorder environment {' '.join(args.recorder_env)}" if args.recorder_env else "")
         + (f", PYTHONPATH={os.environ['PYTHONPATH']}" if os.environ.get("PYTHONPATH") else "")
+        + (f", A (baseline) = {args.ab}" if args.ab else "")
     )
+    print(f"load average before: {args.load_before}; after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    ff_runs = [r for r in results if r.name.startswith("ffmpeg")]
+    ff_per_cam = _median([r.cpu_per_camera for r in ff_runs])
     rows: list[tuple[str, ...]] = [
         (
             "recorder",
             "cams",
             "CPU % 1 core (median [min-max], mean)",
             "CPU %/cam",
-            "RSS MiB (peak)",
+            "user/sys/main %",
+            "RSS MiB start->end (peak)",
             "RSS MiB/cam",
             "sent",
-            "recorded",
             "lost",
-            "lost %",
             "sim drops",
-            "sim CPU %",
+            "lag p99/max ms",
+            "stop s",
+            "/ffmpeg",
         )
     ]
     for r in results:
         w = r.cpu
         per_cam_rss = (
-            f"{(r.rss_mib - r.idle_rss_mib) / r.cameras:.2f} (raw {r.rss_mib / r.cameras:.2f})"
+            f"{(r.rss_mib - r.idle_rss_mib) / r.cameras:.2f}"
             if r.idle_rss_mib
             else f"{r.rss_mib / r.cameras:.2f} (PSS {r.pss_mib / r.cameras:.2f})"
         )
+        is_ff = r.name.startswith("ffmpeg")
         rows.append(
             (
                 r.name,
@@ -664,14 +731,15 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
                 f"{w.measured_median:.1f} [{min(w.measured):.1f}-{max(w.measured):.1f}], "
                 f"{w.measured_mean:.1f}",
                 f"{r.cpu_per_camera:.3f}",
-                f"{r.rss_mib:.0f} ({r.rss_max_mib:.0f})",
+                f"{w.user_mean:.1f}/{w.system_mean:.1f}/" + ("-" if is_ff else f"{w.main_thread_mean:.1f}"),
+                f"{r.rss_start_mib:.0f}->{r.rss_mib:.0f} ({r.rss_max_mib:.0f})",
                 per_cam_rss,
                 str(r.frames_sent),
-                str(r.frames_recorded),
                 str(r.frames_lost),
-                f"{r.lost_percent:.3f}",
                 str(r.sim_frames_dropped),
-                f"{w.simulator_median:.1f}",
+                "-" if is_ff else f"{r.lag_p99_ms:.0f}/{r.lag_max_ms:.0f} (n={r.lag_samples})",
+                "-" if is_ff else f"{r.stop_seconds:.1f}",
+                "-" if is_ff or not ff_runs else f"{r.cpu_per_camera / ff_per_cam:.2f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -679,54 +747,66 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
         print("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    for r in results:
-        print(f"\n{r.name}:")
-        print(f"  CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.measured)}")
-        print(
-            f"  CPU % over the interval: user {r.cpu.user_mean:.1f}, system {r.cpu.system_mean:.1f}; "
-            f"main thread(s) {r.cpu.main_thread_mean:.1f}, other threads "
-            f"{max(0.0, r.cpu.user_mean + r.cpu.system_mean - r.cpu.main_thread_mean):.1f}"
-        )
-        print(f"  simulator CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.simulator)}")
-        print(
-            f"  worst camera {r.worst_camera}: {r.worst_camera_lost} frames lost; "
-            f"sessions set up {r.sim_sessions_total} for {r.cameras} cameras"
-        )
-        if r.name == "csud":
+    if args.verbose:
+        for r in results:
+            print(f"\n{r.name} ({r.cameras} cameras):")
+            print(f"  CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.measured)}")
+            print(f"  simulator CPU % per window: {' '.join(f'{v:.1f}' for v in r.cpu.simulator)}")
             print(
-                f"  idle recorder (one unreachable camera): RSS {r.idle_rss_mib:.0f} MiB, "
-                f"CPU {r.idle_cpu_percent:.1f} %; PSS at end {r.pss_mib:.0f} MiB"
+                f"  worst camera {r.worst_camera}: {r.worst_camera_lost} frames lost; "
+                f"sessions set up {r.sim_sessions_total}; exit {r.exit_status}"
             )
-            print(f"  RSS at start {r.rss_start_mib:.0f} MiB, at end {r.rss_mib:.0f} MiB")
-            gops = r.metrics.get("csud_camera_gops_dropped_total")
-            if gops is not None:
-                print(f"  GOPs dropped by the memory budget: {gops:.0f}")
-            when = "under load" if args.stop_under_load else "after the simulator stopped"
-            print(f"  SIGTERM ({when}) -> exit {r.exit_status} in {r.stop_seconds:.1f} s")
-            if r.metrics:
-                print(f"  recorder counters at the end: {r.metrics}")
-            print(f"  warnings/errors while recording: {r.log_events or 'none'}")
-            print(f"  after the simulator stopped (reconnects expected): {r.after_stop_events or 'none'}")
-        else:
-            print(f"  worst exit status {r.exit_status}; PSS {r.pss_mib:.0f} MiB in total")
-    csud = next((r for r in results if r.name == "csud"), None)
-    ff = next((r for r in results if r.name != "csud"), None)
-    if csud and ff and ff.cpu_per_camera > 0:
-        ratio = csud.cpu_per_camera / ff.cpu_per_camera
-        print(
-            f"\nper camera, csud ({csud.cameras} cams) costs {ratio:.2f}x the CPU of ffmpeg -c copy "
-            f"({ff.cameras} processes): {csud.cpu_per_camera:.3f} % vs {ff.cpu_per_camera:.3f} % of one core"
-        )
-        print(
-            f"per camera, RSS: csud {(csud.rss_mib - csud.idle_rss_mib) / csud.cameras:.2f} MiB above idle "
-            f"vs ffmpeg {ff.pss_mib / ff.cameras:.2f} MiB PSS ({ff.rss_mib / ff.cameras:.2f} MiB RSS)"
-        )
+            if not r.name.startswith("ffmpeg"):
+                gops = r.metrics.get("csud_camera_gops_dropped_total")
+                if gops is not None:
+                    print(f"  GOPs dropped by the memory budget: {gops:.0f}")
+                when = "under load" if args.stop_under_load else "after the simulator stopped"
+                print(f"  SIGTERM ({when}) -> exit {r.exit_status} in {r.stop_seconds:.1f} s")
+                if r.metrics:
+                    print(f"  recorder counters at the end: {r.metrics}")
+                print(f"  warnings/errors while recording: {r.log_events or 'none'}")
+                print(f"  after the simulator stopped (reconnects expected): {r.after_stop_events or 'none'}")
+    csud = [r for r in results if not r.name.startswith("ffmpeg")]
     if csud:
-        ok = csud.cpu.measured_median < 50 and csud.frames_lost == 0 and csud.sim_frames_dropped == 0
         print(
-            f"\ntarget (under 50 % of one core, no frame lost): {'met' if ok else 'NOT met'} "
-            f"at {csud.cameras} cameras"
+            f"\nidle recorder (one unreachable camera): RSS {csud[0].idle_rss_mib:.0f} MiB, "
+            f"CPU {csud[0].idle_cpu_percent:.1f} %"
         )
+    if ff_runs:
+        print(
+            f"ffmpeg -c copy: {ff_per_cam:.3f} % of a core per camera (median of {len(ff_runs)} run(s) of "
+            f"{ff_runs[0].cameras} processes), PSS {ff_runs[0].pss_mib / ff_runs[0].cameras:.1f} MiB each"
+        )
+    if args.ab:
+        print("\nA/B, medians over the alternating runs (B/A ratio):")
+        a = [r for r in csud if r.name == "A"]
+        b = [r for r in csud if r.name == "B"]
+        for label, get in (
+            ("CPU % (median window)", lambda r: r.cpu.measured_median),
+            ("user %", lambda r: r.cpu.user_mean),
+            ("system %", lambda r: r.cpu.system_mean),
+            ("main thread %", lambda r: r.cpu.main_thread_mean),
+            ("RSS end MiB", lambda r: r.rss_mib),
+            ("loop lag p99 ms", lambda r: r.lag_p99_ms),
+        ):
+            ma, mb = _median([get(r) for r in a]), _median([get(r) for r in b])
+            print(
+                f"  {label:22} A {ma:7.1f}  B {mb:7.1f}  B/A {mb / ma if ma else float('nan'):.3f}   "
+                f"(A: {' '.join(f'{get(r):.1f}' for r in a)}; B: {' '.join(f'{get(r):.1f}' for r in b)})"
+            )
+    for r in csud:
+        if r.cameras == max(x.cameras for x in csud):
+            ok = (
+                r.cpu.measured_median <= 70
+                and r.frames_lost == 0
+                and r.sim_frames_dropped == 0
+                and r.lag_p99_ms < 50
+                and (not ff_runs or r.cpu_per_camera / ff_per_cam <= 0.5)
+            )
+            print(
+                f"goal of issue 15 (<= 70 % of a core, 0 lost, lag p99 < 50 ms, csud/ffmpeg <= 0.5) "
+                f"at {r.cameras} cameras ({r.name}): {'met' if ok else 'NOT met'}"
+            )
 
 
 def main() -> int:
@@ -771,6 +851,19 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--keep-on-loss", action="store_true", help="keep it if frames were lost")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--sweep",
+        help="camera counts run in turn instead of --cameras, e.g. 50,100,200,330",
+    )
+    parser.add_argument(
+        "--ab",
+        metavar="TREE",
+        help="A/B: alternate runs of csud from TREE (A, the baseline; PYTHONPATH=TREE) and from this "
+        "environment (B), --rounds times each, at --cameras",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions of the sweep, or A/B pairs")
+    parser.add_argument("--no-lag", action="store_true", help="do not poll /status for the loop lag")
+    parser.add_argument("-v", "--verbose", action="store_true", help="per-run details")
     args = parser.parse_args()
     ncpu = os.cpu_count() or 1
     if args.sim_core == "none":
@@ -781,14 +874,28 @@ def main() -> int:
         args.sim_core = int(args.sim_core)
     if args.cameras < 1 or args.seconds <= 0 or args.ffmpeg < 0 or not 0 <= args.core < ncpu:
         parser.error("--cameras >= 1, --seconds > 0, --ffmpeg >= 0, --core within the machine's cores")
+    try:
+        sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.cameras]
+    except ValueError:
+        parser.error(f"--sweep wants comma-separated camera counts, got {args.sweep!r}")
+    if min(sweep) < 1 or args.rounds < 1 or (args.ab and not Path(args.ab, "csud").is_dir()):
+        parser.error("--sweep counts >= 1, --rounds >= 1, --ab a source tree holding csud/")
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     tmp = Path(tempfile.mkdtemp(prefix="csud-bench-", dir=args.tmp_dir))
     results: list[Result] = []
     try:
-        if not args.no_csud:
-            results.append(run_csud(args, tmp))
-        if args.ffmpeg:
-            results.append(run_ffmpeg(args, tmp))
+        idle = (0.0, 0.0) if args.no_csud else idle_baseline(args, tmp)
+        for k in range(args.rounds):
+            if args.ab:  # A then B, B then A: neither always runs first
+                order = [("A", args.ab), ("B", None)]
+                for name, tree in order if k % 2 == 0 else order[::-1]:
+                    results.append(run_csud(args, tmp / f"{name}{k}", args.cameras, idle, name, tree))
+            elif not args.no_csud:
+                for n in sweep:
+                    results.append(run_csud(args, tmp / f"csud{n}-{k}", n, idle))
+            if args.ffmpeg:
+                results.append(run_ffmpeg(args, tmp / f"ffmpeg-{k}"))
     finally:
         lost = any(r.frames_lost or r.sim_frames_dropped for r in results)
         if args.keep or (lost and args.keep_on_loss):
@@ -798,7 +905,7 @@ def main() -> int:
     print_report(args, results)
     status = 0
     for r in results:
-        if r.name == "csud" and r.exit_status != 0:
+        if not r.name.startswith("ffmpeg") and r.exit_status != 0:
             print(f"bench: the recorder exited with status {r.exit_status} after SIGTERM", file=sys.stderr)
             status = 1
     if args.json:
