@@ -8,8 +8,8 @@ Two layers:
   bytes emitted so far are whole top-level boxes (checked). It tracks each fragment's start, byte
   offset in the file, size and frame count.
 - :class:`SegmentWriter` is the asyncio shell, one per open segment. PyAV, SHA-256, fsync, rename
-  and directory work all run off the event loop (the default executor or a given one); bytes go
-  to disk through aiofiles, once per GOP.
+  and directory work all run off the event loop (the default executor or a given one); each GOP
+  is muxed, hashed and written (``os.write``) in one executor call.
 
 Durability (docs/storage.md, "Creating a segment"): write ``NAME.mp4.partial`` (hashing while
 writing), fsync the file, rename to ``NAME.mp4``, fsync the directory; only then does the caller
@@ -42,7 +42,7 @@ import av
 
 from csud.errors import StorageError
 from csud.recording.segmenter import Frame
-from csud.store.durable import fsync_dir, fsync_fd, makedirs_durable, open_footage
+from csud.store.durable import drop_cached, fsync_dir, fsync_fd, makedirs_durable, open_footage
 from csud.store.layout import partial_name
 from csud.store.records import FragmentInfo, SegmentInfo
 
@@ -57,6 +57,10 @@ BOX_LARGESIZE_HEADER_SIZE = BOX_HEADER_SIZE + 8
 # fsync an open segment whenever this much was written since its last fsync: bounds what a
 # failed fsync can cost (docs/storage.md, "When fsync fails"); ~16 s at 4 Mbit/s.
 SYNC_EVERY_BYTES = 8 << 20
+# Footage is written once and not read again soon: each GOP write asks the kernel to start its
+# writeback and to drop what is already clean (csud.store.durable.drop_cached; issue 15).
+DROP_CACHE_AFTER_WRITE = True
+DROP_CACHE_AFTER_FSYNC = True
 
 T = TypeVar("T")
 
@@ -308,12 +312,14 @@ class SegmentWriter:
     async def write(self, frames: Sequence[Frame]) -> None:
         """Mux ``frames`` and append what the muxer emitted (the previous GOP's fragment)."""
         self._check_usable()
-        try:
-            data = await self._run(self._mux_and_hash, frames)
+        try:  # one executor hop per GOP (issue 15): mux, hash and write in the same worker call
+            await self._run(self._mux_hash_write, frames)
         except av.FFmpegError as e:
             self._failed = True
             raise StorageError(f"mux {partial_name(self.relpath)}: {e}") from e
-        await self._append(data)
+        except OSError as e:
+            self._failed = True
+            raise _storage_error("write", partial_name(self.relpath), e) from e
         self._fragments.extend(self._muxer.take_fragments())
         self._mark_good(self._muxer.pending_gop_start_ns)
         await self._sync_if_due()  # fsync failure section below
@@ -336,8 +342,11 @@ class SegmentWriter:
                 await self._run(self._muxer.close)
                 self._muxer.take_fragments()
             else:
-                data = await self._run(self._close_and_hash)
-                await self._append(data)
+                try:
+                    await self._run(self._close_hash_write)
+                except OSError as e:
+                    self._failed = True
+                    raise _storage_error("write", partial_name(relpath), e) from e
                 self._fragments.extend(self._muxer.take_fragments())
                 self._mark_good(end_ns)
             await self._sync_durable()  # fsync failure section below
@@ -427,11 +436,17 @@ class SegmentWriter:
         """fsync the file (the writer's durable helper); on success the file as written so far,
         which ends on a fragment boundary, is the new durable point."""
         try:
-            await self._run(fsync_fd, self._file.fileno(), partial_name(self.relpath))
+            await self._run(self._fsync_then_drop)
         except OSError:
             self._sync_failed = True
             raise
         self._durable = (self._good_size, self._good_hash.copy(), self._good_end_ns, len(self._fragments))
+
+    def _fsync_then_drop(self) -> None:
+        fd = self._file.fileno()
+        fsync_fd(fd, partial_name(self.relpath))
+        if DROP_CACHE_AFTER_FSYNC:  # clean now: the pages still under writeback at the last write go
+            drop_cached(fd, self._size_bytes)
 
     def _keep_only_durable(self) -> None:
         """After a failed fsync: forget what was written after the last durable point."""
@@ -487,23 +502,34 @@ class SegmentWriter:
         self._hash.update(data)
         return data
 
+    def _mux_hash_write(self, frames: Sequence[Frame]) -> None:
+        """In the worker thread: mux, hash, write what the muxer emitted (``os.write``: the file is
+        unbuffered, so this is what aiofiles would do one hop later), then release the page
+        cache the file holds (csud.store.durable.drop_cached)."""
+        self._write_all(self._mux_and_hash(frames))
+
+    def _close_hash_write(self) -> None:
+        self._write_all(self._close_and_hash())
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._write_chunk(view)
+            if not written:
+                raise OSError(errno.EIO, "short write made no progress")
+            view = view[written:]
+            self._size_bytes += written
+        if DROP_CACHE_AFTER_WRITE:
+            drop_cached(self._file.fileno(), self._size_bytes)
+
+    def _write_chunk(self, view: memoryview) -> int:
+        """One ``write(2)`` (a seam for tests that inject ENOSPC or count writes)."""
+        return os.write(self._file.fileno(), view)
+
     def _close_and_hash(self) -> bytes:
         data = self._muxer.close()
         self._hash.update(data)
         return data
-
-    async def _append(self, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                written = await self._file.write(view)
-                if not written:
-                    raise OSError(errno.EIO, "short write made no progress")
-                view = view[written:]
-                self._size_bytes += written
-        except OSError as e:
-            self._failed = True
-            raise _storage_error("write", partial_name(self.relpath), e) from e
 
     async def _close_file_quietly(self) -> None:
         with contextlib.suppress(OSError):

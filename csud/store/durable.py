@@ -14,6 +14,7 @@ caller's (the writer keeps only what was durable before: :class:`csud.recording.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -72,6 +73,19 @@ def fsync_fd(fd: int, what: str = "") -> None:
         FSYNC_FAILURES.failed(what, e)
         raise
     FSYNC_FAILURES.succeeded()
+
+
+def drop_cached(fd: int, end: int) -> None:
+    """Keep footage out of the page cache: ``posix_fadvise(POSIX_FADV_DONTNEED)`` on the first
+    ``end`` bytes of ``fd``. Linux starts the writeback of what is dirty there (without waiting)
+    and drops what is clean, so called after each write it keeps the cache a file holds to the
+    bytes still being written back. Durability is unchanged: only ``fsync`` makes bytes durable.
+    Best effort: a refusal (EINVAL, ESPIPE) is ignored; a writeback error is still reported by
+    the next ``fsync`` of the file. Footage is written once and read back rarely (a recovery
+    check, an extraction): a cold read then costs a disk read, not a copy.
+    """
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, end, os.POSIX_FADV_DONTNEED)
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:

@@ -199,10 +199,10 @@ async def test_enospc_surfaces_as_storage_error(tmp_path: Path, clip: list[Acces
     ]
     await writer.write(muxes[0].frames)  # ftyp + moov
 
-    async def full(_data: object) -> int:
+    def full(_data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    writer._file.write = full  # the aiofiles write: the bytes never reach the disk
+    writer._write_chunk = full  # type: ignore[method-assign,assignment]  # the write(2): never reaches the disk
     with pytest.raises(StorageError, match=r"write metz/cam-1/2026/.*\.mp4\.partial: ENOSPC") as exc:
         await writer.write(muxes[1].frames)
     assert str(tmp_path) not in str(exc.value)  # relative paths only
@@ -217,14 +217,13 @@ async def test_one_write_per_gop(tmp_path: Path, clip: list[AccessUnit]) -> None
     relpath = segment_relpath("metz", "cam-1", T0_NS)
     writer = await SegmentWriter.open(tmp_path, relpath, T0_NS, WIDTH, HEIGHT)
     calls: list[int] = []
-    real_write = writer._file.write
+    real_write = writer._write_chunk
 
-    async def counting(data: memoryview) -> int:
+    def counting(data: memoryview) -> int:
         calls.append(len(data))
-        n: int = await real_write(data)
-        return n
+        return real_write(data)
 
-    writer._file.write = counting
+    writer._write_chunk = counting  # type: ignore[method-assign,assignment]
     seg = Segmenter(segment_ns=3600 * 10**9, phase_ns=0)
     for i, au in enumerate(clip):
         for a in seg.push(au, T0_NS + i * FRAME_NS):
