@@ -26,8 +26,9 @@ class AccessUnit:
 
     def annexb(self, prefix: list[bytes] | None = None) -> bytes:
         """The unit as an Annex B byte stream, optionally led by ``prefix`` NAL units (SPS, PPS)."""
-        nals = (prefix or []) + self.nals
-        return b"".join(ANNEXB_START_CODE + nal for nal in nals)
+        nals = [*prefix, *self.nals] if prefix else self.nals
+        # One copy of each byte (not a start code + NAL temporary per unit, then the join).
+        return ANNEXB_START_CODE + ANNEXB_START_CODE.join(nals) if nals else b""
 
 
 @dataclass(slots=True, frozen=True)
