@@ -22,12 +22,22 @@ What one run does (every process on 127.0.0.1, every process stopped in a ``fina
    -i rtsp://... -c copy -f segment`` processes, all pinned to ``--core``, measured the same
    way (their CPU summed). Run after csud, never beside it, so the two never compete.
 
+Issue 15 options: ``--sweep 50,100,200,330`` runs step 2 at each count in turn (one simulator
+and one recorder each) and ``--ffmpeg K`` once after them: every row gets its csud/ffmpeg ratio
+(CPU per camera). ``--ab TREE --rounds N`` alternates A (csud from the source tree TREE, e.g. a
+``git archive`` of the baseline, through PYTHONPATH) and B (this environment), ABBA..., and prints
+the medians and B/A ratios. While measuring, the recorder's ``/status`` is polled every 0.5 s
+for ``event_loop_lag_seconds`` (its loop monitor; ``--no-lag`` to skip): p99 and max are shown.
+The load average before and after is printed: on a shared machine, compare A and B of one run.
+
 CPU is process CPU time, not wall-clock load, so other work on the machine disturbs the
 figures less than it would a ``top`` reading; it still costs cache and frequency, and a
 busy pinned core can make the recorder fall behind (then the simulator drops frames, which
 this script reports). Run it on a quiet machine for figures worth publishing.
 
     .venv/bin/python scripts/bench_ingest.py --cameras 100 --seconds 60 --ffmpeg 20
+    .venv/bin/python scripts/bench_ingest.py --sweep 50,100,200,330 --seconds 20 --ffmpeg 30
+    .venv/bin/python scripts/bench_ingest.py --cameras 100 --seconds 20 --ab /tmp/base --rounds 3
 """
 
 from __future__ import annotations
