@@ -57,10 +57,6 @@ BOX_LARGESIZE_HEADER_SIZE = BOX_HEADER_SIZE + 8
 # fsync an open segment whenever this much was written since its last fsync: bounds what a
 # failed fsync can cost (docs/storage.md, "When fsync fails"); ~16 s at 4 Mbit/s.
 SYNC_EVERY_BYTES = 8 << 20
-# Footage is written once and not read again soon: each GOP write asks the kernel to start its
-# writeback and to drop what is already clean (csud.store.durable.drop_cached; issue 15).
-DROP_CACHE_AFTER_WRITE = True
-DROP_CACHE_AFTER_FSYNC = True
 
 T = TypeVar("T")
 
@@ -445,8 +441,10 @@ class SegmentWriter:
     def _fsync_then_drop(self) -> None:
         fd = self._file.fileno()
         fsync_fd(fd, partial_name(self.relpath))
-        if DROP_CACHE_AFTER_FSYNC:  # clean now: the pages still under writeback at the last write go
-            drop_cached(fd, self._size_bytes)
+        # Durable, hence clean: out of the page cache (footage is not read again soon). Dropping
+        # after each GOP's write as well cost ~1 point of system time at 100 cameras for nothing
+        # measurable (docs/benchmarks.md, "Cost per camera").
+        drop_cached(fd, self._size_bytes)
 
     def _keep_only_durable(self) -> None:
         """After a failed fsync: forget what was written after the last durable point."""
@@ -503,9 +501,8 @@ class SegmentWriter:
         return data
 
     def _mux_hash_write(self, frames: Sequence[Frame]) -> None:
-        """In the worker thread: mux, hash, write what the muxer emitted (``os.write``: the file is
-        unbuffered, so this is what aiofiles would do one hop later), then release the page
-        cache the file holds (csud.store.durable.drop_cached)."""
+        """In the worker thread: mux, hash and write what the muxer emitted (``os.write``: the file
+        is unbuffered, so this is what aiofiles would do one hop later)."""
         self._write_all(self._mux_and_hash(frames))
 
     def _close_hash_write(self) -> None:
@@ -519,8 +516,6 @@ class SegmentWriter:
                 raise OSError(errno.EIO, "short write made no progress")
             view = view[written:]
             self._size_bytes += written
-        if DROP_CACHE_AFTER_WRITE:
-            drop_cached(self._file.fileno(), self._size_bytes)
 
     def _write_chunk(self, view: memoryview) -> int:
         """One ``write(2)`` (a seam for tests that inject ENOSPC or count writes)."""

@@ -77,9 +77,9 @@ def fsync_fd(fd: int, what: str = "") -> None:
 
 def drop_cached(fd: int, end: int) -> None:
     """Keep footage out of the page cache: ``posix_fadvise(POSIX_FADV_DONTNEED)`` on the first
-    ``end`` bytes of ``fd``. Linux starts the writeback of what is dirty there (without waiting)
-    and drops what is clean, so called after each write it keeps the cache a file holds to the
-    bytes still being written back. Durability is unchanged: only ``fsync`` makes bytes durable.
+    ``end`` bytes of ``fd``. Called right after a successful ``fsync``, when every page is clean,
+    it drops them all. (Linux also starts the writeback of dirty pages in the range, without
+    waiting, and keeps those.) Durability is unchanged: only ``fsync`` makes bytes durable.
     Best effort: a refusal (EINVAL, ESPIPE) is ignored; a writeback error is still reported by
     the next ``fsync`` of the file. Footage is written once and read back rarely (a recovery
     check, an extraction): a cold read then costs a disk read, not a copy.
