@@ -300,17 +300,15 @@ async def test_storage_errors_are_logged_once_per_episode_and_recording_resumes(
     import os as os_module
 
     from csud import log
-    from csud.errors import StorageError
 
     log.configure("info", json=True)
     failing = {"writes": False, "fsync": False, "fsync_failed": 0}
-    original_append = writer_module.SegmentWriter._append
+    original_write_chunk = writer_module.SegmentWriter._write_chunk
 
-    async def append(self: Any, data: bytes) -> None:
+    def write_chunk(self: Any, view: memoryview) -> int:  # the writer's one write(2)
         if failing["writes"] and "/cam1/" in self.relpath:
-            self._failed = True
-            raise StorageError(f"write {self.relpath}.partial: EIO (Input/output error)")
-        await original_append(self, data)
+            raise OSError(errno.EIO, "Input/output error")
+        return original_write_chunk(self, view)
 
     real_fsync = os_module.fsync
 
@@ -323,7 +321,7 @@ async def test_storage_errors_are_logged_once_per_episode_and_recording_resumes(
                 raise OSError(errno.EIO, "Input/output error")
         real_fsync(fd)
 
-    monkeypatch.setattr(writer_module.SegmentWriter, "_append", append)
+    monkeypatch.setattr(writer_module.SegmentWriter, "_write_chunk", write_chunk)
     monkeypatch.setattr(writer_module.os, "fsync", fsync)
     async with rig(tmp_path) as r:
         failing["writes"] = True
