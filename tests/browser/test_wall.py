@@ -15,9 +15,7 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +24,11 @@ from typing import Any
 import pytest
 
 from csud.store.identity import create_store
-from tests.conftest import skip_or_fail
+from tests.browser.chromium import chromium, log_in
 from tests.integration.helpers import CSUD, daemon, free_port, simulator, wait_port
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 PASSWORD = "correct horse battery staple"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CAMERAS = {"cam1": "metz", "cam2": "metz", "cam3": "woippy", "cam4": "ars"}
@@ -83,25 +79,6 @@ def wall(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield web_port, tmp_path
 
 
-def _driver(profile: str) -> Any:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        skip_or_fail("selenium not installed")
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        skip_or_fail("Debian chromium and chromium-driver not installed")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required", "--window-size=1280,800", f"--user-data-dir={profile}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 def _upgrade_status(port: int, path: str, cookie: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -129,20 +106,10 @@ return Array.from(document.querySelectorAll('.tile')).map(t => {
 
 def test_operator_sees_her_communes_cameras_play_and_nothing_else(wall: tuple[int, Path]) -> None:
     port, tmp = wall
-    profile = tempfile.mkdtemp(prefix="csud-chromium-")
-    driver = _driver(profile)
-    try:
+    with chromium() as driver:
         from selenium.webdriver.common.by import By
 
-        driver.set_page_load_timeout(30)
-        driver.get(f"http://127.0.0.1:{port}/")
-        deadline = time.monotonic() + 20
-        while not driver.find_element(By.ID, "login").is_displayed():
-            assert time.monotonic() < deadline, "no login form"
-            time.sleep(0.2)
-        driver.find_element(By.NAME, "username").send_keys("alice")
-        driver.find_element(By.NAME, "password").send_keys(PASSWORD)
-        driver.find_element(By.CSS_SELECTOR, "#login button").click()
+        log_in(driver, port, "alice", PASSWORD)
         # Playing: a decoded picture (videoWidth) and the playback time moving on, every tile.
         first: dict[str, float] = {}
         deadline = time.monotonic() + 60
@@ -167,9 +134,6 @@ def test_operator_sees_her_communes_cameras_play_and_nothing_else(wall: tuple[in
         session = driver.get_cookie("csud_session")
         assert session is not None and session["httpOnly"] and session.get("sameSite") == "Strict"
         cookie = f"csud_session={session['value']}"
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
     assert _upgrade_status(port, "/live/cam3", cookie) == 403  # another live commune
     assert _upgrade_status(port, "/live/cam4", cookie) == 403  # a storage commune
     assert _upgrade_status(port, "/live/cam1", "") == 401  # no session
