@@ -10,7 +10,54 @@ const CATCH_UP_ABOVE_S = 0.25;  // further behind than this: play 10 % faster un
 const CATCH_UP_UNTIL_S = 0.1;   // ...this (a new viewer starts at the last keyframe, up to a GOP back)
 const CATCH_UP_RATE = 1.1;
 const KEEP_BUFFER_S = 20;       // older video is removed from the buffer
+const REORDER_MAX_S = 1.0;      // cap of the B-frame hold-back (a clock step is not a B-frame)
 const $ = (id) => document.getElementById(id);
+
+// ISO BMFF boxes, enough to read a fragment's presentation time (csud/live/fmp4.py writes them).
+function boxes(bytes, start, end) {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = {};
+  for (let pos = start; pos + 8 <= end;) {
+    const size = dv.getUint32(pos);
+    if (size < 8 || pos + size > end) break;
+    out[String.fromCharCode(...bytes.subarray(pos + 4, pos + 8))] = [pos, pos + size];
+    pos += size;
+  }
+  return out;
+}
+
+function child(bytes, range, ...path) {  // the box at path inside range (a box), or null
+  for (const kind of path) {
+    range = range && boxes(bytes, range[0] + 8, range[1])[kind];
+  }
+  return range || null;
+}
+
+// The media timescale of an init segment (moov/trak/mdia/mdhd), or 0.
+function timescaleOf(init) {
+  const mdhd = child(init, boxes(init, 0, init.length).moov, "trak", "mdia", "mdhd");
+  if (!mdhd) return 0;
+  const dv = new DataView(init.buffer, init.byteOffset, init.byteLength);
+  return dv.getUint32(mdhd[0] + (init[mdhd[0] + 8] === 1 ? 28 : 20));
+}
+
+// [pts, end] in timescale units of a fragment's first sample (tfdt + composition offset, + its
+// duration), or null.
+function timesOf(frag) {
+  const traf = child(frag, boxes(frag, 0, frag.length).moof, "traf");
+  const tfdt = child(frag, traf, "tfdt"), trun = child(frag, traf, "trun");
+  if (!tfdt || !trun) return null;
+  const dv = new DataView(frag.buffer, frag.byteOffset, frag.byteLength);
+  const dts = frag[tfdt[0] + 8] === 1 ? Number(dv.getBigUint64(tfdt[0] + 12)) : dv.getUint32(tfdt[0] + 12);
+  const version = frag[trun[0] + 8], flags = dv.getUint32(trun[0] + 8) & 0xffffff;
+  let pos = trun[0] + 16 + (flags & 0x1 ? 4 : 0) + (flags & 0x4 ? 4 : 0);
+  let duration = 0, offset = 0;
+  if (flags & 0x100) { duration = dv.getUint32(pos); pos += 4; }
+  if (flags & 0x200) pos += 4;
+  if (flags & 0x400) pos += 4;
+  if (flags & 0x800) offset = version === 1 ? dv.getInt32(pos) : dv.getUint32(pos);
+  return [dts + offset, dts + offset + duration];
+}
 
 class Tile {
   constructor(cam) {
@@ -56,6 +103,11 @@ class Tile {
     this.pendingInit = null;
     this.queue = [];
     this.codec = null;
+    // B-frames arrive after frames presented later: how far before the buffered end a frame may
+    // still arrive (seconds). The live-edge targets keep that much more behind, or such frames
+    // would come too late to be shown (Chromium drops them). 0 without B-frames.
+    this.reorder = 0;
+    this.newestEnd = null;
     ws.onopen = () => { this.delay = RECONNECT_MIN_MS; };
     ws.onmessage = (msg) => this.onMessage(msg.data);
     ws.onclose = (ev) => {
@@ -83,7 +135,12 @@ class Tile {
     }
     const bytes = new Uint8Array(data);
     const isInit = bytes.length > 8 && String.fromCharCode(...bytes.subarray(4, 8)) === "ftyp";
-    if (isInit) { this.pendingInit = bytes; return; }  // appended once its "init" event names the codec
+    if (isInit) {  // appended once its "init" event names the codec
+      this.pendingInit = bytes;
+      this.timescale = timescaleOf(bytes);
+      return;
+    }
+    this.learnReorder(bytes);
     this.append(bytes);
   }
 
@@ -117,6 +174,16 @@ class Tile {
     }, { once: true });
   }
 
+  learnReorder(frag) {
+    const times = this.timescale ? timesOf(frag) : null;
+    if (!times) return;
+    const [pts, end] = times.map((t) => t / this.timescale);
+    if (this.newestEnd !== null) {
+      this.reorder = Math.min(REORDER_MAX_S, Math.max(this.reorder, this.newestEnd - pts));
+    }
+    this.newestEnd = this.newestEnd === null ? end : Math.max(this.newestEnd, end);
+  }
+
   append(bytes) {
     if (this.unsupported || !bytes) return;
     this.queue.push(bytes);
@@ -136,8 +203,10 @@ class Tile {
         sb.remove(start, v.currentTime - KEEP_BUFFER_S / 2);
         return;
       }
-      const behind = end - v.currentTime;
-      if (v.currentTime < start || behind > LIVE_EDGE_MAX_S) v.currentTime = Math.max(start, end - 0.3);
+      const behind = end - this.reorder - v.currentTime;  // behind the newest frame sure to be shown
+      if (v.currentTime < start || behind > LIVE_EDGE_MAX_S) {
+        v.currentTime = Math.max(start, end - this.reorder - 0.3);
+      }
       else if (behind > CATCH_UP_ABOVE_S) v.playbackRate = CATCH_UP_RATE;
       else if (behind < CATCH_UP_UNTIL_S) v.playbackRate = 1;
       if (v.paused) v.play().catch(() => {});
