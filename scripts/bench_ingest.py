@@ -497,6 +497,8 @@ def run_csud(
     env = recorder_env(args.recorder_env)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+        if not Path(pythonpath, "csud", "store", "identity.py").exists():
+            shutil.rmtree(root)  # a revision from before `csud init` makes its own store
     lag = LagPoller(metrics_port)
     with running(simulator_argv(args, cameras, port, stats_file), tmp / "sim-csud.log") as sim:
         wait_port(port, sim, SIM_START_TIMEOUT_SECONDS)
