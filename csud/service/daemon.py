@@ -238,7 +238,7 @@ class Daemon:
 
     def _memory_budget(self) -> MemoryBudget:
         """The one budget every recorder charges its queued bytes to (``[storage] memory_budget_mb``,
-        default an eighth of the RAM); built once, kept across reloads."""
+        default 1/32 of the RAM, at most 1 GiB); built once, kept across reloads."""
         budget: MemoryBudget | None = getattr(self, "_budget", None)
         if budget is None:
             mib = self.loaded.settings.storage.memory_budget_mb

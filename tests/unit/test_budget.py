@@ -70,9 +70,10 @@ def test_register_and_unregister_resize_shares() -> None:
 
 
 def test_default_from_ram() -> None:
-    assert default_budget_bytes(8 * 1024 * MIB) == 1024 * MIB
+    assert default_budget_bytes(8 * 1024 * MIB) == 256 * MIB
+    assert default_budget_bytes(24 * 1024 * MIB) == 768 * MIB
     assert default_budget_bytes(128 * MIB) == 64 * MIB
-    assert default_budget_bytes(1024 * 1024 * MIB) == 4096 * MIB
+    assert default_budget_bytes(1024 * 1024 * MIB) == 1024 * MIB
 
 
 def test_rejects_bad_parameters() -> None:
