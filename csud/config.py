@@ -115,7 +115,7 @@ class StorageConfig(_Strict):
     # destroyed early (reason "disk_pressure"). 0 disables it.
     min_free_percent: Float = Field(5.0, ge=0, lt=100)
     # One memory budget for everything queued between the cameras' sockets and the disk; when
-    # storage falls behind, cameras over their fair share drop whole GOPs. Default (unset): an
+    # storage falls behind, cameras over their fair share drop whole GOPs. Default (unset): a
     # thirty-second of the machine's RAM, between 64 MiB and 1 GiB (csud.recording.budget).
     memory_budget_mb: Int | None = Field(None, ge=16)
 
