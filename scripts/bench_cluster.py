@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from csud.cluster.placement import place
-from csud.store.recovery import recover_at_startup
+from csud.store.startup import recover_at_startup
 from tests.cluster.etcd_local import EtcdCluster, free_port
 from tests.cluster.harness import CSUD, cluster_status, make_nodes, node_segments, recorders, wait_for
 from tests.integration.helpers import wait_port

@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from csud.live import web
 from csud.live.fanout import CameraFeed, Viewer
 from csud.media.h264 import NAL_PPS, NAL_SPS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.media import encode
 
 

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,9 @@ from typing import Any
 
 from csud.store.identity import create_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import free_port, wait_port
+
 MAX_VIEWS_PER_OPERATOR = 64  # csud.live.web's (not imported: the "before" tree has none)
 
 BIN = Path(sys.executable).parent
@@ -46,23 +48,6 @@ CSUD = str(BIN / "csud")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "benchmark password 1"
 DROPPED = r'^csud_camera_dropped_frames_total{.*reason="([^"]+)"} (\S+)$'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing on port {port}")
 
 
 def cpu_split(pid: int) -> tuple[float, float]:

@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from csud.rtsp.interleave import INTERLEAVED_HEADER_SIZE
 from csud.sim.options import SimOptions
 from csud.sim.server import serve
 from csud.store.identity import create_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import free_port, wait_port
 
 BIN = Path(sys.executable).parent
 CSUD = str(BIN / "csud")
@@ -81,23 +83,6 @@ const clock = [];
 for (let i = 0; i < 20; i++) clock.push(Date.now() - (performance.timeOrigin + performance.now()));
 return {frames: window.__g2g, lag: window.__lag, clock: clock};
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing on port {port}")
 
 
 class Simulator(threading.Thread):
