@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 
@@ -43,6 +43,9 @@ class ClusterRows:
     unreachable: list[NodeUnreachable] = field(default_factory=list)
 
 
+T = TypeVar("T")
+
+
 async def known_nodes(config: ClusterConfig) -> dict[str, str]:
     """node -> advertise, for every node that ever joined (live members' current address wins)."""
     etcd = Etcd(config.etcd)
@@ -54,6 +57,30 @@ async def known_nodes(config: ClusterConfig) -> dict[str, str]:
     nodes.update({m.node: m.advertise for m in view.members.values()})
     nodes.setdefault(config.node, config.advertise)
     return nodes
+
+
+async def ask_others(
+    settings: Settings, call: Callable[[NodeClient], Awaitable[T]]
+) -> tuple[dict[str, T], list[NodeUnreachable]]:
+    """``call`` on every other node that ever joined, concurrently: node -> answer, and the nodes
+    that did not answer (any failure is reported as that node being unreachable, never as data)."""
+    config = settings.cluster
+    assert config is not None
+    secret = config.read_secret()
+    nodes = await known_nodes(config)
+    found: dict[str, T] = {}
+    unreachable: list[NodeUnreachable] = []
+    async with aiohttp.ClientSession() as session:
+        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
+        answers = await asyncio.gather(*(call(c) for c in others), return_exceptions=True)
+    for client, answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            unreachable.append(
+                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
+            )
+        else:
+            found[client.node] = answer
+    return found, unreachable
 
 
 def local_rows(
@@ -77,21 +104,10 @@ async def cluster_rows(
 ) -> ClusterRows:
     config = settings.cluster
     assert config is not None
-    secret = config.read_secret()
-    nodes = await known_nodes(config)
     out = ClusterRows(rows=local_rows(settings.storage.root, camera, from_ns, to_ns, config.node))
-    async with aiohttp.ClientSession() as session:
-        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        answers = await asyncio.gather(
-            *(c.segments(camera, from_ns, to_ns) for c in others), return_exceptions=True
-        )
-    for client, answer in zip(others, answers, strict=True):
-        if isinstance(answer, NodeUnreachable):
-            out.unreachable.append(answer)
-        elif isinstance(answer, BaseException):
-            out.unreachable.append(NodeUnreachable(client.node, str(answer)))
-        else:
-            out.rows.extend(answer)
+    found, out.unreachable = await ask_others(settings, lambda c: c.segments(camera, from_ns, to_ns))
+    for rows in found.values():
+        out.rows.extend(rows)
     out.rows.sort(key=lambda r: (r["start_ns"], str(r["node"])))
     return out
 
@@ -198,22 +214,10 @@ async def place_hold_everywhere(
 ) -> ClusterHolds:
     """The same hold on every other node that ever joined (this node's is placed by the caller);
     ``release``: release it there instead."""
-    config = settings.cluster
-    assert config is not None
-    secret = config.read_secret()
-    nodes = await known_nodes(config)
-    out = ClusterHolds()
-    async with aiohttp.ClientSession() as session:
-        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        calls = [c.release_hold(hold) if release else c.add_hold(hold) for c in others]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-    for client, answer in zip(others, answers, strict=True):
-        if isinstance(answer, BaseException):
-            out.unreachable.append(
-                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
-            )
-        else:
-            out.placed[client.node] = answer
+    placed, unreachable = await ask_others(
+        settings, lambda c: c.release_hold(hold) if release else c.add_hold(hold)
+    )
+    out = ClusterHolds(placed=placed, unreachable=unreachable)
     return out
 
 
@@ -227,46 +231,14 @@ async def verify_everywhere(
     settings: Settings, camera: str | None
 ) -> tuple[dict[str, Any], list[NodeUnreachable]]:
     """``verify --archive`` on every other node: node -> report, and the nodes that did not answer."""
-    config = settings.cluster
-    assert config is not None
-    secret = config.read_secret()
-    nodes = await known_nodes(config)
-    reports: dict[str, Any] = {}
-    unreachable: list[NodeUnreachable] = []
-    async with aiohttp.ClientSession() as session:
-        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        answers = await asyncio.gather(*(c.verify_archive(camera) for c in others), return_exceptions=True)
-    for client, answer in zip(others, answers, strict=True):
-        if isinstance(answer, BaseException):
-            unreachable.append(
-                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
-            )
-        else:
-            reports[client.node] = answer
-    return reports, unreachable
+    return await ask_others(settings, lambda c: c.verify_archive(camera))
 
 
 async def holds_everywhere(
     settings: Settings,
 ) -> tuple[dict[str, list[dict[str, Any]]], list[NodeUnreachable]]:
     """Every other node's holds (node API ``GET /v1/holds``): node -> rows, and who did not answer."""
-    config = settings.cluster
-    assert config is not None
-    secret = config.read_secret()
-    nodes = await known_nodes(config)
-    found: dict[str, list[dict[str, Any]]] = {}
-    unreachable: list[NodeUnreachable] = []
-    async with aiohttp.ClientSession() as session:
-        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        answers = await asyncio.gather(*(c.holds() for c in others), return_exceptions=True)
-    for client, answer in zip(others, answers, strict=True):
-        if isinstance(answer, BaseException):
-            unreachable.append(
-                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
-            )
-        else:
-            found[client.node] = answer
-    return found, unreachable
+    return await ask_others(settings, lambda c: c.holds())
 
 
 def hold_key(hold: dict[str, Any]) -> tuple[str, int, int, tuple[str, ...], int]:

@@ -8,13 +8,10 @@ recorded by two nodes (a failover that day) is two rows, one per node, each with
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import aiohttp
-
-from csud.cluster.client import NodeClient, NodeUnreachable
-from csud.cluster.queries import known_nodes
+from csud.cluster.client import NodeUnreachable
+from csud.cluster.queries import ask_others
 from csud.config import Settings
 
 
@@ -22,23 +19,7 @@ async def others_registre(
     settings: Settings, commune: str, month: str
 ) -> tuple[dict[str, dict[str, Any]], list[NodeUnreachable]]:
     """Every other node's part (node -> document), and the nodes that did not answer."""
-    config = settings.cluster
-    assert config is not None
-    secret = config.read_secret()
-    nodes = await known_nodes(config)
-    parts: dict[str, dict[str, Any]] = {}
-    unreachable: list[NodeUnreachable] = []
-    async with aiohttp.ClientSession() as session:
-        others = [NodeClient(n, a, secret, session) for n, a in sorted(nodes.items()) if n != config.node]
-        answers = await asyncio.gather(*(c.registre(commune, month) for c in others), return_exceptions=True)
-    for client, answer in zip(others, answers, strict=True):
-        if isinstance(answer, BaseException):
-            unreachable.append(
-                answer if isinstance(answer, NodeUnreachable) else NodeUnreachable(client.node, str(answer))
-            )
-        else:
-            parts[client.node] = answer
-    return parts, unreachable
+    return await ask_others(settings, lambda c: c.registre(commune, month))
 
 
 def merge(local_node: str, local: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
