@@ -29,6 +29,22 @@ async def _ended(live: Live, count: int = 1, timeout: float = 8.0) -> list[objec
     raise AssertionError("no live_view_ended in time")
 
 
+async def _raw_stream(live: Live, raw: socket.socket, cookie: str) -> None:
+    """Open /live/metz-1 on ``raw`` by hand (a client that then never reads or never answers)
+    and wait until the server holds the view."""
+    raw.sendall(
+        (
+            f"GET /live/metz-1 HTTP/1.1\r\nHost: {live.http.host}:{live.http.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nCookie: {web.COOKIE}={cookie}\r\n\r\n"
+        ).encode()
+    )
+    for _ in range(100):
+        if live.server.views:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_a_client_that_never_reads_costs_a_bounded_buffer_and_is_dropped(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -40,18 +56,8 @@ async def test_a_client_that_never_reads_costs_a_bounded_buffer_and_is_dropped(
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read a byte
     raw.connect((live.http.host, live.http.port))
-    raw.sendall(
-        (
-            f"GET /live/metz-1 HTTP/1.1\r\nHost: {live.http.host}:{live.http.port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\nCookie: {web.COOKIE}={cookie}\r\n\r\n"
-        ).encode()
-    )
+    await _raw_stream(live, raw, cookie)
     try:
-        for _ in range(100):
-            if live.server.views:
-                break
-            await asyncio.sleep(0.02)
         (view,) = live.server.views
         transport = view.viewer.sink.__self__.transport  # type: ignore[union-attr]
         aus, params = frames(50)
@@ -79,18 +85,8 @@ async def test_closing_a_silent_clients_stream_waits_for_no_reply(live: Live) ->
     cookie = next(c.value for c in s.cookie_jar if c.key == web.COOKIE)
     await s.close()
     raw = socket.create_connection((live.http.host, live.http.port))
-    raw.sendall(
-        (
-            f"GET /live/metz-1 HTTP/1.1\r\nHost: {live.http.host}:{live.http.port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\nCookie: {web.COOKIE}={cookie}\r\n\r\n"
-        ).encode()
-    )
+    await _raw_stream(live, raw, cookie)
     try:
-        for _ in range(100):
-            if live.server.views:
-                break
-            await asyncio.sleep(0.02)
         (view,) = live.server.views
         started = time.monotonic()
         view.viewer.close("server_stopping")  # what LiveServer.close does to every view
